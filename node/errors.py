@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AcmeError",
     "AlreadyExists",
     "BadInput",
     "CertsyncError",
@@ -137,3 +138,16 @@ class CoverageError(CheckFailed):
     def __init__(self, message: str, *, report: Any) -> None:
         super().__init__(message, report=report)
         self.report = report
+
+
+class AcmeError(CertsyncError):
+    """An ACME request failed (directory unreachable, validation or finalisation refused).
+
+    ``hostname`` is the name requested; ``retryable`` is False when asking again cannot help
+    (e.g. the CA refuses the name), so the renewer stops backing off and alerts instead.
+    """
+
+    def __init__(self, message: str, *, hostname: str, retryable: bool = True) -> None:
+        super().__init__(message, hostname=hostname, retryable=retryable)
+        self.hostname = hostname
+        self.retryable = retryable
