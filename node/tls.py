@@ -1,0 +1,392 @@
+"""The node's public TLS endpoint: serves the right certificate by SNI.
+
+A shell around the pure SNI index of :mod:`node.selection`. One :class:`ssl.SSLContext`
+is prepared per certificate; the listening socket's context has an SNI callback that looks
+the requested name up in the index and switches the connection to the chosen context (no
+SNI, or a name nothing covers: the default certificate). :meth:`TlsEndpoint.update` builds a
+whole new set of contexts and index, then swaps it in with one assignment: the next
+handshake uses the new set and connections already open are not touched.
+
+Connections are served by a small pool of worker threads that all block in ``accept`` on
+the same listening socket (the kernel wakes one per connection). Handshake crypto in
+OpenSSL releases the GIL, so the workers use every core. After the handshake a worker
+answers one plain HTTP/1.1 ``GET`` with a tiny page naming the node, anything else with
+400, then closes; reads are bounded in size and time so a slow client cannot hold a worker
+for long.
+
+Private keys never reach the disk in plaintext: :mod:`ssl` loads keys only from files, so
+each key is written PKCS#8-encrypted under a random one-time password into a private
+(0700) temporary directory, loaded, and removed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from node.errors import BadInput, NotFound
+from node.logging import get_logger
+from node.model import PrivateKey
+from node.names import sans_of
+from node.selection import Selection, SniEntry, SniIndex
+
+__all__ = ["ServedCert", "TlsEndpoint"]
+
+#: a request head (request line + headers) larger than this is refused with 400
+_MAX_REQUEST_HEAD: Final = 8 * 1024
+#: largest single read from a client
+_READ_CHUNK: Final = 4 * 1024
+#: distinct server names remembered per certificate set; random names cannot grow it further
+_LOOKUP_CACHE_SIZE: Final = 4096
+_LISTEN_BACKLOG: Final = 1024
+
+
+@dataclass(frozen=True)
+class ServedCert:
+    """One certificate the endpoint may serve: the certificate, its chain and its key."""
+
+    sha256: str
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One certificate set, swapped in as a whole.
+
+    ``cache`` maps a raw SNI value to the context and selection it gets; it only ever grows
+    (bounded) and is thread-safe because single dict operations are atomic under the GIL.
+    """
+
+    index: SniIndex
+    contexts: Mapping[str, ssl.SSLContext]
+    cache: dict[str | None, tuple[ssl.SSLContext | None, Selection]]
+
+    def choose(self, server_name: str | None) -> tuple[ssl.SSLContext | None, Selection]:
+        hit = self.cache.get(server_name)
+        if hit is not None:
+            return hit
+        selection = self.index.lookup(server_name)
+        ctx = self.contexts.get(selection.key) if selection.key is not None else None
+        if len(self.cache) < _LOOKUP_CACHE_SIZE:
+            self.cache[server_name] = (ctx, selection)
+        return ctx, selection
+
+
+def _new_server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _write_encrypted_key(directory: Path, stem: str, key: PrivateKey) -> tuple[Path, bytes]:
+    """Write ``key`` as encrypted PKCS#8 PEM (mode 0600); return the path and its password."""
+    password = secrets.token_urlsafe(32).encode("ascii")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    path = directory / f"{stem}.key.pem"
+    _write_private(path, pem)
+    return path, password
+
+
+def _load_context(directory: Path, stem: str, served: ServedCert) -> ssl.SSLContext:
+    """One server context holding ``served``'s certificate, chain and key."""
+    cert_path = directory / f"{stem}.crt.pem"
+    key_path: Path | None = None
+    try:
+        _write_private(
+            cert_path,
+            b"".join(
+                c.public_bytes(serialization.Encoding.PEM) for c in (served.cert, *served.chain)
+            ),
+        )
+        key_path, password = _write_encrypted_key(directory, stem, served.key)
+        ctx = _new_server_context()
+        try:
+            ctx.load_cert_chain(cert_path, key_path, password=password)
+        except ssl.SSLError as err:
+            raise BadInput(
+                f"certificate {served.sha256!r} cannot be served with its key "
+                f"({err.reason or 'rejected by OpenSSL'}); import the key that belongs to it"
+            ) from err
+        return ctx
+    finally:
+        cert_path.unlink(missing_ok=True)
+        if key_path is not None:
+            key_path.unlink(missing_ok=True)
+
+
+def _http_response(status: str, body: bytes, content_type: str) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _page(node_name: str) -> bytes:
+    name = html.escape(node_name)
+    return (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>certsync node {name}</title></head>\n"
+        f"<body><h1>certsync node {name}</h1></body></html>\n"
+    ).encode()
+
+
+_BAD_REQUEST: Final = _http_response(
+    "400 Bad Request", b"bad request\n", "text/plain; charset=utf-8"
+)
+
+
+def _read_request_head(conn: ssl.SSLSocket, deadline: float) -> bytes | None:
+    """The request head up to the blank line (b"" when too big), None when slow or cut off."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > _MAX_REQUEST_HEAD:
+            return b""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        conn.settimeout(remaining)
+        chunk = conn.recv(_READ_CHUNK)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _is_get(head: bytes) -> bool:
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    return (
+        len(parts) == 3
+        and parts[0] == b"GET"
+        and parts[1][:1] == b"/"
+        and parts[2] in (b"HTTP/1.1", b"HTTP/1.0")
+    )
+
+
+class TlsEndpoint:
+    """The node's TLS endpoint; see the module docstring.
+
+    Thread-safety: :meth:`update` may be called from any thread while serving (callers in
+    async code run it with ``asyncio.to_thread``; it is CPU-heavy); updates are serialised.
+    :meth:`start` and :meth:`stop` are called once each, in that order.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        workers: int = 16,
+        io_timeout: float = 10.0,
+        scratch_dir: Path | None = None,
+    ) -> None:
+        if workers < 1:
+            raise BadInput(f"workers must be at least 1, not {workers!r}; give a positive count")
+        self._node_name = node_name
+        self._workers = workers
+        self._io_timeout = io_timeout
+        self._scratch_dir = scratch_dir
+        self._log = get_logger(__name__).bind(node_name=node_name)
+        self._page = _http_response("200 OK", _page(node_name), "text/html; charset=utf-8")
+        self._snapshot = _Snapshot(SniIndex.build((), None), {}, {})
+        self._update_lock = threading.Lock()
+        self._local = threading.local()
+        self._listen_ctx = _new_server_context()
+        self._listen_ctx.sni_callback = self._on_sni
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    # -- certificate set -------------------------------------------------------------
+
+    def update(self, certs: Sequence[ServedCert], default: str | None) -> None:
+        """Serve ``certs`` from the next handshake on; ``default`` for no SNI or no match.
+
+        Builds every context first; on any error nothing changes and the old set keeps
+        being served. CPU-heavy: run it off the event loop.
+        """
+        by_sha = {c.sha256: c for c in certs}
+        if default is not None and default not in by_sha:
+            raise NotFound(
+                f"default certificate {default!r} is not among the {len(by_sha)} certificates "
+                "to serve; choose one of them as default"
+            )
+        with self._update_lock:
+            contexts: dict[str, ssl.SSLContext] = {}
+            directory = Path(tempfile.mkdtemp(prefix="certsync-tls-", dir=self._scratch_dir))
+            try:
+                directory.chmod(0o700)
+                for i, served in enumerate(by_sha.values()):
+                    contexts[served.sha256] = _load_context(directory, f"c{i}", served)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+            entries = [
+                SniEntry(key=c.sha256, sans=sans_of(c.cert), not_after=c.cert.not_valid_after_utc)
+                for c in by_sha.values()
+            ]
+            self._snapshot = _Snapshot(SniIndex.build(entries, default), contexts, {})
+        self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
+
+    def served_for(self, server_name: str | None) -> Selection:
+        """What a handshake with this SNI value (None: no SNI) gets now."""
+        return self._snapshot.choose(server_name)[1]
+
+    def _on_sni(
+        self, conn: ssl.SSLSocket | ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        """SNI callback, on the worker thread during the handshake. Never raises."""
+        try:
+            ctx, selection = self._snapshot.choose(server_name)
+            self._local.choice = (server_name, selection)
+            if ctx is None:
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            conn.context = ctx
+            return None
+        except Exception:  # an exception here would be printed by ssl and abort the handshake
+            self._log.exception("tls.sni_callback_failed", server_name=server_name)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+
+    # -- serving ---------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); only after :meth:`start`."""
+        if self._listener is None:
+            raise RuntimeError("TLS endpoint is not started; call start() first")
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self, host: str, port: int) -> int:
+        """Bind ``host``:``port`` (IPv4 or IPv6 per host; 0: any port); serve; return the port."""
+        if self._listener is not None:
+            raise RuntimeError("TLS endpoint already started")
+        try:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, _, _, _, sockaddr = infos[0]
+            listener = socket.create_server(sockaddr[:2], family=family, backlog=_LISTEN_BACKLOG)
+        except OSError as err:
+            raise BadInput(
+                f"cannot listen for TLS on {host!r} port {port!r}: {err.strerror or err}; "
+                "choose a free port and a local address"
+            ) from err
+        self._listener = listener
+        for i in range(self._workers):
+            t = threading.Thread(
+                target=self._worker, args=(listener,), name=f"tls-worker-{i}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        bound = self.address
+        self._log.info("tls.listening", host=bound[0], port=bound[1], workers=self._workers)
+        return bound[1]
+
+    def stop(self) -> None:
+        """Stop accepting, let workers finish their connection, close the listener."""
+        listener = self._listener
+        if listener is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        # on Linux, shutdown() of a listening socket wakes every thread blocked in accept()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        for t in self._threads:
+            t.join()
+        listener.close()
+        self._log.info("tls.stopped")
+
+    def _worker(self, listener: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = listener.accept()
+            except OSError as err:
+                if self._stopping.is_set():
+                    return
+                # e.g. out of file descriptors: say so and back off instead of spinning
+                self._log.warning("tls.accept_failed", error=str(err))
+                self._stopping.wait(0.1)
+                continue
+            try:
+                self._serve(conn, peer)
+            except Exception:  # a bug must not kill the worker; it keeps its traceback in the log
+                self._log.exception("tls.connection_failed", peer=str(peer[0]))
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        deadline = time.monotonic() + self._io_timeout
+        conn.settimeout(self._io_timeout)
+        self._local.choice = None
+        try:
+            tls = self._listen_ctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            conn.close()
+            choice = self._local.choice
+            self._log.debug(
+                "tls.handshake_failed",
+                peer=peer[0],
+                server_name=choice[0] if choice else None,
+                error=getattr(err, "reason", None) or type(err).__name__,
+            )
+            return
+        with tls:
+            server_name, selection = self._local.choice or (None, None)
+            self._log.debug(
+                "tls.handshake",
+                peer=peer[0],
+                server_name=server_name,
+                sha256=selection.key if selection else None,
+                reason=selection.reason if selection else None,
+                version=tls.version(),
+            )
+            try:
+                head = _read_request_head(tls, deadline)
+                if head is None:
+                    return
+                ok = _is_get(head)
+                tls.settimeout(max(deadline - time.monotonic(), 0.001))
+                tls.sendall(self._page if ok else _BAD_REQUEST)
+                self._log.info(
+                    "tls.request",
+                    peer=peer[0],
+                    server_name=server_name,
+                    sha256=selection.key if selection else None,
+                    reason=selection.reason if selection else None,
+                    status=200 if ok else 400,
+                )
+                # send close_notify without waiting for the client's
+                tls.setblocking(False)
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    tls.unwrap()
+            except (ssl.SSLError, OSError):
+                return
