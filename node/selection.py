@@ -1,0 +1,149 @@
+"""The SNI selection index (pure core): which certificate a TLS server name gets.
+
+Built once from the store's certificates; each lookup is a few dictionary probes:
+
+* an exact DNS SAN beats a wildcard; an iPAddress SAN answers a client that sends an IP
+  literal (RFC 6066 forbids that, some clients do it) and counts as ``exact``;
+* among certificates that match equally, the later ``not_after`` wins; ties go to the
+  smallest key, so the choice never depends on input order;
+* no server name, a name nothing covers, or a name that is not a valid hostname gets the
+  default (whose key may be ``None`` when the store has no default).
+
+SANs and server names are normalised with the coverage rules of :mod:`node.names`, so the
+index answers exactly what :func:`node.names.check_coverage` would, certificate by
+certificate (a property test checks this against a brute-force scan).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from node.errors import HostnameError
+from node.names import SanSet, parse_hostname, san_rule
+
+__all__ = ["Selection", "SniEntry", "SniIndex"]
+
+#: one lower-case LDH label that IDNA 2008 accepts as is (no hyphen first or last, none in
+#: 3rd and 4th position): exactly IDNA's verdict on an ASCII label, except ``xn--`` labels,
+#: which need Punycode checks and take the slow path through ``parse_hostname``.
+_PLAIN_LABEL = re.compile(r"(?!-)(?!..--)[a-z0-9-]{1,63}(?<!-)\Z")
+_MAX_NAME = 253
+_MAX_LABEL = 63
+
+
+@dataclass(frozen=True)
+class SniEntry:
+    """One certificate as the index sees it: ``key`` (its sha256), SANs and expiry."""
+
+    key: str
+    sans: SanSet
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class Selection:
+    key: str | None
+    reason: Literal["exact", "wildcard", "default"]
+
+
+def _best(entries: list[SniEntry]) -> SniEntry:
+    """The later not_after wins; among equals, the smallest key."""
+    return max(sorted(entries, key=lambda e: e.key), key=lambda e: e.not_after)
+
+
+class SniIndex:
+    """Exact names, wildcard parents and IP addresses, each a dict of ready answers.
+
+    Immutable after :meth:`build`; safe to share between threads and TLS callbacks.
+    """
+
+    __slots__ = ("_default", "_exact", "_ip", "_wild")
+
+    def __init__(
+        self,
+        exact: dict[str, Selection],
+        wild: dict[str, Selection],
+        ip: dict[str, Selection],
+        default: Selection,
+    ) -> None:
+        self._exact = exact
+        self._wild = wild
+        self._ip = ip
+        self._default = default
+
+    @classmethod
+    def build(cls, entries: Iterable[SniEntry], default: str | None) -> SniIndex:
+        exact: dict[str, list[SniEntry]] = {}
+        wild: dict[str, list[SniEntry]] = {}
+        ip: dict[str, list[SniEntry]] = {}
+        for entry in entries:
+            for san in entry.sans.dns_names:
+                rule = san_rule(san)
+                if rule.kind == "exact":
+                    exact.setdefault(rule.key, []).append(entry)
+                elif rule.kind == "wildcard":
+                    wild.setdefault(rule.key, []).append(entry)
+            for text in entry.sans.ip_addresses:
+                try:
+                    host = parse_hostname(text)
+                except HostnameError:
+                    continue
+                if host.kind == "ip":
+                    ip.setdefault(host.value, []).append(entry)
+        return cls(
+            {k: Selection(_best(v).key, "exact") for k, v in exact.items()},
+            {k: Selection(_best(v).key, "wildcard") for k, v in wild.items()},
+            {k: Selection(_best(v).key, "exact") for k, v in ip.items()},
+            Selection(default, "default"),
+        )
+
+    @property
+    def default(self) -> Selection:
+        return self._default
+
+    def lookup(self, server_name: str | None) -> Selection:
+        """What ``server_name`` gets; never raises (garbage gets the default)."""
+        if not server_name:
+            return self._default
+        # 1. the name exactly as a key (what Python's ssl usually hands an SNI callback)
+        hit = self._exact.get(server_name)
+        if hit is not None:
+            return hit
+        if server_name.isascii() and ":" not in server_name:
+            # 2. ASCII without ':': the normalised form is the lower-cased name without one
+            # trailing dot (or the name is invalid), so a miss here is a miss everywhere.
+            name = server_name.lower()
+            if name[-1:] == ".":
+                name = name[:-1]
+            hit = self._exact.get(name)
+            if hit is not None:
+                return hit
+            first, _, parent = name.partition(".")
+            hit = self._wild.get(parent)
+            if hit is None:
+                # a dotted-quad equals its normalised form; anything else gets the default
+                return self._ip.get(server_name, self._default)
+            if len(name) <= _MAX_NAME and (
+                (first.isalnum() and len(first) <= _MAX_LABEL) or _PLAIN_LABEL.match(first)
+            ):
+                return hit
+            if not first.startswith("xn--"):
+                return self._default
+        # 3. everything else: the full hostname rules (U-labels, A-labels, IPv6 text)
+        return self._slow(server_name)
+
+    def _slow(self, server_name: str) -> Selection:
+        try:
+            host = parse_hostname(server_name)
+        except HostnameError:
+            return self._default
+        if host.kind == "ip":
+            return self._ip.get(host.value, self._default)
+        hit = self._exact.get(host.value)
+        if hit is not None:
+            return hit
+        return self._wild.get(host.value.partition(".")[2], self._default)
