@@ -8,6 +8,7 @@ key -- is a one-line :class:`~node.errors.ConfigError` naming the file (exit 2).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ class AdminConfig:
     key_path: Path
 
 
+def _absolute(path: Path) -> Path:
+    """Absolute and without '..' segments (symlinks are kept as they are)."""
+    return Path(os.path.normpath(path.absolute()))
+
+
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -100,13 +106,13 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
 
 def load_topology(path: Path) -> Topology:
     """Read ``cluster.toml``."""
-    path = path.absolute()
+    path = _absolute(path)
     return topology_from_dict(_read_toml(path, "cluster file"), base=path.parent,
                               source=str(path))
 
 
 def _cluster_of(table: _Table, base: Path) -> Topology:
-    return load_topology(base / table.text("cluster"))
+    return load_topology(_absolute(base / table.text("cluster")))
 
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
@@ -116,7 +122,7 @@ _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
 
 def load_node_config(path: Path) -> NodeConfig:
     """Read ``NAME/node.toml`` and the ``cluster.toml`` it names; the node must be in it."""
-    path = path.absolute()
+    path = _absolute(path)
     base = path.parent
     table = _Table(_read_toml(path, "node config"), str(path), "")
     table.reject_unknown(_NODE_KEYS)
@@ -139,20 +145,20 @@ def load_node_config(path: Path) -> NodeConfig:
         name=name,
         path=path,
         topology=topology,
-        data_dir=(base / table.text("data_dir", ".")).resolve(),
+        data_dir=_absolute(base / table.text("data_dir", ".")),
         grpc_listen=grpc_listen,
         tls_listen=tls_listen,
-        ca_cert_path=base / table.text("ca_cert"),
-        cert_path=base / table.text("cert"),
-        key_path=base / table.text("key"),
-        store_key_path=base / table.text("store_key"),
+        ca_cert_path=_absolute(base / table.text("ca_cert")),
+        cert_path=_absolute(base / table.text("cert")),
+        key_path=_absolute(base / table.text("key")),
+        store_key_path=_absolute(base / table.text("store_key")),
         log_format=log_format,
     )
 
 
 def load_admin_config(path: Path) -> AdminConfig:
     """Read ``admin.toml`` and the ``cluster.toml`` it names."""
-    path = path.absolute()
+    path = _absolute(path)
     base = path.parent
     table = _Table(_read_toml(path, "admin config"), str(path), "")
     table.reject_unknown(_ADMIN_KEYS)
@@ -165,9 +171,9 @@ def load_admin_config(path: Path) -> AdminConfig:
         name=name,
         path=path,
         topology=topology,
-        ca_cert_path=base / table.text("ca_cert"),
-        cert_path=base / table.text("cert"),
-        key_path=base / table.text("key"),
+        ca_cert_path=_absolute(base / table.text("ca_cert")),
+        cert_path=_absolute(base / table.text("cert")),
+        key_path=_absolute(base / table.text("key")),
     )
 
 
