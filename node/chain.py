@@ -1,0 +1,190 @@
+"""Classify certificates, find the identity, build and judge its chain.
+
+Pure: no I/O and no clock. Completeness is about names and signatures only; dates never
+affect it (DESIGN.md), they are reported beside it.
+
+* **Roles**: BasicConstraints first (``CA:TRUE`` -> intermediate, or root when self-signed;
+  ``CA:FALSE`` -> identity); without the extension (v1 certificates) a self-signed
+  certificate is a root and anything else an identity.
+* **Identity** of an input: the end-entity certificate its private key matches; else the
+  first end-entity certificate; else, when there is none, the certificate the key matches
+  (a self-signed server certificate made by ``openssl req -x509`` carries ``CA:TRUE``).
+* **Chain**: from the identity, each next certificate is one whose subject is the current
+  issuer and whose key verifies the current signature (every key type, via
+  ``verify_directly_issued_by``); complete when it ends at a self-signed certificate that is
+  present. A self-signed identity is its own complete chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+
+from node.formats import public_key_matches
+from node.model import Material, PrivateKey, Role
+
+__all__ = ["ChainReport", "analyze", "build_chain", "classify", "is_self_signed"]
+
+#: no real chain is longer; the bound also stops loops of cross-signed certificates
+_MAX_CHAIN_LENGTH = 10
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``issuer``'s subject names ``cert``'s issuer and its key verifies ``cert``'s signature."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Issuer equals subject AND the certificate's own key verifies its signature."""
+    return cert.issuer == cert.subject and _issued_by(cert, cert)
+
+
+def _basic_constraints_ca(cert: x509.Certificate) -> bool | None:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return None
+    return ext.value.ca
+
+
+def classify(cert: x509.Certificate) -> Role:
+    """identity / intermediate / root from BasicConstraints, self-signed as the v1 fallback."""
+    ca = _basic_constraints_ca(cert)
+    if ca is None:
+        return "root" if is_self_signed(cert) else "identity"
+    if not ca:
+        return "identity"
+    return "root" if is_self_signed(cert) else "intermediate"
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What :func:`analyze` found. ``roles`` is parallel to ``ordered``."""
+
+    ordered: tuple[x509.Certificate, ...]
+    roles: tuple[Role, ...]
+    identity: x509.Certificate | None
+    chain: tuple[x509.Certificate, ...]
+    complete: bool
+    problems: tuple[str, ...]
+    key: PrivateKey | None
+    key_matches: x509.Certificate | None
+
+
+def _name(name: x509.Name) -> str:
+    return name.rfc4514_string() or "(empty name)"
+
+
+def build_chain(
+    identity: x509.Certificate, pool: Sequence[x509.Certificate]
+) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+    """The identity's issuers, nearest first, and the problems that keep it from a root.
+
+    No problems means complete: the last certificate (or the identity itself) is self-signed
+    and every signature on the way verifies. Among several candidate issuers (cross-signed
+    CAs) the path that reaches a root wins; otherwise the longest path found.
+    """
+    if is_self_signed(identity):
+        return (), ()
+    candidates = [c for c in pool if c != identity]
+    best_path: tuple[x509.Certificate, ...] = ()
+    best_problem = ""
+
+    def walk(path: tuple[x509.Certificate, ...]) -> bool:
+        nonlocal best_path, best_problem
+        current = path[-1] if path else identity
+        named = [c for c in candidates if c.subject == current.issuer and c not in path]
+        issuers = [c for c in named if _issued_by(current, c)]
+        if not issuers:
+            if named:
+                problem = (
+                    f"the certificate for issuer {_name(current.issuer)} does not verify "
+                    f"the signature of {_name(current.subject)}"
+                )
+            else:
+                problem = f"no certificate for issuer {_name(current.issuer)}"
+            if not best_problem or len(path) > len(best_path):
+                best_path, best_problem = path, problem
+            return False
+        for issuer in issuers:
+            extended = (*path, issuer)
+            if is_self_signed(issuer):
+                best_path, best_problem = extended, ""
+                return True
+            if len(extended) >= _MAX_CHAIN_LENGTH:
+                if len(extended) > len(best_path):
+                    best_path = extended
+                    best_problem = f"the chain is longer than {_MAX_CHAIN_LENGTH} certificates"
+                continue
+            if walk(extended):
+                return True
+        return False
+
+    walk(())
+    return best_path, ((best_problem,) if best_problem else ())
+
+
+def _find_identity(
+    certs: Sequence[x509.Certificate], roles: Sequence[Role], key: PrivateKey | None
+) -> tuple[x509.Certificate | None, x509.Certificate | None]:
+    """(identity, certificate the key matches)."""
+    matching = [c for c in certs if key is not None and public_key_matches(key, c)]
+    key_match = matching[0] if matching else None
+    end_entities = [c for c, r in zip(certs, roles, strict=True) if r == "identity"]
+    for cert in end_entities:
+        if cert in matching:
+            return cert, cert
+    if end_entities:
+        return end_entities[0], key_match
+    return key_match, key_match
+
+
+def analyze(material: Material) -> ChainReport:
+    """Find the identity, order everything, judge the chain, link the key."""
+    certs = material.certificates
+    roles = [classify(c) for c in certs]
+    key = material.keys[0] if material.keys else None
+    identity, key_match = _find_identity(certs, roles, key)
+    if identity is None:
+        problem = (
+            "no identity (end-entity) certificate in the input"
+            if certs
+            else "no certificate in the input"
+        )
+        return ChainReport(
+            ordered=tuple(certs),
+            roles=tuple(roles),
+            identity=None,
+            chain=(),
+            complete=False,
+            problems=(problem,),
+            key=key,
+            key_matches=key_match,
+        )
+    chain, problems = build_chain(identity, certs)
+    head = (identity, *chain)
+    rest = [c for c in certs if c not in head]
+    ordered = (*head, *rest)
+    role_of = dict(zip(certs, roles, strict=True))
+    # the identity is reported as such even when its BasicConstraints say CA (see module doc)
+    ordered_roles: tuple[Role, ...] = (
+        "identity",
+        *(role_of[c] for c in ordered[1:]),
+    )
+    return ChainReport(
+        ordered=ordered,
+        roles=ordered_roles,
+        identity=identity,
+        chain=chain,
+        complete=not problems,
+        problems=problems,
+        key=key,
+        key_matches=key_match,
+    )
