@@ -182,6 +182,8 @@ def san_rule(san: str) -> SanRule:
         return SanRule("none", "", "the SAN is empty")
     if san.endswith("."):
         return SanRule("none", "", f"SAN {san!r} ends in a dot, which is malformed")
+    if san == "*":
+        return SanRule("none", "", "wildcard SAN '*' needs two labels after the '*'")
     if san.startswith("*."):
         rest = san[2:]
         if "*" in rest:
@@ -275,11 +277,23 @@ def check_coverage(sans: SanSet, hostname: str | Hostname) -> Coverage:
 
 
 def _names_the_host(san: str, value: str) -> bool:
-    """Would this (ignored) SAN have covered the host had it been well formed?"""
-    written = san.lower().rstrip(".")
-    if written == value:
-        return True
-    return "*" in written and written.split(".")[1:] == value.split(".")[1:]
+    """Would this (ignored) SAN have covered the host had it been well formed?
+
+    Only chooses the reason reported for an uncovered name: labels with a '*' match any
+    label, the others compare as A-labels where they can be converted.
+    """
+    written = san.rstrip(".").split(".")
+    labels = value.split(".")
+    if len(written) != len(labels):
+        return False
+    return all("*" in w or _loose_alabel(w) == h for w, h in zip(written, labels, strict=True))
+
+
+def _loose_alabel(label: str) -> str:
+    try:
+        return idna.encode(label, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return label.lower()
 
 
 def check_all(sans: SanSet, hostnames: Sequence[str | Hostname]) -> CoverageReport:
