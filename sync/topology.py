@@ -349,7 +349,7 @@ class _Table:
         unknown = sorted(set(self.data) - known)
         if unknown:
             raise ConfigError(
-                f"{self.source}: unknown key {self.prefix}{unknown[0]!r}; "
+                f"{self.source}: unknown key {self.prefix + unknown[0]!r}; "
                 f"known keys are {', '.join(sorted(known))}"
             )
 
