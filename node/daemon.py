@@ -1,0 +1,178 @@
+"""One running node: store + TLS endpoint + gRPC server, wired together; graceful stop.
+
+:class:`NodeApp` is what the gRPC servicer sees (:class:`node.service.NodeRuntime`): after
+every change it calls :meth:`NodeApp.refresh`, which reads the store, builds the list of
+certificates to serve (each with its key and chain) and hands it to the TLS endpoint off the
+event loop, so the next handshake serves the change without a restart.
+
+:func:`run_node` runs until ``stop`` is set (``certsync node serve`` sets it on SIGTERM or
+SIGINT), then stops gRPC with a grace period, the TLS endpoint and the store, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+import structlog
+from cryptography import x509
+
+from node import chain as chain_mod
+from node.errors import ConfigError
+from node.selection import Selection
+from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.store import Store
+from node.tls import ServedCert, TlsEndpoint
+from sync.config import NodeConfig, load_store_key
+from sync.topology import Topology, split_address
+
+__all__ = ["GRACE_SECONDS", "NodeApp", "run_node"]
+
+GRACE_SECONDS: Final = 5.0
+
+_log = structlog.get_logger("node.daemon")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class NodeApp:
+    """The running node as the servicer sees it; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topology: Topology,
+        store: Store,
+        endpoint: TlsEndpoint,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self._name = name
+        self._topology = topology
+        self._role = topology.node(name).role
+        self._store = store
+        self._endpoint = endpoint
+        self._clock = clock
+        self._refresh_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def cluster_id(self) -> str:
+        return self._topology.cluster_id
+
+    @property
+    def node_names(self) -> Sequence[str]:
+        return self._topology.names
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def endpoint(self) -> TlsEndpoint:
+        return self._endpoint
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    def served_for(self, server_name: str | None) -> Selection:
+        return self._endpoint.served_for(server_name)
+
+    async def served_certs(self) -> tuple[list[ServedCert], str | None]:
+        """What the endpoint should serve now: every certificate with a key, and the default."""
+        stored = await self._store.list_certificates()
+        pool = [x509.load_der_x509_certificate(s.der) for s in stored]
+        served: list[ServedCert] = []
+        default: str | None = None
+        for s, cert in zip(stored, pool, strict=True):
+            if not s.has_key:
+                continue
+            key = await self._store.get_key(s.sha256)
+            if key is None:
+                continue
+            chain, _problems = chain_mod.build_chain(cert, pool)
+            served.append(
+                ServedCert(
+                    sha256=s.sha256,
+                    cert=cert,
+                    chain=tuple(c for c in chain if c != cert and not _self_signed(c)),
+                    key=key,
+                )
+            )
+            if s.is_default:
+                default = s.sha256
+        return served, default
+
+    async def refresh(self) -> None:
+        """Serve what the store holds from the next handshake on (serialised)."""
+        async with self._refresh_lock:
+            served, default = await self.served_certs()
+            await asyncio.to_thread(self._endpoint.update, served, default)
+            _log.info("node.refreshed", certificates=len(served), default_sha256=default)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    """Roots are not sent in a handshake (the client has them or it does not)."""
+    return cert.issuer == cert.subject
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the {what} {str(path)!r}: {err.strerror}; check node.toml"
+        ) from err
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    stop: asyncio.Event,
+    started: Callable[[NodeApp, int, int], None] | None = None,
+) -> None:
+    """Run the node of ``config`` (a ``NodeConfig``) until ``stop`` is set.
+
+    ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0).
+    """
+    topology: Topology = config.topology
+    data_dir = Path(config.data_dir)
+    store = await Store.open(data_dir / "store.sqlite3", load_store_key(config.store_key_path))
+    endpoint = TlsEndpoint(node_name=config.name)
+    server = None
+    try:
+        app = NodeApp(name=config.name, topology=topology, store=store, endpoint=endpoint)
+        tls_host, tls_port = split_address(config.tls_listen)
+        tls_bound = await asyncio.to_thread(endpoint.start, tls_host, tls_port)
+        await app.refresh()
+        creds = server_credentials(
+            ca_pem=_read(config.ca_cert_path, "CA certificate"),
+            cert_pem=_read(config.cert_path, "node certificate"),
+            key_pem=_read(config.key_path, "node key"),
+        )
+        server, grpc_port = await start_grpc_server(
+            CertStoreService(app), address=config.grpc_listen, credentials=creds
+        )
+        _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
+        if started is not None:
+            started(app, grpc_port, tls_bound)
+        await stop.wait()
+        _log.info("node.stopping", node=config.name)
+    finally:
+        if server is not None:
+            await server.stop(GRACE_SECONDS)
+        await asyncio.to_thread(endpoint.stop)
+        await store.close()
+        _log.info("node.stopped", node=config.name)

@@ -1,0 +1,683 @@
+"""The node's gRPC servicer (``certsync.v1.CertStore``): errors -> status codes in one table.
+
+Every call is mutually authenticated (the server factory requires a client certificate from
+the cluster CA). The caller's identity is read from its certificate's SAN URI; an admin may
+change the store, an admin or a node of the topology may read; anything else is refused with
+PERMISSION_DENIED and an audit row.
+
+A :class:`certsync.CertsyncError` raised while serving becomes a status through
+:data:`STATUS_TABLE` (first matching class wins). The trailing metadata ``certsync-error``
+carries the error's class name and ``certsync-error-data`` its scalar attributes as JSON, so
+:mod:`sync.client` rebuilds the same error (and the CLI the same exit code). Any other
+exception is a bug: it is logged with its traceback and the caller gets INTERNAL with a
+message that says nothing about the data.
+
+CPU-heavy work (key generation, PKCS#12, parsing inputs) runs in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from node import chain as chain_mod
+from node import create, formats
+from node.api import SERVICE_NAME, certsync_pb2, certsync_pb2_grpc
+from node.errors import (
+    AlreadyExists,
+    BadInput,
+    CertsyncError,
+    CheckFailed,
+    Conflict,
+    IntegrityError,
+    NodeUnreachable,
+    NotFound,
+    PermissionDenied,
+    StaleEpoch,
+    TransferRejected,
+)
+from node.model import CREATABLE_KEY_TYPES, KeyType, Material
+from node.names import parse_hostname
+from node.selection import Selection
+from node.store import SetEntry, Store, StoredCert, StoredCsr
+from sync.topology import Identity, identity_from_certificate
+
+__all__ = [
+    "ERROR_DATA_KEY",
+    "ERROR_KIND_KEY",
+    "STATUS_TABLE",
+    "CertStoreService",
+    "NodeRuntime",
+    "start_grpc_server",
+    "status_for",
+]
+
+ERROR_KIND_KEY: Final = "certsync-error"
+ERROR_DATA_KEY: Final = "certsync-error-data"
+
+#: certsync error class -> gRPC status code; the first class the error is an instance of wins
+STATUS_TABLE: Final[tuple[tuple[type[CertsyncError], grpc.StatusCode], ...]] = (
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (BadInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (CheckFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (StaleEpoch, grpc.StatusCode.ABORTED),
+    (TransferRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (IntegrityError, grpc.StatusCode.DATA_LOSS),
+    (NodeUnreachable, grpc.StatusCode.UNAVAILABLE),
+    (CertsyncError, grpc.StatusCode.UNKNOWN),
+)
+
+_EXPORT_FORMATS: Final = {
+    certsync_pb2.EXPORT_FORMAT_UNSPECIFIED: "pem",
+    certsync_pb2.EXPORT_FORMAT_PEM: "pem",
+    certsync_pb2.EXPORT_FORMAT_DER: "der",
+    certsync_pb2.EXPORT_FORMAT_P7B: "p7b",
+    certsync_pb2.EXPORT_FORMAT_P12: "p12",
+}
+
+_log = structlog.get_logger("node.service")
+
+
+def status_for(err: CertsyncError) -> grpc.StatusCode:
+    """The status code for ``err`` per :data:`STATUS_TABLE`."""
+    for cls, code in STATUS_TABLE:
+        if isinstance(err, cls):
+            return code
+    return grpc.StatusCode.UNKNOWN  # pragma: no cover -- CertsyncError is the last row
+
+
+def _error_data(err: CertsyncError) -> str:
+    """The error's scalar attributes as JSON (file names, hostnames, epochs; never secrets)."""
+    data = {
+        k: v
+        for k, v in err.data.items()
+        if isinstance(v, str | int | bool) or v is None
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+class NodeRuntime(Protocol):
+    """What the servicer needs from the running node (``node.daemon.NodeApp``).
+
+    ``refresh`` is awaited after every change to the store: it rebuilds what the TLS
+    endpoint serves (off the event loop) and must not raise for a store that holds no
+    certificate. ``now`` is the clock (a parameter so tests can fix it).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def node_names(self) -> Sequence[str]: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def now(self) -> dt.datetime: ...
+
+    async def refresh(self) -> None: ...
+
+    def served_for(self, server_name: str | None) -> Selection: ...
+
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Context = grpc.aio.ServicerContext[Any, Any]
+_Handler = Callable[["CertStoreService", _Req, _Context, Identity], Awaitable[_Resp]]
+_Wrapped = Callable[["CertStoreService", _Req, _Context], Awaitable[_Resp]]
+
+
+def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _Resp]]:
+    """Authenticate, authorise, bind log context, and turn errors into statuses."""
+
+    def decorate(fn: _Handler[_Req, _Resp]) -> _Wrapped[_Req, _Resp]:
+        method = fn.__name__
+
+        @functools.wraps(fn)
+        async def wrapper(self: CertStoreService, request: _Req, context: _Context) -> _Resp:
+            with structlog.contextvars.bound_contextvars(method=method, peer=context.peer()):
+                try:
+                    identity = self._identity(context)
+                    with structlog.contextvars.bound_contextvars(
+                        caller=f"{identity.kind}:{identity.name}"
+                    ):
+                        await self._authorize(identity, method, change=change)
+                        result = await fn(self, request, context, identity)
+                    _log.info("rpc.ok")
+                    return result
+                except CertsyncError as err:
+                    code = status_for(err)
+                    _log.info("rpc.refused", code=code.name, error=type(err).__name__)
+                    await context.abort(
+                        code,
+                        err.message,
+                        trailing_metadata=(
+                            (ERROR_KIND_KEY, type(err).__name__),
+                            (ERROR_DATA_KEY, _error_data(err)),
+                        ),
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    if isinstance(err, grpc.aio.AbortError):
+                        raise
+                    _log.exception("rpc.failed")
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL,
+                        f"internal error in {method}; see the node's log",
+                    )
+
+        return wrapper
+
+    return decorate
+
+
+def _rfc3339(when: dt.datetime | None) -> str:
+    if when is None:
+        return ""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cert_info(stored: StoredCert) -> certsync_pb2.CertificateInfo:
+    cert = x509.load_der_x509_certificate(stored.der)
+    return certsync_pb2.CertificateInfo(
+        sha256=stored.sha256,
+        name=stored.name,
+        role=stored.role,
+        has_key=stored.has_key,
+        is_default=stored.is_default,
+        dns_names=list(stored.dns_names),
+        ip_addresses=list(stored.ip_addresses),
+        not_after=_rfc3339(stored.not_after),
+        added_at=_rfc3339(stored.added_at),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+    )
+
+
+def _subject(msg: certsync_pb2.Subject) -> create.Subject:
+    if not msg.common_name.strip():
+        raise BadInput("the subject needs a common name; give --cn NAME")
+    return create.Subject(
+        common_name=msg.common_name,
+        country=msg.country or None,
+        state=msg.state or None,
+        city=msg.city or None,
+        org=msg.org or None,
+        unit=msg.unit or None,
+    )
+
+
+def _key_type(text: str) -> KeyType:
+    for kt in CREATABLE_KEY_TYPES:
+        if kt == text:
+            return kt
+    choices = ", ".join(CREATABLE_KEY_TYPES)
+    raise BadInput(f"key type {text!r} cannot be created; use one of {choices}")
+
+
+def _sans(values: Sequence[str]) -> list[str]:
+    """Validate every SAN (HostnameError for a bad one) and keep them as given."""
+    for value in values:
+        parse_hostname(value)
+    return list(values)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if attrs:
+        value = attrs[0].value
+        return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
+
+
+class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
+    """The servicer; see the module docstring."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self._rt = runtime
+
+    # -- authentication and authorisation ----------------------------------------------
+
+    def _identity(self, context: _Context) -> Identity:
+        pems = list(context.auth_context().get("x509_pem_cert", ()))
+        if not pems:
+            raise PermissionDenied(
+                "the call carries no client certificate; connect with mutual TLS using the "
+                "certificates from 'certsync cluster init'"
+            )
+        try:
+            cert = x509.load_pem_x509_certificate(pems[0])
+        except ValueError as err:
+            raise PermissionDenied(
+                "the client certificate cannot be read; use a certificate from the cluster CA"
+            ) from err
+        return identity_from_certificate(cert, cluster_id=self._rt.cluster_id)
+
+    async def _authorize(self, identity: Identity, method: str, *, change: bool) -> None:
+        if identity.kind == "admin":
+            return
+        if not change and identity.name in self._rt.node_names:
+            return
+        why = (
+            "only an admin identity may change the store"
+            if change
+            else f"node {identity.name!r} is not in this cluster's topology"
+        )
+        await self._rt.store.record_audit(
+            actor=f"{identity.kind}:{identity.name}",
+            action="rpc.refused",
+            detail={"method": method, "why": why},
+            now=self._rt.now(),
+        )
+        raise PermissionDenied(
+            f"{identity.kind} {identity.name!r} may not call {method}: {why}; "
+            "use the admin configuration (admin.toml)"
+        )
+
+    @staticmethod
+    def _actor(identity: Identity) -> str:
+        return f"{identity.kind}:{identity.name}"
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _stored(self, sha256: str) -> StoredCert:
+        sha = sha256.strip().lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise BadInput(
+                f"certificate id {sha256!r} is not a SHA-256 (64 hex digits); "
+                "see 'certsync cert list'"
+            )
+        return await self._rt.store.get(sha)
+
+    async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
+        return _cert_info(await self._rt.store.get(sha256))
+
+    def _expired(self, stored: StoredCert) -> bool:
+        return stored.not_after <= self._rt.now()
+
+    async def _pool(self) -> list[x509.Certificate]:
+        return [
+            x509.load_der_x509_certificate(c.der)
+            for c in await self._rt.store.list_certificates()
+        ]
+
+    # -- creating ----------------------------------------------------------------------
+
+    @_rpc(change=True)
+    async def CreateSelfSigned(
+        self,
+        request: certsync_pb2.CreateSelfSignedRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.CreateSelfSignedResponse:
+        key_type = _key_type(request.key_type)
+        subject = _subject(request.subject)
+        sans = _sans(request.sans)
+        days = request.days or 365
+        now = self._rt.now()
+        key = await asyncio.to_thread(create.generate_key, key_type)
+        cert = await asyncio.to_thread(
+            create.create_self_signed, key, subject, sans, now=now, days=days
+        )
+        name = request.name or subject.common_name
+        sha = formats.cert_sha256(cert)
+        await self._rt.store.add(
+            [SetEntry(cert=cert, key=key, name=name)],
+            make_default=sha if request.make_default else None,
+            actor=self._actor(identity),
+            now=now,
+        )
+        await self._rt.refresh()
+        _log.info("cert.created", sha256=sha, key_type=key_type)
+        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha))
+
+    @_rpc(change=True)
+    async def CreateRequest(
+        self,
+        request: certsync_pb2.CreateRequestRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.CsrInfo:
+        key_type = _key_type(request.key_type)
+        subject = _subject(request.subject)
+        sans = _sans(request.sans)
+        key = await asyncio.to_thread(create.generate_key, key_type)
+        csr = await asyncio.to_thread(create.create_csr, key, subject, sans)
+        stored = await self._rt.store.add_csr(
+            name=request.name or subject.common_name,
+            pem=csr.public_bytes(serialization.Encoding.PEM),
+            key=key,
+            actor=self._actor(identity),
+            now=self._rt.now(),
+        )
+        _log.info("csr.created", csr_id=stored.id, key_type=key_type)
+        return _csr_info(stored)
+
+    @_rpc(change=False)
+    async def ListRequests(
+        self,
+        request: certsync_pb2.ListRequestsRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.ListRequestsResponse:
+        csrs = await self._rt.store.list_csrs()
+        return certsync_pb2.ListRequestsResponse(requests=[_csr_info(c) for c in csrs])
+
+    @_rpc(change=False)
+    async def ShowRequest(
+        self,
+        request: certsync_pb2.ShowRequestRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.CsrInfo:
+        return _csr_info(await self._rt.store.get_csr(request.id))
+
+    # -- import ------------------------------------------------------------------------
+
+    @_rpc(change=True)
+    async def Import(
+        self,
+        request: certsync_pb2.ImportRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.ImportResponse:
+        if not request.files:
+            raise BadInput("nothing to import; give at least one file")
+        sources = [(f.name or f"file {i + 1}", f.content) for i, f in enumerate(request.files)]
+        passphrase = request.passphrase if request.HasField("passphrase") else None
+        material = await asyncio.to_thread(formats.read_material, sources, passphrase)
+        entries, identity_sha, warnings = await asyncio.to_thread(
+            _plan_import, material, request.name, self._rt.now(),
+            request.make_default, request.force,
+        )
+        await self._rt.store.add(
+            entries,
+            make_default=identity_sha if request.make_default else None,
+            actor=self._actor(identity),
+            now=self._rt.now(),
+        )
+        await self._rt.refresh()
+        infos = [await self._info(formats.cert_sha256(e.cert)) for e in entries]
+        _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
+        return certsync_pb2.ImportResponse(
+            identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
+        )
+
+    # -- reading -----------------------------------------------------------------------
+
+    @_rpc(change=False)
+    async def List(
+        self,
+        request: certsync_pb2.ListRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.ListResponse:
+        stored = await self._rt.store.list_certificates()
+        return certsync_pb2.ListResponse(certificates=[_cert_info(s) for s in stored])
+
+    @_rpc(change=False)
+    async def Export(
+        self,
+        request: certsync_pb2.ExportRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.ExportResponse:
+        fmt = _EXPORT_FORMATS.get(request.format)
+        if fmt is None:
+            raise BadInput(f"export format {request.format!r} is unknown; use pem, der, p7b or p12")
+        stored = await self._stored(request.sha256)
+        cert = x509.load_der_x509_certificate(stored.der)
+        pool = await self._pool()
+        chain, _problems = await asyncio.to_thread(chain_mod.build_chain, cert, pool)
+        chain = tuple(c for c in chain if c != cert)
+        if fmt == "p12":
+            if identity.kind != "admin":
+                raise PermissionDenied(
+                    f"{identity.kind} {identity.name!r} may not export a private key; "
+                    "use the admin configuration (admin.toml)"
+                )
+            if not request.HasField("passphrase") or not request.passphrase:
+                raise BadInput(
+                    "a p12 export carries the private key and needs a passphrase; "
+                    "give --passphrase-file with a non-empty passphrase"
+                )
+            key = await self._rt.store.get_key(stored.sha256)
+            if key is None:
+                raise Conflict(
+                    f"certificate {stored.sha256!r} has no private key, so no p12 can be made; "
+                    "export it as pem, der or p7b"
+                )
+            data = await asyncio.to_thread(
+                functools.partial(
+                    formats.export_pkcs12,
+                    name=stored.name,
+                    key=key,
+                    cert=cert,
+                    chain=chain,
+                    passphrase=request.passphrase,
+                )
+            )
+            await self._rt.store.record_audit(
+                actor=self._actor(identity),
+                action="cert.export_p12",
+                detail={"sha256": stored.sha256},
+                now=self._rt.now(),
+            )
+        else:
+            if request.HasField("passphrase"):
+                raise BadInput(
+                    f"a {fmt} export holds certificates only and takes no passphrase; "
+                    "drop --passphrase-file or use --format p12"
+                )
+            certs = [cert] if fmt == "der" else [cert, *chain]
+            data = formats.export_certificates(certs, "der" if fmt == "der" else
+                                               "p7b" if fmt == "p7b" else "pem")
+        return certsync_pb2.ExportResponse(data=data)
+
+    @_rpc(change=False)
+    async def SniLookup(
+        self,
+        request: certsync_pb2.SniLookupRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.SniLookupResponse:
+        name: str | None = None
+        if request.HasField("server_name"):
+            name = request.server_name
+            parse_hostname(name)
+        selection = self._rt.served_for(name)
+        return certsync_pb2.SniLookupResponse(sha256=selection.key or "", reason=selection.reason)
+
+    @_rpc(change=False)
+    async def GetState(
+        self,
+        request: certsync_pb2.GetStateRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.NodeState:
+        store = self._rt.store
+        certs = await store.list_certificates()
+        default = next((c.sha256 for c in certs if c.is_default), "")
+        return certsync_pb2.NodeState(
+            name=self._rt.name,
+            role=str(await store.get_meta("role") or self._rt.role),
+            epoch=int(await store.get_meta("epoch") or 0),
+            revision=int(await store.get_meta("revision") or 0),
+            set_digest=await store.digest(),
+            default_sha256=default,
+            last_sync=str(await store.get_meta("last_sync") or ""),
+            cluster_id=self._rt.cluster_id,
+        )
+
+    # -- changing ----------------------------------------------------------------------
+
+    @_rpc(change=True)
+    async def SetDefault(
+        self,
+        request: certsync_pb2.SetDefaultRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.SetDefaultResponse:
+        stored = await self._stored(request.sha256)
+        warnings: list[str] = []
+        if not stored.has_key:
+            raise Conflict(
+                f"certificate {stored.sha256!r} has no private key and cannot be served; "
+                "import it with its key first"
+            )
+        if self._expired(stored):
+            when = _rfc3339(stored.not_after)
+            if not request.force:
+                raise Conflict(
+                    f"certificate {stored.sha256!r} expired on {when}; choose a valid one, "
+                    "or pass --force to serve it anyway"
+                )
+            warnings.append(f"certificate {stored.sha256} expired on {when}; serving it anyway")
+            _log.warning("cert.default_expired", sha256=stored.sha256, not_after=when)
+        await self._rt.store.set_default(
+            stored.sha256, actor=self._actor(identity), now=self._rt.now()
+        )
+        await self._rt.refresh()
+        return certsync_pb2.SetDefaultResponse(warnings=warnings)
+
+    @_rpc(change=True)
+    async def Delete(
+        self,
+        request: certsync_pb2.DeleteRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.DeleteResponse:
+        stored = await self._stored(request.sha256)
+        if stored.is_default:
+            certs = await self._rt.store.list_certificates()
+            if any(c.sha256 != stored.sha256 and c.has_key for c in certs):
+                raise Conflict(
+                    f"certificate {stored.sha256!r} is the default; choose another default "
+                    "with 'certsync cert default SHA256' first"
+                )
+        await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
+        await self._rt.refresh()
+        return certsync_pb2.DeleteResponse()
+
+
+def _csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
+    return certsync_pb2.CsrInfo(
+        id=stored.id,
+        name=stored.name,
+        pem=stored.pem.decode("ascii"),
+        created_at=_rfc3339(stored.created_at),
+    )
+
+
+def _plan_import(
+    material: Material, name: str, now: dt.datetime, make_default: bool, force: bool
+) -> tuple[list[SetEntry], str | None, list[str]]:
+    """Decide what an import stores (pure): entries, the identity's sha256, warnings."""
+    if not material.certificates:
+        if material.keys:
+            raise BadInput(
+                "the input holds a private key but no certificate; import the key together "
+                "with its certificate"
+            )
+        raise BadInput("the input holds no certificate; give a certificate, bundle or PKCS#12")
+    report = chain_mod.analyze(material)
+    warnings = list(report.problems)
+    ident = report.identity
+    if material.keys and (ident is None or report.key is None or not report.key_matches):
+        raise BadInput(
+            "the private key in the input does not belong to its identity certificate; "
+            "import the key with the certificate it was made for"
+        )
+    if len(material.keys) > 1:
+        raise BadInput(
+            f"the input holds {len(material.keys)} private keys; import one certificate and "
+            "its key at a time"
+        )
+    if make_default:
+        if ident is None:
+            raise BadInput("the input holds no identity certificate to make the default")
+        if report.key is None:
+            raise Conflict(
+                "the identity certificate comes without its private key and cannot be the "
+                "default; import it with its key"
+            )
+        if ident.not_valid_after_utc <= now:
+            when = _rfc3339(ident.not_valid_after_utc)
+            if not force:
+                raise Conflict(
+                    f"certificate {formats.cert_sha256(ident)!r} expired on {when}; import it "
+                    "without --default, or force it"
+                )
+            warnings.append(f"certificate {formats.cert_sha256(ident)} expired on {when}")
+    entries: list[SetEntry] = []
+    for cert in report.ordered:
+        is_ident = ident is not None and cert == ident
+        entries.append(
+            SetEntry(
+                cert=cert,
+                key=report.key if is_ident else None,
+                name=(name or _common_name(cert) or formats.cert_sha256(cert)[:16])
+                if is_ident
+                else (_common_name(cert) or formats.cert_sha256(cert)[:16]),
+            )
+        )
+    return entries, (formats.cert_sha256(ident) if ident is not None else None), warnings
+
+
+# --------------------------------------------------------------------------- server factory
+
+
+async def start_grpc_server(
+    service: CertStoreService,
+    *,
+    address: str,
+    credentials: grpc.ServerCredentials,
+) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server with the store, health and reflection services on
+    ``address`` (port 0: any) over mutual TLS only; return it and its port."""
+    server = grpc.aio.server()
+    certsync_pb2_grpc.add_CertStoreServicer_to_server(service, server)
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise BadInput(
+            f"cannot listen for gRPC on {address!r}; choose a free port and a local address"
+        )
+    await server.start()
+    for svc in ("", SERVICE_NAME):
+        await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
+
+
+def server_credentials(*, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
+    """mTLS server credentials: the node's identity; clients must present a cluster cert."""
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    )

@@ -1,0 +1,259 @@
+"""gRPC client for one node: mutual TLS, and status codes -> :mod:`node.errors` (one table).
+
+The node sends its error's class name in the trailing metadata ``certsync-error`` (and
+its scalar attributes as JSON in ``certsync-error-data``); the client rebuilds that error
+so the CLI prints the node's one-line message with the right exit code. Without that
+metadata the status code decides (:data:`CODE_TABLE`). A node that does not answer, or a
+call past its deadline, is :class:`NodeUnreachable`; a TLS handshake refused because one
+side's certificate is not from the other's CA is :class:`PermissionDenied` with a plain
+message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from node import errors
+from node.api import certsync_pb2, certsync_pb2_grpc
+from node.errors import CertsyncError, ConfigError, NodeUnreachable, PermissionDenied
+
+__all__ = ["CODE_TABLE", "NodeClient", "NodeTarget", "error_from_status"]
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+#: status code -> error class when the node sent no ``certsync-error`` metadata
+CODE_TABLE: Final[dict[grpc.StatusCode, type[CertsyncError]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.BadInput,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.Conflict,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
+    grpc.StatusCode.ABORTED: errors.TransferRejected,
+    grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
+}
+
+#: error classes the node may name in its metadata (only these are rebuilt)
+_KNOWN: Final[dict[str, type[CertsyncError]]] = {
+    name: cls
+    for name in errors.__all__
+    if isinstance(cls := getattr(errors, name), type) and issubclass(cls, CertsyncError)
+}
+
+_HANDSHAKE_MARKERS = ("handshake", "certificate_verify_failed", "ssl_error", "tsi_", "alert")
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """Where a node is and how to authenticate to it (PEM bytes of the cluster CA and our
+    own certificate and key)."""
+
+    name: str
+    address: str
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def server_name(self) -> str:
+        return f"{self.name}.node.certsync"
+
+    @classmethod
+    def from_files(
+        cls, *, name: str, address: str, ca_cert: Path, cert: Path, key: Path
+    ) -> NodeTarget:
+        def read(path: Path, what: str) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot read the {what} {str(path)!r}: {err.strerror}; check the config"
+                ) from err
+
+        return cls(
+            name=name,
+            address=address,
+            ca_pem=read(ca_cert, "CA certificate"),
+            cert_pem=read(cert, "client certificate"),
+            key_pem=read(key, "client key"),
+        )
+
+
+def error_from_status(
+    code: grpc.StatusCode,
+    details: str,
+    metadata: Sequence[tuple[str, str | bytes]],
+    *,
+    node: str,
+    address: str,
+) -> CertsyncError:
+    """The certsync error for a failed call (the one status -> error table is here)."""
+    meta = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in metadata}
+    kind = meta.get("certsync-error")
+    if kind in _KNOWN:
+        cls = _KNOWN[kind]
+        try:
+            data = json.loads(meta.get("certsync-error-data", "{}"))
+            return cls(details, **data)
+        except (TypeError, ValueError):
+            try:
+                return cls(details)
+            except TypeError:
+                pass
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        lowered = details.lower()
+        if any(marker in lowered for marker in _HANDSHAKE_MARKERS):
+            return PermissionDenied(
+                f"node {node!r} at {address} refused the TLS handshake: the certificates in "
+                "the config are not from this cluster's CA (or the node's are not); use the "
+                "admin.toml that 'certsync cluster init' wrote for this cluster"
+            )
+        why = "timed out" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "did not answer"
+        return NodeUnreachable(
+            f"node {node!r} at {address} is unreachable: it {why}; is it running?", node=node
+        )
+    cls = CODE_TABLE.get(code, CertsyncError)
+    return cls(f"node {node!r} answered {code.name}: {details}")
+
+
+_T = TypeVar("_T")
+
+
+class NodeClient:
+    """An open mTLS channel to one node; use as ``async with NodeClient(target) as c``."""
+
+    def __init__(self, target: NodeTarget, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._target = target
+        self._timeout = timeout
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=target.ca_pem,
+            private_key=target.key_pem,
+            certificate_chain=target.cert_pem,
+        )
+        self._channel = grpc.aio.secure_channel(
+            target.address,
+            creds,
+            options=(("grpc.ssl_target_name_override", target.server_name),),
+        )
+        self._stub = certsync_pb2_grpc.CertStoreStub(self._channel)
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    @property
+    def target(self) -> NodeTarget:
+        return self._target
+
+    async def _call(self, fn: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            return await fn()
+        except grpc.aio.AioRpcError as err:
+            # grpc.aio.Metadata at run time (pairs); grpc-stubs types it as the sync API's
+            trailing: Any = err.trailing_metadata() or ()
+            raise error_from_status(
+                err.code(),
+                err.details() or "",
+                [(str(k), v) for k, v in trailing],
+                node=self._target.name,
+                address=self._target.address,
+            ) from err
+
+    # -- one method per RPC ------------------------------------------------------------
+
+    async def create_self_signed(
+        self, request: certsync_pb2.CreateSelfSignedRequest
+    ) -> certsync_pb2.CreateSelfSignedResponse:
+        return await self._call(lambda: self._stub.CreateSelfSigned(request, timeout=self._timeout))
+
+    async def create_request(
+        self, request: certsync_pb2.CreateRequestRequest
+    ) -> certsync_pb2.CsrInfo:
+        return await self._call(lambda: self._stub.CreateRequest(request, timeout=self._timeout))
+
+    async def list_requests(self) -> list[certsync_pb2.CsrInfo]:
+        resp = await self._call(
+            lambda: self._stub.ListRequests(
+                certsync_pb2.ListRequestsRequest(), timeout=self._timeout
+            )
+        )
+        return list(resp.requests)
+
+    async def show_request(self, csr_id: str) -> certsync_pb2.CsrInfo:
+        req = certsync_pb2.ShowRequestRequest(id=csr_id)
+        return await self._call(lambda: self._stub.ShowRequest(req, timeout=self._timeout))
+
+    async def import_files(
+        self,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        passphrase: bytes | None = None,
+        name: str = "",
+        make_default: bool = False,
+        force: bool = False,
+    ) -> certsync_pb2.ImportResponse:
+        req = certsync_pb2.ImportRequest(
+            files=[certsync_pb2.SourceFile(name=n, content=c) for n, c in files],
+            name=name,
+            make_default=make_default,
+            force=force,
+        )
+        if passphrase is not None:
+            req.passphrase = passphrase
+        return await self._call(lambda: self._stub.Import(req, timeout=self._timeout))
+
+    async def list_certificates(self) -> list[certsync_pb2.CertificateInfo]:
+        resp = await self._call(
+            lambda: self._stub.List(certsync_pb2.ListRequest(), timeout=self._timeout)
+        )
+        return list(resp.certificates)
+
+    async def export(
+        self,
+        sha256: str,
+        fmt: certsync_pb2.ExportFormat.ValueType,
+        *,
+        passphrase: bytes | None = None,
+    ) -> bytes:
+        req = certsync_pb2.ExportRequest(sha256=sha256, format=fmt)
+        if passphrase is not None:
+            req.passphrase = passphrase
+        resp = await self._call(lambda: self._stub.Export(req, timeout=self._timeout))
+        return resp.data
+
+    async def set_default(self, sha256: str, *, force: bool = False) -> list[str]:
+        req = certsync_pb2.SetDefaultRequest(sha256=sha256, force=force)
+        resp = await self._call(lambda: self._stub.SetDefault(req, timeout=self._timeout))
+        return list(resp.warnings)
+
+    async def delete(self, sha256: str) -> None:
+        req = certsync_pb2.DeleteRequest(sha256=sha256)
+        await self._call(lambda: self._stub.Delete(req, timeout=self._timeout))
+
+    async def sni_lookup(self, server_name: str | None) -> certsync_pb2.SniLookupResponse:
+        req = certsync_pb2.SniLookupRequest()
+        if server_name is not None:
+            req.server_name = server_name
+        return await self._call(lambda: self._stub.SniLookup(req, timeout=self._timeout))
+
+    async def get_state(self) -> certsync_pb2.NodeState:
+        return await self._call(
+            lambda: self._stub.GetState(certsync_pb2.GetStateRequest(), timeout=self._timeout)
+        )
