@@ -54,6 +54,9 @@ _READ_CHUNK: Final = 4 * 1024
 #: distinct server names remembered per certificate set; random names cannot grow it further
 _LOOKUP_CACHE_SIZE: Final = 4096
 _LISTEN_BACKLOG: Final = 1024
+#: after a refused request, how long and how much unread input is drained before closing
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def _http_response(status: str, body: bytes, content_type: str) -> bytes:
 def _page(node_name: str) -> bytes:
     name = html.escape(node_name)
     return (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
         f"<title>certsync node {name}</title></head>\n"
         f"<body><h1>certsync node {name}</h1></body></html>\n"
     ).encode()
@@ -182,6 +185,27 @@ def _read_request_head(conn: ssl.SSLSocket, deadline: float) -> bytes | None:
             return None
         buf += chunk
     return buf
+
+
+def _linger(conn: ssl.SSLSocket, deadline: float) -> None:
+    """Half-close, then discard what the client still sends, briefly.
+
+    Closing a socket with unread input makes the kernel send RST, which can destroy the
+    response before the client reads it (a refused, oversized or POST request leaves input
+    unread). ``shutdown`` drops the TLS layer, so the reads below are raw TCP.
+    """
+    conn.shutdown(socket.SHUT_WR)
+    end = min(deadline, time.monotonic() + _LINGER_SECONDS)
+    drained = 0
+    while drained < _LINGER_BYTES:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return
+        conn.settimeout(remaining)
+        chunk = conn.recv(_READ_CHUNK)
+        if not chunk:
+            return
+        drained += len(chunk)
 
 
 def _is_get(head: bytes) -> bool:
@@ -292,9 +316,7 @@ class TlsEndpoint:
         if self._listener is not None:
             raise RuntimeError("TLS endpoint already started")
         try:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             family, _, _, _, sockaddr = infos[0]
             listener = socket.create_server(sockaddr[:2], family=family, backlog=_LISTEN_BACKLOG)
         except OSError as err:
@@ -388,5 +410,7 @@ class TlsEndpoint:
                 tls.setblocking(False)
                 with contextlib.suppress(ssl.SSLError, OSError):
                     tls.unwrap()
+                if not ok:
+                    _linger(tls, deadline)
             except (ssl.SSLError, OSError):
                 return
