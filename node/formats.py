@@ -166,6 +166,11 @@ def export_pkcs12(
         raise BadInput(
             "a PKCS#12 export needs a non-empty passphrase; give one with --passphrase-file"
         )
+    if not _pkcs12_text(passphrase):
+        raise BadInput(
+            "a PKCS#12 passphrase must be UTF-8 text without NUL bytes; "
+            "encode random passphrases (e.g. as hex or base64) first"
+        )
     if not 1 <= rounds <= MAX_KDF_ITERATIONS:
         raise BadInput(f"PKCS#12 KDF rounds {rounds!r} out of range; use 1..{MAX_KDF_ITERATIONS}")
     if not public_key_matches(key, cert):
@@ -183,6 +188,20 @@ def export_pkcs12(
     return pkcs12.serialize_key_and_certificates(
         name.encode("utf-8"), key, cert, list(chain) or None, encryption
     )
+
+
+def _pkcs12_text(passphrase: bytes) -> bool:
+    """PKCS#12 turns the passphrase into a BMPString: it must be UTF-8 text, NUL-free.
+
+    (``cryptography`` panics on a NUL byte and fails oddly on non-UTF-8 bytes.)
+    """
+    if b"\x00" in passphrase:
+        return False
+    try:
+        passphrase.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- reading
@@ -532,8 +551,9 @@ def _read_encrypted_pkcs8(
 def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumulator) -> None:
     what = "the PKCS#12 data"
     _check_kdf_work(name, what, der)
+    usable = passphrase is None or _pkcs12_text(passphrase)
     candidates: list[bytes | None] = []
-    if passphrase is not None:
+    if passphrase is not None and usable:
         candidates.append(passphrase)
     # DESIGN.md: an unencrypted PKCS#12, or one encrypted with the empty passphrase, opens
     # without a passphrase file
@@ -542,7 +562,7 @@ def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumula
     for candidate in candidates:
         try:
             loaded = pkcs12.load_pkcs12(der, candidate)
-        except ValueError:
+        except (ValueError, TypeError):  # wrong passphrase, damaged bags
             continue
         except UnsupportedAlgorithm as err:
             raise FormatError(
@@ -552,6 +572,12 @@ def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumula
             ) from err
         break
     if loaded is None:
+        if not usable:
+            raise PassphraseError(
+                f"the passphrase for PKCS#12 file {name!r} is not UTF-8 text without NUL "
+                "bytes, which a PKCS#12 passphrase must be; check the passphrase file",
+                source=name,
+            )
         if passphrase is None:
             raise PassphraseError(
                 f"PKCS#12 file {name!r} is protected by a passphrase; "
