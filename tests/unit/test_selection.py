@@ -111,7 +111,8 @@ def test_later_not_after_wins_then_smallest_key(kind: str) -> None:
 
 
 def test_exact_beats_wildcard_whatever_the_dates() -> None:
-    index = SniIndex.build([entry("w", "*.example.com", days=999), entry("e", "a.example.com")], None)
+    entries = [entry("w", "*.example.com", days=999), entry("e", "a.example.com")]
+    index = SniIndex.build(entries, None)
     assert index.lookup("a.example.com") == Selection("e", "exact")
     assert index.lookup("b.example.com") == Selection("w", "wildcard")
 
@@ -195,7 +196,8 @@ def server_name(draw: st.DrawFn) -> str | None:
         return draw(st.sampled_from([*IPS_POOL, "2001:DB8:0::1", "10.0.0.1.", "010.0.0.1"]))
     if kind == "garbage":
         return draw(st.text(max_size=30))
-    labels = draw(st.lists(st.sampled_from([*LABELS, "*", "", "-x", "a_b", "ab--x", "xn--a"]), max_size=2))
+    odd = ["*", "", "-x", "a_b", "ab--x", "xn--a"]
+    labels = draw(st.lists(st.sampled_from([*LABELS, *odd]), max_size=2))
     name = ".".join([*labels, draw(st.sampled_from(PARENTS))])
     name = draw(st.sampled_from([name, name.upper(), name + ".", name + ".."]))
     return name
