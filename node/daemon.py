@@ -148,8 +148,7 @@ async def run_node(
     ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0).
     """
     topology: Topology = config.topology
-    data_dir = Path(config.data_dir)
-    store = await Store.open(data_dir / "store.sqlite3", load_store_key(config.store_key_path))
+    store = await Store.open(config.store_path, load_store_key(config.store_key_path))
     endpoint = TlsEndpoint(node_name=config.name)
     server = None
     try:

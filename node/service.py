@@ -606,7 +606,7 @@ def _plan_import(
     report = chain_mod.analyze(material)
     warnings = list(report.problems)
     ident = report.identity
-    if material.keys and (ident is None or report.key is None or not report.key_matches):
+    if material.keys and (ident is None or report.key is None or report.key_matches != ident):
         raise BadInput(
             "the private key in the input does not belong to its identity certificate; "
             "import the key with the certificate it was made for"

@@ -11,6 +11,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,17 @@ import grpc
 from node import errors
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import CertsyncError, ConfigError, NodeUnreachable, PermissionDenied
+from sync.config import AdminConfig, load_admin_config
 
-__all__ = ["CODE_TABLE", "NodeClient", "NodeTarget", "error_from_status"]
+__all__ = [
+    "CODE_TABLE",
+    "NodeClient",
+    "NodeTarget",
+    "admin_config",
+    "admin_target",
+    "call_node",
+    "error_from_status",
+]
 
 DEFAULT_TIMEOUT: Final = 30.0
 
@@ -257,3 +267,45 @@ class NodeClient:
         return await self._call(
             lambda: self._stub.GetState(certsync_pb2.GetStateRequest(), timeout=self._timeout)
         )
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+def admin_config(path: str | None) -> AdminConfig:
+    """The admin config the CLI's global ``--config`` names (ConfigError when absent)."""
+    if not path:
+        raise ConfigError(
+            "this command talks to a node and needs the admin config; give "
+            "--config DIR/admin.toml (written by 'certsync cluster init')"
+        )
+    return load_admin_config(Path(path))
+
+
+def admin_target(config: AdminConfig, node: str | None) -> NodeTarget:
+    """Where node ``node`` (default: the primary) is, with the admin's credentials."""
+    spec = config.topology.node(node) if node else config.topology.primary
+    return NodeTarget.from_files(
+        name=spec.name,
+        address=spec.grpc_address,
+        ca_cert=config.ca_cert_path,
+        cert=config.cert_path,
+        key=config.key_path,
+    )
+
+
+def call_node(
+    config_path: str | None,
+    node: str | None,
+    fn: Callable[[NodeClient], Awaitable[_T]],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> _T:
+    """Run ``fn`` with a client for ``node`` on a fresh event loop (the CLI's one call)."""
+    target = admin_target(admin_config(config_path), node)
+
+    async def run() -> _T:
+        async with NodeClient(target, timeout=timeout) as client:
+            return await fn(client)
+
+    return asyncio.run(run())

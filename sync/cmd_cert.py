@@ -1,0 +1,219 @@
+"""``certsync cert create-self-signed|import|list|export|default|delete`` against one node."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.api import certsync_pb2
+from node.errors import BadInput
+from node.model import CREATABLE_KEY_TYPES
+from sync._io import print_json, read_input_file, read_passphrase_file
+from sync.client import call_node
+
+__all__ = ["add_subject_flags", "cert_json", "register", "subject_of"]
+
+_FORMATS = {
+    "pem": certsync_pb2.EXPORT_FORMAT_PEM,
+    "der": certsync_pb2.EXPORT_FORMAT_DER,
+    "p7b": certsync_pb2.EXPORT_FORMAT_P7B,
+    "p12": certsync_pb2.EXPORT_FORMAT_P12,
+}
+
+
+def add_subject_flags(parser: argparse.ArgumentParser) -> None:
+    """The subject, key type and SAN flags shared by ``cert create-self-signed`` and
+    ``request create``."""
+    parser.add_argument("--key", required=True, choices=CREATABLE_KEY_TYPES, help="key type")
+    parser.add_argument("--cn", required=True, metavar="CN", help="subject common name")
+    parser.add_argument("--country", metavar="C", help="two-letter country code")
+    parser.add_argument("--state", metavar="S")
+    parser.add_argument("--city", metavar="L")
+    parser.add_argument("--org", metavar="O")
+    parser.add_argument("--unit", metavar="U")
+    parser.add_argument(
+        "--san", action="append", metavar="HOST", help="DNS name or IP address (repeatable)"
+    )
+
+
+def subject_of(args: argparse.Namespace) -> certsync_pb2.Subject:
+    return certsync_pb2.Subject(
+        common_name=args.cn,
+        country=args.country or "",
+        state=args.state or "",
+        city=args.city or "",
+        org=args.org or "",
+        unit=args.unit or "",
+    )
+
+
+def cert_json(c: certsync_pb2.CertificateInfo) -> dict[str, Any]:
+    """One row of ``cert list --json`` (DESIGN.md's fields first)."""
+    return {
+        "sha256": c.sha256,
+        "name": c.name,
+        "role": c.role,
+        "has_key": c.has_key,
+        "default": c.is_default,
+        "dns_names": list(c.dns_names),
+        "not_after": c.not_after,
+        "ip_addresses": list(c.ip_addresses),
+        "subject": c.subject,
+    }
+
+
+def _warn(warnings: Any) -> None:
+    for w in warnings:
+        sys.stderr.write(f"certsync: warning: {w}\n")
+
+
+def _create(args: argparse.Namespace) -> int:
+    req = certsync_pb2.CreateSelfSignedRequest(
+        name=args.name or "",
+        key_type=args.key,
+        subject=subject_of(args),
+        sans=args.san or [],
+        days=args.days,
+        make_default=args.default,
+    )
+    resp = call_node(args.config, args.node, lambda c: c.create_self_signed(req))
+    _warn(resp.warnings)
+    if args.json:
+        print_json(cert_json(resp.certificate))
+    else:
+        print(resp.certificate.sha256)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    files = [(Path(p).name, read_input_file(p)) for p in args.files]
+    passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+    resp = call_node(
+        args.config,
+        args.node,
+        lambda c: c.import_files(
+            files,
+            passphrase=passphrase,
+            name=args.name or "",
+            make_default=args.default,
+            force=args.force,
+        ),
+    )
+    _warn(resp.warnings)
+    if args.json:
+        print_json(
+            {
+                "identity_sha256": resp.identity_sha256 or None,
+                "certificates": [cert_json(c) for c in resp.certificates],
+            }
+        )
+    elif resp.identity_sha256:
+        print(resp.identity_sha256)
+    else:
+        for c in resp.certificates:
+            print(c.sha256)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    certs = call_node(args.config, args.node, lambda c: c.list_certificates())
+    if args.json:
+        print_json([cert_json(c) for c in certs])
+        return 0
+    print(f"{'SHA256':<64}  {'ROLE':<12}  KEY  DEF  {'NOT AFTER':<20}  NAME / DNS NAMES")
+    for c in certs:
+        names = ", ".join(c.dns_names)
+        print(
+            f"{c.sha256:<64}  {c.role:<12}  {'yes' if c.has_key else 'no ':<3}  "
+            f"{'*' if c.is_default else ' ':<3}  {c.not_after:<20}  {c.name}"
+            + (f" ({names})" if names else "")
+        )
+    return 0
+
+
+def _write_out(path: str, data: bytes, *, secret: bool) -> None:
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        if secret:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except OSError as err:
+        raise BadInput(f"cannot write {path!r}: {err.strerror}; check the directory") from err
+
+
+def _export(args: argparse.Namespace) -> int:
+    passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
+    if args.format == "p12" and passphrase is None:
+        raise BadInput("a p12 export carries the private key; give --passphrase-file")
+    if args.format != "p12" and passphrase is not None:
+        raise BadInput(f"a {args.format} export takes no passphrase; drop --passphrase-file")
+    data = call_node(
+        args.config,
+        args.node,
+        lambda c: c.export(args.sha256, _FORMATS[args.format], passphrase=passphrase),
+    )
+    _write_out(args.out, data, secret=args.format == "p12")
+    return 0
+
+
+def _default(args: argparse.Namespace) -> int:
+    warnings = call_node(
+        args.config, args.node, lambda c: c.set_default(args.sha256, force=args.force)
+    )
+    _warn(warnings)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    call_node(args.config, args.node, lambda c: c.delete(args.sha256))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    cert = subparsers.add_parser("cert", help="certificates in a node's store")
+    sub = cert.add_subparsers(dest="cert_command", metavar="COMMAND")
+    sub.required = True
+
+    create = sub.add_parser("create-self-signed", help="create a key and a self-signed cert")
+    create.add_argument("--name", required=True, metavar="N", help="friendly name")
+    add_subject_flags(create)
+    create.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    create.add_argument("--default", action="store_true", help="make it the default")
+    create.add_argument("--json", action="store_true", help="print JSON")
+    create.set_defaults(func=_create)
+
+    imp = sub.add_parser("import", help="import certificates and keys (any accepted format)")
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("--passphrase-file", metavar="P")
+    imp.add_argument("--name", metavar="N", help="friendly name of the identity certificate")
+    imp.add_argument("--default", action="store_true", help="make it the default")
+    imp.add_argument(
+        "--force", action="store_true", help="with --default: allow an expired certificate"
+    )
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(func=_import)
+
+    lst = sub.add_parser("list", help="list the node's certificates")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    lst.set_defaults(func=_list)
+
+    exp = sub.add_parser("export", help="export a certificate (p12: with key and chain)")
+    exp.add_argument("sha256", metavar="SHA256")
+    exp.add_argument("--out", required=True, metavar="FILE")
+    exp.add_argument("--format", choices=tuple(_FORMATS), default="pem")
+    exp.add_argument("--passphrase-file", metavar="P")
+    exp.set_defaults(func=_export)
+
+    default = sub.add_parser("default", help="make a certificate the default")
+    default.add_argument("sha256", metavar="SHA256")
+    default.add_argument("--force", action="store_true", help="allow an expired certificate")
+    default.set_defaults(func=_default)
+
+    delete = sub.add_parser("delete", help="delete a certificate and its key")
+    delete.add_argument("sha256", metavar="SHA256")
+    delete.set_defaults(func=_delete)
