@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Literal, TypeAlias
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtensionOID
 
 from node.errors import BadInput, Conflict
@@ -104,6 +105,22 @@ class CertState:
             _check_aware("last_alert_at", self.last_alert_at)
         if self.failures < 0:
             raise ValueError(f"failures must be >= 0, got {self.failures!r}")
+
+    @classmethod
+    def from_certificate(cls, cert: x509.Certificate, *, acme: bool = False) -> CertState:
+        """The state of a certificate never renewed nor alerted about: its SHA-256, its DNS
+        SANs (as written) and ``not_after``."""
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = tuple(san.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            names = ()
+        return cls(
+            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            names=names,
+            not_after=cert.not_valid_after_utc,
+            acme=acme,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,411 @@
+"""[shell] Let's Encrypt through ACME: one order with HTTP-01, and the challenge responder.
+
+The protocol (JWS, account, order, challenge, finalisation, download) is certbot's ``acme``
+library; this module only wires it to certsync's key types, errors and event loop. The
+``acme`` client blocks (``requests``, ``time.sleep`` while polling), so each request runs in
+``asyncio.to_thread``; the :class:`Http01Responder` is an asyncio server on the node's loop.
+
+Typical use on the primary::
+
+    responder, port = await start_http01_responder("0.0.0.0", 80)
+    try:
+        result = await request_certificate(
+            directory_url=LETS_ENCRYPT_DIRECTORY, email="admin@example.com",
+            hostname="support.example.com", key_type="ec-p256", responder=responder,
+            account_key=stored_account_key, ca_bundle=None, now=clock(),
+        )
+    finally:
+        await responder.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import structlog
+from acme import challenges, client, crypto_util, messages
+from acme import errors as acme_errors
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
+from requests.adapters import HTTPAdapter
+
+from node.errors import AcmeError, BadInput
+from node.model import KeyType, PrivateKey
+from node.names import parse_hostname
+
+__all__ = [
+    "ACME_KEY_TYPES",
+    "LETS_ENCRYPT_DIRECTORY",
+    "AcmeResult",
+    "Http01Responder",
+    "generate_key",
+    "request_certificate",
+    "start_http01_responder",
+]
+
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+#: key types public ACME CAs issue for (no Ed25519)
+ACME_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+_log = structlog.get_logger("certsync.acme")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+#: a challenge request is one short line and a few headers; anything bigger is not one
+_MAX_LINE = 4096
+_MAX_HEADERS = 64
+_READ_TIMEOUT = 10.0
+
+
+# --- HTTP-01 responder --------------------------------------------------------------------
+
+
+class Http01Responder:
+    """A tiny HTTP server answering ``GET /.well-known/acme-challenge/<token>``.
+
+    It serves the key authorisations registered with :meth:`add` and answers 404 to
+    anything else; reads are bounded (request line and headers at most 4 KiB each, 64
+    headers, 10 s). :meth:`add` and :meth:`discard` are plain dict updates, safe to call
+    from any thread (:func:`request_certificate` calls them from its worker thread).
+    Key authorisations are not secrets: they are what the CA fetches over plain HTTP.
+    """
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+        self._answers: dict[str, str] = {}
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def add(self, token: str, key_authorization: str) -> None:
+        self._answers[token] = key_authorization
+
+    def discard(self, token: str) -> None:
+        self._answers.pop(token, None)
+
+    @property
+    def serving(self) -> bool:
+        return self._server.is_serving()
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            status, body = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
+        except (TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            status, body = 400, b"bad request\n"
+        except ConnectionError:
+            writer.close()
+            return
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+        head = (
+            f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        with contextlib.suppress(ConnectionError):
+            writer.write(head + body)
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        _log.debug("acme_challenge_request", status=status, peer=str(peer))
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        line = await reader.readuntil(b"\n")
+        for _ in range(_MAX_HEADERS + 1):
+            if (await reader.readuntil(b"\n")).strip() == b"":
+                break
+        else:
+            return 400, b"too many headers\n"
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, b"bad request\n"
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            return 405, b"method not allowed\n"
+        token = target.removeprefix(CHALLENGE_PREFIX) if target.startswith(CHALLENGE_PREFIX) else ""
+        answer = self._answers.get(token) if _TOKEN.fullmatch(token) else None
+        if answer is None:
+            return 404, b"not found\n"
+        _log.info("acme_challenge_served", token=token)
+        return 200, answer.encode("ascii") if method == "GET" else b""
+
+
+async def start_http01_responder(host: str, port: int = 80) -> tuple[Http01Responder, int]:
+    """Start the HTTP-01 responder on ``host:port`` (0: any free port); return it and its port."""
+    holder: list[Http01Responder] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await holder[0]._handle(reader, writer)
+
+    try:
+        server = await asyncio.start_server(handle, host, port, limit=_MAX_LINE)
+    except OSError as err:
+        raise BadInput(
+            f"cannot listen for ACME HTTP-01 challenges on {host!r} port {port!r}: "
+            f"{err.strerror}; free the port or set another one in the node config"
+        ) from err
+    responder = Http01Responder(server)
+    holder.append(responder)
+    return responder, responder.port
+
+
+# --- the order ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcmeResult:
+    """An issued certificate: ``chain`` is the issuer chain (identity not included),
+    ``key`` the certificate's new key, ``account_key`` the ACME account key to keep."""
+
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
+    account_key: PrivateKey
+    requested_at: dt.datetime
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    """A new private key of ``key_type`` (blocking for RSA: call it in a thread)."""
+    if key_type not in ACME_KEY_TYPES:
+        raise BadInput(
+            f"key type {key_type!r} cannot be requested through ACME; "
+            f"use one of {', '.join(ACME_KEY_TYPES)}"
+        )
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    curve = ec.SECP256R1() if key_type == "ec-p256" else ec.SECP384R1()
+    return ec.generate_private_key(curve)
+
+
+def _jwk(account_key: PrivateKey) -> tuple[JWK, JWASignature]:
+    if isinstance(account_key, rsa.RSAPrivateKey):
+        return JWKRSA(key=account_key), RS256
+    if isinstance(account_key, ec.EllipticCurvePrivateKey):
+        algs = {256: ES256, 384: ES384, 521: ES512}
+        return JWKEC(key=account_key), algs[account_key.curve.key_size]
+    raise BadInput("an ACME account key must be RSA or EC; Ed25519 is not accepted by ACME CAs")
+
+
+class _PinnedCAAdapter(HTTPAdapter):
+    """Verify TLS against one CA bundle instead of the system store (e.g. Pebble's test CA).
+
+    ``acme.client.ClientNetwork`` passes ``verify=True`` on every request, which ``requests``
+    may turn into ``$REQUESTS_CA_BUNDLE``; the bundle is substituted at the transport adapter,
+    after both.
+    """
+
+    def __init__(self, ca_bundle: Path) -> None:
+        super().__init__()
+        self._ca_bundle = str(ca_bundle)
+
+    def send(  # type: ignore[override]  # same call, verify narrowed to the pinned bundle
+        self, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
+        if kwargs.get("verify", True) is not False:
+            kwargs["verify"] = self._ca_bundle
+        return super().send(request, **kwargs)
+
+
+def _problem(err: BaseException) -> str:
+    """A one-line description of an ACME failure, from the server's problem document."""
+    if isinstance(err, acme_errors.ValidationError):
+        details = [
+            f"{chall.error.detail or chall.error.typ}"
+            for authzr in err.failed_authzrs
+            for chall in authzr.body.challenges
+            if chall.error is not None
+        ]
+        return "; ".join(details) or "validation failed"
+    if isinstance(err, acme_errors.IssuanceError):
+        return str(err.error.detail or err.error.typ)
+    if isinstance(err, messages.Error):
+        return str(err.detail or err.typ)
+    return str(err) or type(err).__name__
+
+
+def _blocking_order(
+    *,
+    directory_url: str,
+    email: str | None,
+    hostname: str,
+    key: PrivateKey,
+    account_key: PrivateKey,
+    responder: Http01Responder,
+    ca_bundle: Path | None,
+    poll_for: dt.timedelta,
+) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    jwk, alg = _jwk(account_key)
+    net = client.ClientNetwork(jwk, alg=alg, user_agent="certsync", timeout=30)
+    if ca_bundle is not None:
+        net.session.mount("https://", _PinnedCAAdapter(ca_bundle))
+    directory = client.ClientV2.get_directory(directory_url, net)
+    acme = client.ClientV2(directory, net)
+    registration = messages.NewRegistration.from_data(email=email, terms_of_service_agreed=True)
+    try:
+        acme.new_account(registration)
+    except acme_errors.ConflictError as err:  # the key has an account already: use it
+        regr = messages.RegistrationResource(uri=err.location, body=messages.Registration())
+        net.account = regr
+        net.account = acme.query_registration(regr)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    order = acme.new_order(crypto_util.make_csr(key_pem, [hostname]))
+    tokens: list[str] = []
+    try:
+        for authzr in order.authorizations:
+            if authzr.body.status == messages.STATUS_VALID:  # reused authorisation
+                continue
+            http01 = [c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)]
+            if not http01:
+                raise AcmeError(
+                    f"the ACME server offers no HTTP-01 challenge for {hostname!r}; "
+                    "use a CA that supports HTTP-01",
+                    hostname=hostname,
+                    retryable=False,
+                )
+            challb = http01[0]
+            response, validation = challb.response_and_validation(jwk)
+            token = challb.chall.encode("token")
+            responder.add(token, validation)
+            tokens.append(token)
+            acme.answer_challenge(challb, response)
+        # the acme library compares its deadlines with naive local time
+        deadline = dt.datetime.now() + poll_for  # noqa: DTZ005
+        finished = acme.poll_and_finalize(order, deadline)
+    finally:
+        for token in tokens:
+            responder.discard(token)
+    certs = x509.load_pem_x509_certificates(finished.fullchain_pem.encode("ascii"))
+    return certs[0], tuple(certs[1:])
+
+
+def _check_issued(
+    cert: x509.Certificate, key: PrivateKey, hostname: str, directory_url: str
+) -> None:
+    if cert.public_key() != key.public_key():
+        raise AcmeError(
+            f"the certificate {directory_url!r} issued for {hostname!r} does not match the "
+            "key certsync sent; report this to the CA",
+            hostname=hostname,
+            retryable=False,
+        )
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names: list[str] = []
+    else:
+        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    if hostname not in names:
+        raise AcmeError(
+            f"the certificate {directory_url!r} issued does not name {hostname!r} "
+            f"(it names {names!r}); report this to the CA",
+            hostname=hostname,
+            retryable=False,
+        )
+
+
+async def request_certificate(
+    *,
+    directory_url: str,
+    email: str | None,
+    hostname: str,
+    key_type: KeyType,
+    responder: Http01Responder,
+    account_key: PrivateKey | None,
+    ca_bundle: Path | None,
+    now: dt.datetime,
+    poll_for: dt.timedelta = dt.timedelta(seconds=90),
+) -> AcmeResult:
+    """Request a certificate for ``hostname`` with a new ``key_type`` key, over HTTP-01.
+
+    Registers (or finds) the ACME account of ``account_key`` (a new EC P-256 key when
+    ``None``; keep ``AcmeResult.account_key``), orders, answers the HTTP-01 challenge
+    through ``responder``, finalises and downloads the chain. ``ca_bundle`` replaces the
+    system trust store for the directory's TLS (tests: Pebble's CA); ``now`` is recorded
+    as ``requested_at``; polling stops after ``poll_for``. Raises :class:`AcmeError` when
+    the CA cannot be reached or refuses, :class:`BadInput` for a bad hostname or key type.
+    """
+    name = parse_hostname(hostname)
+    if name.kind != "dns":
+        raise BadInput(
+            f"hostname {hostname!r} is an IP address; HTTP-01 certificates are for DNS names"
+        )
+    if not responder.serving:
+        raise AcmeError(
+            f"the HTTP-01 responder for {hostname!r} is not running; start it before requesting",
+            hostname=hostname,
+        )
+    key = await asyncio.to_thread(generate_key, key_type)
+    if account_key is None:
+        account_key = await asyncio.to_thread(generate_key, "ec-p256")
+    _log.info("acme_request_started", hostname=name.value, key_type=key_type, url=directory_url)
+    try:
+        cert, chain = await asyncio.to_thread(
+            _blocking_order,
+            directory_url=directory_url,
+            email=email,
+            hostname=name.value,
+            key=key,
+            account_key=account_key,
+            responder=responder,
+            ca_bundle=ca_bundle,
+            poll_for=poll_for,
+        )
+    except AcmeError:
+        raise
+    except requests.exceptions.SSLError as err:
+        raise AcmeError(
+            f"TLS verification of the ACME directory {directory_url!r} failed; "
+            "check the URL and the CA bundle",
+            hostname=hostname,
+        ) from err
+    except requests.exceptions.RequestException as err:
+        raise AcmeError(
+            f"cannot reach the ACME directory {directory_url!r} ({type(err).__name__}); "
+            "check the URL and the network",
+            hostname=hostname,
+        ) from err
+    except acme_errors.ValidationError as err:
+        raise AcmeError(
+            f"the CA could not validate {hostname!r} over HTTP-01 ({_problem(err)}); check "
+            "that the name points at this node and that the challenge port reaches it",
+            hostname=hostname,
+        ) from err
+    except acme_errors.TimeoutError as err:
+        raise AcmeError(
+            f"the ACME order for {hostname!r} did not finish within {poll_for}; try again later",
+            hostname=hostname,
+        ) from err
+    except (acme_errors.Error, messages.Error) as err:
+        raise AcmeError(
+            f"the ACME server refused the request for {hostname!r} ({_problem(err)}); "
+            "check the account e-mail and the name, then try again",
+            hostname=hostname,
+        ) from err
+    _check_issued(cert, key, name.value, directory_url)
+    _log.info(
+        "acme_certificate_issued",
+        hostname=name.value,
+        sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        not_after=cert.not_valid_after_utc.isoformat(),
+    )
+    return AcmeResult(cert, chain, key, account_key, now)
+
