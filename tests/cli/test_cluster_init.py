@@ -149,56 +149,88 @@ def test_identities_round_trip_and_stay_in_their_cluster(
         identity_from_certificate(foreign, cluster_id=cid)
 
 
-def _mtls_handshake(server_dir: Path, node: str, client_dir: Path) -> x509.Certificate:
-    """A real TLS 1.3 handshake over a socket pair: node ``node`` of ``server_dir`` serves,
-    requiring a client certificate from its CA; the admin of ``client_dir`` connects.
-    Returns the client certificate the server saw."""
+class Handshake:
+    """Outcome of one real TLS 1.3 handshake over a socket pair (both sides' errors kept)."""
+
+    def __init__(self) -> None:
+        self.client_cert_seen: x509.Certificate | None = None
+        self.server_error: BaseException | None = None
+        self.client_error: BaseException | None = None
+
+
+def _mtls_handshake(server_dir: Path, node: str, client_dir: Path, trust_dir: Path,
+                    target: str | None = None) -> Handshake:
+    """Node ``node`` of ``server_dir`` serves and requires a client certificate from its CA;
+    the admin of ``client_dir`` connects, trusting ``trust_dir``'s CA, asking for ``target``
+    (default: the name gRPC clients use, ``<node>.node.certsync``)."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(server_dir / node / "node.pem", server_dir / node / "node-key.pem")
     server_ctx.load_verify_locations(server_dir / "ca.pem")
     server_ctx.verify_mode = ssl.CERT_REQUIRED
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.load_cert_chain(client_dir / "admin.pem", client_dir / "admin-key.pem")
-    client_ctx.load_verify_locations(client_dir / "ca.pem")
+    client_ctx.load_verify_locations(trust_dir / "ca.pem")
     a, b = socket.socketpair()
-    seen: list[bytes] = []
-    errors: list[BaseException] = []
+    result = Handshake()
 
     def serve() -> None:
         try:
             with server_ctx.wrap_socket(a, server_side=True) as tls:
                 der = tls.getpeercert(binary_form=True)
                 assert der is not None
-                seen.append(der)
+                result.client_cert_seen = x509.load_der_x509_certificate(der)
                 tls.sendall(b"ok")
         except (ssl.SSLError, OSError) as err:
-            errors.append(err)
+            result.server_error = err
             a.close()
 
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        with client_ctx.wrap_socket(b, server_hostname=f"{node}.node.certsync") as tls:
+        with client_ctx.wrap_socket(b, server_hostname=target or f"{node}.node.certsync") as tls:
             assert tls.recv(2) == b"ok"
+    except (ssl.SSLError, OSError) as err:
+        result.client_error = err
     finally:
+        b.close()
         thread.join(timeout=30)
-    assert not errors, errors
-    return x509.load_der_x509_certificate(seen[0])
+    assert not thread.is_alive()
+    return result
 
 
 def test_real_mtls_handshake(cluster_dir: Path) -> None:
-    peer = _mtls_handshake(cluster_dir, "b1", cluster_dir)
+    result = _mtls_handshake(cluster_dir, "b1", cluster_dir, cluster_dir)
+    assert (result.server_error, result.client_error) == (None, None)
+    assert result.client_cert_seen is not None
     cid = load_topology(cluster_dir / "cluster.toml").cluster_id
-    assert identity_from_certificate(peer, cluster_id=cid) == Identity("admin", "admin", cid)
+    assert identity_from_certificate(result.client_cert_seen, cluster_id=cid) == Identity(
+        "admin", "admin", cid)
 
 
 def test_real_mtls_handshake_refuses_another_clusters_admin(
     cluster_dir: Path, other_cluster_dir: Path
 ) -> None:
-    with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
-        # the client trusts other_cluster's CA and presents other_cluster's admin: both
-        # sides refuse (server: unknown CA; client: server cert not from its CA)
-        _mtls_handshake(cluster_dir, "p1", other_cluster_dir)
+    # the client trusts the right CA but presents another cluster's admin certificate
+    result = _mtls_handshake(cluster_dir, "p1", other_cluster_dir, cluster_dir)
+    assert isinstance(result.server_error, ssl.SSLError)
+    assert "certificate" in str(result.server_error).lower()
+    assert result.client_cert_seen is None
+
+
+def test_real_mtls_handshake_refuses_another_clusters_node(
+    cluster_dir: Path, other_cluster_dir: Path
+) -> None:
+    # the client (this cluster's admin) reaches a node of another cluster: it refuses it
+    result = _mtls_handshake(other_cluster_dir, "p1", cluster_dir, cluster_dir)
+    assert isinstance(result.client_error, ssl.SSLCertVerificationError)
+
+
+def test_real_mtls_handshake_checks_the_node_name(cluster_dir: Path) -> None:
+    # b1 answers where the client expects p1: its certificate does not pass for p1
+    result = _mtls_handshake(cluster_dir, "b1", cluster_dir, cluster_dir,
+                             target="p1.node.certsync")
+    assert isinstance(result.client_error, ssl.SSLCertVerificationError)
+    assert "p1.node.certsync" in str(result.client_error)
 
 
 def test_listen_and_advertise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
