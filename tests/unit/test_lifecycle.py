@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -390,3 +391,30 @@ def test_staged_ca_change_switches_after_the_wait(elapsed: timedelta, due: bool)
     staged = stage_ca_change("ef" * 32, "48h", NOW)
     assert staged.switch_at == NOW + timedelta(hours=48)
     assert ca_change_due(staged, NOW + elapsed) is due
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=12))
+def test_parse_wait_parses_or_raises_bad_input(text: str) -> None:
+    try:
+        wait = parse_wait(text)
+    except BadInput as err:
+        assert repr(text) in str(err)
+    else:
+        assert timedelta(0) <= wait <= timedelta(days=365)
+
+
+def test_cert_state_from_certificate(ca_a: trustme.CA) -> None:
+    not_after = datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+    leaf = ca_a.issue_cert("a.example.com", "b.example.com", not_after=not_after)
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    state = CertState.from_certificate(cert, acme=True)
+    assert state.names == ("a.example.com", "b.example.com")
+    assert state.not_after == not_after and state.acme
+    assert state.sha256 == cert.fingerprint(hashes.SHA256()).hex()
+    assert (state.failures, state.last_alert_at, state.superseded) == (0, None, False)
+
+
+def test_cert_state_from_certificate_without_sans(ca_a: trustme.CA) -> None:
+    root = x509.load_pem_x509_certificate(ca_a.cert_pem.bytes())
+    assert CertState.from_certificate(root).names == ()
