@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -34,7 +33,7 @@ def _free_base_port() -> int:
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+            base = int(probe.getsockname()[1])
         if base > 65000:
             continue
         try:
@@ -266,4 +265,4 @@ def test_sigterm_stops_the_node_cleanly_and_then_it_is_unreachable(
     after = c.cli("cert", "list", check=False)
     assert after.returncode == 2
     assert "is unreachable" in after.stderr and "is it running?" in after.stderr
-    assert os.path.exists(directory / "p1" / "store.sqlite3")
+    assert (directory / "p1" / "store.sqlite3").exists()
