@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
@@ -417,7 +418,7 @@ def _read_der_object(
     acc: _Accumulator,
 ) -> None:
     try:
-        children = list(_elements(der, top.start, _content_end(der, top), 1))
+        children = list(_elements(der, top.start, _content_end(top), 1))
     except _DerError as err:
         raise _damaged(name, what, str(err)) from err
     shape = [c.tag for c in children]
@@ -495,7 +496,11 @@ def _supported_private_key(name: str, key: PrivateKeyTypes) -> PrivateKey:
 
 def _load_pkcs7(name: str, what: str, der: bytes) -> list[x509.Certificate]:
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(der)
+        with warnings.catch_warnings():
+            # `openssl crl2pkcs7` writes its certificate SET unsorted (BER, not DER);
+            # cryptography reads it fine and warns, which would only confuse the admin
+            warnings.simplefilter("ignore", UserWarning)
+            certs = pkcs7.load_der_pkcs7_certificates(der)
     except ValueError as err:
         raise _damaged(name, what, "not a valid PKCS#7 certificate bundle") from err
     except UnsupportedAlgorithm as err:
@@ -627,6 +632,7 @@ class _Tlv:
     tag: int
     start: int  # first content byte
     end: int  # one past the element (for indefinite length: past the end-of-contents)
+    indefinite: bool = False
 
     @property
     def constructed(self) -> bool:
@@ -652,7 +658,7 @@ def _element(data: bytes, pos: int, end: int, depth: int) -> _Tlv:
             if cursor + 2 > end:
                 raise _DerError("ends before an end-of-contents marker", truncated=True)
             if data[cursor] == 0 and data[cursor + 1] == 0:
-                return _Tlv(tag, pos, cursor + 2)
+                return _Tlv(tag, pos, cursor + 2, indefinite=True)
             cursor = _element(data, cursor, end, depth + 1).end
     if first & 0x80:
         count = first & 0x7F
@@ -682,11 +688,9 @@ def _elements(data: bytes, start: int, end: int, depth: int) -> Iterator[_Tlv]:
         pos = child.end
 
 
-def _content_end(data: bytes, tlv: _Tlv) -> int:
+def _content_end(tlv: _Tlv) -> int:
     """End of the content bytes (excludes an indefinite length's end-of-contents)."""
-    if data[tlv.start - 1] == 0x80 and tlv.constructed and tlv.end - tlv.start >= 2:
-        return tlv.end - 2
-    return tlv.end
+    return tlv.end - 2 if tlv.indefinite else tlv.end
 
 
 def _int_value(data: bytes, tlv: _Tlv) -> int:
@@ -720,7 +724,7 @@ def _octets(data: bytes, tlv: _Tlv, depth: int) -> bytes:
         return data[tlv.start : tlv.end]
     return b"".join(
         _octets(data, part, depth + 1)
-        for part in _elements(data, tlv.start, _content_end(data, tlv), depth + 1)
+        for part in _elements(data, tlv.start, _content_end(tlv), depth + 1)
         if part.tag in (_OCTET_STRING, _OCTET_STRING_CONSTRUCTED)
     )
 
@@ -739,25 +743,26 @@ def _kdf_costs(data: bytes, tlv: _Tlv, depth: int) -> Iterator[tuple[str, int]]:
         if inner[:1] in (b"\x30", b"\xa0"):
             try:
                 top = _element(inner, 0, len(inner), depth + 1)
+                whole = top.end == len(inner)
+                found = list(_kdf_costs(inner, top, depth + 1)) if whole else []
             except _DerError:
-                return  # opaque bytes (salt, ciphertext, key material)
-            if top.end == len(inner):
-                yield from _kdf_costs(inner, top, depth + 1)
+                found = []  # opaque bytes (salt, ciphertext, key material), not DER
+            yield from found
         return
     if not tlv.constructed:
         return
-    children = list(_elements(data, tlv.start, _content_end(data, tlv), depth + 1))
+    children = list(_elements(data, tlv.start, _content_end(tlv), depth + 1))
     tags = [c.tag for c in children]
     if tlv.tag == _SEQUENCE and len(children) == 2 and tags[0] == _OID:
         oid = _oid_text(data, children[0])
         params = children[1]
         if params.tag == _SEQUENCE and (oid == _OID_PBKDF2 or oid in _OIDS_SALT_ITERATIONS):
-            fields = list(_elements(data, params.start, _content_end(data, params), depth + 2))
+            fields = list(_elements(data, params.start, _content_end(params), depth + 2))
             if len(fields) >= 2 and fields[1].tag == _INTEGER:
                 yield ("iterations", _int_value(data, fields[1]))
             return
         if params.tag == _SEQUENCE and oid == _OID_SCRYPT:
-            fields = list(_elements(data, params.start, _content_end(data, params), depth + 2))
+            fields = list(_elements(data, params.start, _content_end(params), depth + 2))
             names = ("scrypt-n", "scrypt-r", "scrypt-p")
             for label, field in zip(names, fields[1:4], strict=False):
                 if field.tag == _INTEGER:
