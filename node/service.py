@@ -157,14 +157,16 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
 
         @functools.wraps(fn)
         async def wrapper(self: CertStoreService, request: _Req, context: _Context) -> _Resp:
-            with structlog.contextvars.bound_contextvars(method=method, peer=context.peer()):
+            with structlog.contextvars.bound_contextvars(
+                method=method, peer=context.peer(), caller=None
+            ):
                 try:
                     identity = self._identity(context)
-                    with structlog.contextvars.bound_contextvars(
+                    structlog.contextvars.bind_contextvars(
                         caller=f"{identity.kind}:{identity.name}"
-                    ):
-                        await self._authorize(identity, method, change=change)
-                        result = await fn(self, request, context, identity)
+                    )
+                    await self._authorize(identity, method, change=change)
+                    result = await fn(self, request, context, identity)
                     _log.info("rpc.ok")
                     return result
                 except CertsyncError as err:

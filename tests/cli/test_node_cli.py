@@ -61,6 +61,7 @@ class Cluster:
     process: subprocess.Popen[bytes]
     tls_port: int
     grpc_port: int
+    log: Path
 
     @property
     def admin(self) -> str:
@@ -101,7 +102,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "--primary", "p1=p1.example.com", "--base-port", str(base),
     )
     proc = _start(directory, root / "node.log")
-    c = Cluster(directory, proc, tls_port=base + 1, grpc_port=base)
+    c = Cluster(directory, proc, tls_port=base + 1, grpc_port=base, log=root / "node.log")
     try:
         _wait_ready(c)
         yield c
@@ -221,6 +222,18 @@ def test_wrong_passphrase_is_exit_2_without_the_passphrase(
     assert CANARY not in proc.stderr + proc.stdout
 
 
+def test_node_log_is_json_with_rpc_context_and_no_canary(cluster: Cluster) -> None:
+    """Runs after the imports above (module order): the canary passphrase was sent."""
+    cluster.cli("cert", "list")
+    lines = cluster.log.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    rpcs = [e for e in events if e["event"] == "rpc.ok"]
+    assert rpcs and {"method", "peer", "caller", "timestamp", "level"} <= set(rpcs[-1])
+    assert any(e.get("method") == "Import" for e in rpcs)
+    assert CANARY not in cluster.log.read_text()
+    assert "PRIVATE KEY" not in cluster.log.read_text()
+
+
 def test_request_create_list_show(cluster: Cluster) -> None:
     created = cluster.cli(
         "request", "create", "--key", "ec-p256", "--cn", "csr.example.com",
@@ -254,7 +267,7 @@ def test_sigterm_stops_the_node_cleanly_and_then_it_is_unreachable(
     )
     log = tmp_path / "node.log"
     proc = _start(directory, log)
-    c = Cluster(directory, proc, tls_port=base + 1, grpc_port=base)
+    c = Cluster(directory, proc, tls_port=base + 1, grpc_port=base, log=log)
     try:
         _wait_ready(c)
     finally:
