@@ -33,6 +33,7 @@ __all__ = ["Selection", "SniEntry", "SniIndex"]
 _PLAIN_LABEL = re.compile(r"(?!-)(?!..--)[a-z0-9-]{1,63}(?<!-)\Z")
 _MAX_NAME = 253
 _MAX_LABEL = 63
+_Reason = Literal["exact", "wildcard", "default"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class SniEntry:
 @dataclass(frozen=True)
 class Selection:
     key: str | None
-    reason: Literal["exact", "wildcard", "default"]
+    reason: _Reason
 
 
 def _best(entries: list[SniEntry]) -> SniEntry:
@@ -61,7 +62,7 @@ class SniIndex:
     Immutable after :meth:`build`; safe to share between threads and TLS callbacks.
     """
 
-    __slots__ = ("_default", "_exact", "_ip", "_wild")
+    __slots__ = ("_default", "_exact", "_ip", "_memo", "_wild")
 
     def __init__(
         self,
@@ -74,6 +75,14 @@ class SniIndex:
         self._wild = wild
         self._ip = ip
         self._default = default
+        # answers by server name as received: the exact names, then every other name once
+        # resolved (bounded; emptied back to the exact names when full, so a flood of
+        # random names costs memory MEMO_LIMIT at most). Only a cache: lookup gives the
+        # same answer with or without it.
+        self._memo: dict[str, Selection] = dict(exact)
+
+    #: names remembered besides the exact ones
+    MEMO_LIMIT = 65_536
 
     @classmethod
     def build(cls, entries: Iterable[SniEntry], default: str | None) -> SniIndex:
@@ -94,10 +103,19 @@ class SniIndex:
                     continue
                 if host.kind == "ip":
                     ip.setdefault(host.value, []).append(entry)
+        shared: dict[Selection, Selection] = {}  # one object per answer: a smaller working set
+
+        def answers(found: dict[str, list[SniEntry]], reason: _Reason) -> dict[str, Selection]:
+            out: dict[str, Selection] = {}
+            for name, candidates in found.items():
+                sel = Selection(_best(candidates).key, reason)
+                out[name] = shared.setdefault(sel, sel)
+            return out
+
         return cls(
-            {k: Selection(_best(v).key, "exact") for k, v in exact.items()},
-            {k: Selection(_best(v).key, "wildcard") for k, v in wild.items()},
-            {k: Selection(_best(v).key, "exact") for k, v in ip.items()},
+            answers(exact, "exact"),
+            answers(wild, "wildcard"),
+            answers(ip, "exact"),
             Selection(default, "default"),
         )
 
@@ -107,9 +125,23 @@ class SniIndex:
 
     def lookup(self, server_name: str | None) -> Selection:
         """What ``server_name`` gets; never raises (garbage gets the default)."""
+        if server_name is None:
+            return self._default
+        # 1. the name as received: an exact name (what Python's ssl usually hands an SNI
+        # callback) or a name resolved before
+        hit = self._memo.get(server_name)
+        if hit is not None:
+            return hit
+        hit = self.resolve(server_name)
+        if len(self._memo) >= len(self._exact) + self.MEMO_LIMIT:
+            self._memo = dict(self._exact)
+        self._memo[server_name] = hit
+        return hit
+
+    def resolve(self, server_name: str | None) -> Selection:
+        """:meth:`lookup` without the cache of names seen (for tests and benchmarks)."""
         if not server_name:
             return self._default
-        # 1. the name exactly as a key (what Python's ssl usually hands an SNI callback)
         hit = self._exact.get(server_name)
         if hit is not None:
             return hit

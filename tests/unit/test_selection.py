@@ -77,7 +77,10 @@ INDEX = SniIndex.build([SITE, WILD, ATLAS, IDN, IPS, PSL], default="dflt")
     ],
 )
 def test_lookup(server_name: str | None, key: str, reason: str) -> None:
-    assert INDEX.lookup(server_name) == Selection(key, reason)  # type: ignore[arg-type]  # literal from the table
+    want = Selection(key, reason)  # type: ignore[arg-type]  # literal from the table
+    assert INDEX.resolve(server_name) == want
+    assert INDEX.lookup(server_name) == want
+    assert INDEX.lookup(server_name) == want  # again, from the memo
 
 
 def test_no_default_gives_none() -> None:
@@ -218,3 +221,22 @@ def test_lookup_never_raises(name: str | None) -> None:
     sel = INDEX.lookup(name)
     assert sel.reason in ("exact", "wildcard", "default")
     assert sel == reference([SITE, WILD, ATLAS, IDN, IPS, PSL], "dflt", name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries_st, st.lists(server_name(), min_size=1, max_size=8))
+def test_memo_never_changes_an_answer(entries: list[SniEntry], names: list[str | None]) -> None:
+    index = SniIndex.build(entries, "dflt")
+    for name in [*names, *names]:  # second round answers from the memo
+        assert index.lookup(name) == index.resolve(name) == reference(entries, "dflt", name)
+
+
+def test_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SniIndex, "MEMO_LIMIT", 4)
+    index = SniIndex.build([SITE, WILD], default="dflt")
+    for i in range(50):  # a flood of names nothing covers
+        assert index.lookup(f"flood{i}.example.org") == Selection("dflt", "default")
+        assert len(index._memo) <= len(index._exact) + 4  # the bound itself
+    # twin: after the flood, exact and wildcard answers are unchanged
+    assert index.lookup("support.example.com") == Selection("site", "exact")
+    assert index.lookup("flood0.example.com") == Selection("wild", "wildcard")
