@@ -28,6 +28,8 @@ _COMMAND_MODULES = (
     "sync.cmd_cert",
     "sync.cmd_request",
     "sync.cmd_ops",
+    "sync.cmd_replicate",
+    "sync.cmd_bundle",
     "sync.cmd_acme",
 )
 
