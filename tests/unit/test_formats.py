@@ -488,7 +488,7 @@ def test_export_pkcs12_refuses(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     key_type=st.sampled_from(KEY_TYPES),
