@@ -1,0 +1,939 @@
+"""The node's certificate store: aiosqlite, schema migrations, keys encrypted at rest, audit log.
+
+Layout of the database (schema version in ``PRAGMA user_version``, see ``_MIGRATIONS``):
+
+* ``certificates`` -- every certificate (identity, intermediate, root) by the sha256 of its DER;
+* ``keys`` -- the private key of a certificate, PKCS#8 DER sealed with AES-256-GCM under the
+  node's store key; the associated data binds the row (``certsync-key-v1|`` + sha256), so a
+  ciphertext copied to another row, swapped or altered fails to open (:class:`IntegrityError`);
+* ``csrs`` -- certificate signing requests with their keys, sealed the same way and bound to
+  the request id;
+* ``meta`` -- key/value: ``default_sha256``, ``epoch``, ``revision``, ``last_sync`` ...;
+* ``audit`` -- one row per change: when, who (the mTLS identity), what; never key material.
+
+Every change is one ``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode with
+``synchronous=FULL``: a crash leaves the old state or the new one. The pure helpers
+(:func:`set_digest`, :func:`replicated_members`, :func:`seal`, :func:`unseal`) hold the logic
+worth testing on its own; :class:`Store` is the thin async shell around SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import aiosqlite
+from cryptography import x509
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
+from node.model import PrivateKey, Role
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STORE_KEY_BYTES",
+    "AuditEvent",
+    "SetEntry",
+    "Store",
+    "StoredCert",
+    "StoredCsr",
+    "cert_sha256",
+    "csr_aad",
+    "key_aad",
+    "replicated_members",
+    "role_of",
+    "seal",
+    "set_digest",
+    "unseal",
+]
+
+STORE_KEY_BYTES: Final = 32
+_NONCE_BYTES: Final = 12
+_KEY_AAD_PREFIX: Final = b"certsync-key-v1|"
+_CSR_AAD_PREFIX: Final = b"certsync-csr-key-v1|"
+_CHECK_AAD: Final = b"certsync-store-check-v1"
+_CHECK_PLAINTEXT: Final = b"certsync store key check"
+
+#: meta keys the store maintains itself; ``set_meta`` refuses them
+_RESERVED_META: Final = frozenset({"default_sha256", "store_key_check"})
+
+#: each migration is a list of statements, applied in order in one transaction that also
+#: sets ``PRAGMA user_version`` to its 1-based index. Never edit a released entry: append.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE certificates (
+            sha256   TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+            der      BLOB NOT NULL,
+            name     TEXT NOT NULL,
+            role     TEXT NOT NULL CHECK (role IN ('identity', 'intermediate', 'root')),
+            not_after TEXT NOT NULL,
+            added_at TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE keys (
+            cert_sha256 TEXT PRIMARY KEY
+                REFERENCES certificates(sha256) ON DELETE CASCADE,
+            nonce      BLOB NOT NULL CHECK (length(nonce) = 12),
+            ciphertext BLOB NOT NULL
+        ) STRICT""",
+        """CREATE TABLE csrs (
+            id         TEXT PRIMARY KEY,
+            name       TEXT NOT NULL,
+            pem        BLOB NOT NULL,
+            nonce      BLOB NOT NULL CHECK (length(nonce) = 12),
+            ciphertext BLOB NOT NULL,
+            created_at TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) STRICT""",
+        """CREATE TABLE audit (
+            id     INTEGER PRIMARY KEY AUTOINCREMENT,
+            at     TEXT NOT NULL,
+            actor  TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL
+        ) STRICT""",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+
+# --------------------------------------------------------------------------- plain values
+
+
+@dataclass(frozen=True)
+class StoredCert:
+    """One certificate row, as plain values."""
+
+    sha256: str
+    name: str
+    der: bytes = field(repr=False)
+    role: Role
+    has_key: bool
+    is_default: bool
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_after: datetime
+    added_at: datetime
+
+    def certificate(self) -> x509.Certificate:
+        """The parsed certificate."""
+        return x509.load_der_x509_certificate(self.der)
+
+
+@dataclass(frozen=True)
+class StoredCsr:
+    """One certificate signing request (its key is fetched with ``Store.get_csr_key``)."""
+
+    id: str
+    name: str
+    pem: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SetEntry:
+    """A certificate to store, with its private key when it has one."""
+
+    cert: x509.Certificate
+    key: PrivateKey | None
+    name: str
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audit row: when, who (the mTLS identity, e.g. ``admin:ops``), what."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    detail: Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def key_aad(sha256: str) -> bytes:
+    """Associated data binding a sealed key to its certificate row."""
+    return _KEY_AAD_PREFIX + sha256.encode("ascii")
+
+
+def csr_aad(csr_id: str) -> bytes:
+    """Associated data binding a sealed key to its CSR row."""
+    return _CSR_AAD_PREFIX + csr_id.encode("utf-8")
+
+
+def seal(
+    store_key: bytes, aad: bytes, plaintext: bytes, nonce: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """AES-256-GCM: returns ``(nonce, ciphertext)``; a fresh random nonce unless one is given."""
+    nonce = os.urandom(_NONCE_BYTES) if nonce is None else nonce
+    return nonce, AESGCM(store_key).encrypt(nonce, plaintext, aad)
+
+
+def unseal(store_key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes, *, what: str) -> bytes:
+    """Open what :func:`seal` made; :class:`IntegrityError` naming ``what`` if it does not open."""
+    try:
+        return AESGCM(store_key).decrypt(nonce, ciphertext, aad)
+    except (InvalidTag, ValueError) as err:
+        raise IntegrityError(
+            f"the stored key of {what} fails authentication (the row was copied, swapped or "
+            "altered, or the store key is wrong); restore the store from a backup or re-import it",
+        ) from err
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _key_der(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_key(der: bytes, *, what: str) -> PrivateKey:
+    try:
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError) as err:
+        raise IntegrityError(
+            f"the stored key of {what} is not a readable PKCS#8 key; "
+            "restore the store from a backup"
+        ) from err
+    return key  # type: ignore[return-value]  # we only ever store the PrivateKey types
+
+
+def cert_sha256(cert: x509.Certificate) -> str:
+    """Lowercase hex sha256 of the DER certificate."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def role_of(cert: x509.Certificate, has_key: bool) -> Role:
+    """``identity`` for an end-entity certificate or any certificate we hold the key of;
+    a CA is ``root`` when self-issued, else ``intermediate``."""
+    if has_key:
+        return "identity"
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        return "identity"
+    return "root" if cert.issuer == cert.subject else "intermediate"
+
+
+def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    except ValueError:  # a malformed SAN extension covers nothing (DESIGN.md)
+        return (), ()
+    return (
+        tuple(san.get_values_for_type(x509.DNSName)),
+        tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+    )
+
+
+def set_digest(members: Iterable[tuple[str, bool]], default: str | None) -> str:
+    """sha256 digest of a replicated set: its members' ``(sha256, has_key)`` and the default.
+
+    Independent of order and duplicates; replication compares these between nodes.
+    """
+    h = hashlib.sha256(b"certsync-set-v1\n")
+    for sha, has_key in sorted(set(members)):
+        h.update(f"{sha}:{int(has_key)}\n".encode("ascii"))
+    h.update(f"default:{default or '-'}\n".encode("ascii"))
+    return h.hexdigest()
+
+
+#: (identity, pool) -> (chain nearest-first, problems) -- the shape of node.chain.build_chain
+ChainBuilder = Callable[
+    [x509.Certificate, Sequence[x509.Certificate]],
+    tuple[tuple[x509.Certificate, ...], tuple[str, ...]],
+]
+
+
+def replicated_members(
+    certs: Sequence[StoredCert], build_chain: ChainBuilder
+) -> list[tuple[str, bool]]:
+    """The replicated set: every certificate with a key, plus the certificates of its chain."""
+    parsed = {c.sha256: c.certificate() for c in certs}
+    pool = list(parsed.values())
+    has_key = {c.sha256: c.has_key for c in certs}
+    members: set[str] = set()
+    for c in certs:
+        if not c.has_key:
+            continue
+        members.add(c.sha256)
+        chain, _problems = build_chain(parsed[c.sha256], pool)
+        members.update(cert_sha256(x) for x in chain)
+    return sorted((sha, has_key.get(sha, False)) for sha in members)
+
+
+def _iso(when: datetime) -> str:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"time {when!r} has no time zone; pass an aware UTC datetime")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _redact(value: Any) -> Any:
+    """Audit details are plain JSON; anything that looks like a PEM key is replaced."""
+    if isinstance(value, str):
+        return "[redacted]" if "PRIVATE KEY" in value else value
+    if isinstance(value, Mapping):
+        return {str(k): _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise TypeError(f"audit detail value of type {type(value).__name__} is not plain JSON data")
+
+
+def _no_cert(sha256: str) -> NotFound:
+    return NotFound(
+        f"no certificate {sha256!r} in this store; run 'certsync cert list' to see the sha256s"
+    )
+
+
+def _no_csr(csr_id: str) -> NotFound:
+    return NotFound(
+        f"no request {csr_id!r} in this store; run 'certsync request list' to see the ids"
+    )
+
+
+def _csr_row(r: Sequence[Any]) -> StoredCsr:
+    return StoredCsr(id=r[0], name=r[1], pem=bytes(r[2]), created_at=_parse_iso(r[3]))
+
+
+@dataclass(frozen=True)
+class _PreparedCert:
+    sha256: str
+    der: bytes
+    name: str
+    role: Role
+    not_after: str
+    sealed: tuple[bytes, bytes] | None
+
+
+def _prepare(store_key: bytes, entries: Sequence[SetEntry]) -> list[_PreparedCert]:
+    """CPU part of a change (run off the event loop): check keys, serialise and seal them."""
+    out: dict[str, _PreparedCert] = {}
+    for e in entries:
+        der = e.cert.public_bytes(serialization.Encoding.DER)
+        sha = hashlib.sha256(der).hexdigest()
+        sealed = None
+        if e.key is not None:
+            if _spki(e.key.public_key()) != _spki(e.cert.public_key()):
+                raise BadInput(
+                    f"the private key given for certificate {sha!r} ({e.name!r}) does not match "
+                    "its public key; import the key that belongs to this certificate"
+                )
+            sealed = seal(store_key, key_aad(sha), _key_der(e.key))
+        prev = out.get(sha)
+        if prev is not None and prev.sealed is not None and sealed is None:
+            sealed = prev.sealed
+        out[sha] = _PreparedCert(
+            sha256=sha,
+            der=der,
+            name=e.name or (prev.name if prev else ""),
+            role=role_of(e.cert, sealed is not None),
+            not_after=_iso(e.cert.not_valid_after_utc),
+            sealed=sealed,
+        )
+    return list(out.values())
+
+
+# --------------------------------------------------------------------------- the shell
+
+_T = TypeVar("_T")
+
+
+class Store:
+    """The node's certificate store in one SQLite file.
+
+    Concurrency: one aiosqlite connection per ``Store``; every operation, read or write, runs
+    under one :class:`asyncio.Lock`, so changes are serialised and a read never sees a change
+    half-made. Each change is one ``BEGIN IMMEDIATE ... COMMIT`` transaction; other processes
+    opening the same file wait up to ``busy_timeout`` for the write lock.
+
+    Missing keys: asking for a certificate, request or key that does not exist raises
+    :class:`NotFound` with a one-sentence message; :meth:`get_key` returns ``None`` for a
+    certificate stored without a key; :meth:`get_meta` returns ``None`` for an unset key.
+    A key row that fails authentication raises :class:`IntegrityError`.
+
+    Cancellation: a change cancelled before its ``COMMIT`` is issued is rolled back (the
+    rollback is shielded from a second cancellation); once ``COMMIT`` is issued it completes.
+    Either way the store holds the old state or the new one. A refused change
+    (:class:`NotFound`, :class:`Conflict`, :class:`BadInput`) changes nothing, not a byte.
+
+    Private keys never leave this class except through :meth:`get_key` /
+    :meth:`get_csr_key`; they are never written to the audit log or to an error message.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, store_key: bytes) -> None:
+        self._conn = conn
+        self._path = path
+        self._store_key = store_key
+        self._lock = asyncio.Lock()
+        self._digest_cache: tuple[str, str] | None = None
+
+    # ---------------------------------------------------------------- open / close
+
+    @classmethod
+    async def open(cls, path: Path, store_key: bytes) -> Store:
+        """Open (creating the file with mode 0600, and migrating) the store at ``path``."""
+        if len(store_key) != STORE_KEY_BYTES:
+            raise ConfigError(
+                f"the store key for {str(path)!r} is {len(store_key)} bytes long; "
+                f"it must be {STORE_KEY_BYTES} random bytes"
+            )
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot open the store {str(path)!r}: {err.strerror}; "
+                "check the path and permissions"
+            ) from err
+        os.close(fd)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        store = cls(conn, path, store_key)
+        try:
+            await store._setup()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _setup(self) -> None:
+        c = self._conn
+        try:
+            await c.execute("PRAGMA busy_timeout = 10000")
+            row = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise ConfigError(
+                    f"the store {str(self._path)!r} cannot use WAL journaling; "
+                    "put it on a local file system"
+                )
+            await c.execute("PRAGMA synchronous = FULL")
+            await c.execute("PRAGMA foreign_keys = ON")
+            await c.execute("PRAGMA trusted_schema = OFF")
+            await self._migrate()
+        except sqlite3.DatabaseError as err:
+            raise ConfigError(
+                f"{str(self._path)!r} is not a usable certsync store ({err}); "
+                "check the path or restore it from a backup"
+            ) from err
+        await self._check_store_key()
+
+    async def _migrate(self) -> None:
+        async with self._lock, self._transaction():
+            version = await self._scalar_int("PRAGMA user_version")
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the store {str(self._path)!r} has schema version {version}, newer than this "
+                    f"certsync knows ({SCHEMA_VERSION}); upgrade certsync"
+                )
+            for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for sql in statements:
+                    await self._conn.execute(sql)
+                # PRAGMA takes no bound parameters; number is our own int
+                await self._conn.execute(f"PRAGMA user_version = {int(number)}")
+
+    async def _check_store_key(self) -> None:
+        text = await self.get_meta("store_key_check")
+        if text is None:
+            nonce, ct = seal(self._store_key, _CHECK_AAD, _CHECK_PLAINTEXT)
+            async with self._lock, self._transaction():
+                await self._put_meta({"store_key_check": (nonce + ct).hex()})
+            return
+        blob = bytes.fromhex(text)
+        try:
+            AESGCM(self._store_key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], _CHECK_AAD)
+        except (InvalidTag, ValueError) as err:
+            await self._conn.close()
+            raise ConfigError(
+                f"the store key does not open the store {str(self._path)!r}; "
+                "configure the node key this store was created with"
+            ) from err
+
+    async def close(self) -> None:
+        """Close the connection (waits for a running change to finish)."""
+        async with self._lock:
+            await self._conn.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def _rollback(self) -> None:
+        # "no transaction is active" when COMMIT already went through: nothing to undo
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self._conn.execute("ROLLBACK")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        """One write transaction; the caller holds ``self._lock``.
+
+        aiosqlite runs statements in order on one thread, so a ROLLBACK queued after a
+        cancelled statement runs after it; a ROLLBACK with nothing to undo is harmless.
+        """
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            yield
+            await asyncio.shield(self._conn.execute("COMMIT"))
+        except BaseException:
+            await asyncio.shield(self._rollback())
+            raise
+        self._digest_cache = None
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows = await self._conn.execute_fetchall(sql, params)
+        return [tuple(r) for r in rows]
+
+    async def _scalar_int(self, sql: str, params: Sequence[Any] = ()) -> int:
+        rows = await self._fetchall(sql, params)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    async def _locked(self, fn: Callable[[], Awaitable[_T]]) -> _T:
+        async with self._lock:
+            return await fn()
+
+    async def _audit(
+        self, actor: str, action: str, detail: Mapping[str, Any], now: datetime
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+            (_iso(now), actor, action, json.dumps(_redact(detail), sort_keys=True)),
+        )
+
+    async def _put_meta(self, values: Mapping[str, str]) -> None:
+        await self._conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(k, str(v)) for k, v in values.items()],
+        )
+
+    async def _meta(self, key: str) -> str | None:
+        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    async def _bump_revision(self) -> None:
+        rev = int(await self._meta("revision") or "0")
+        await self._put_meta({"revision": str(rev + 1)})
+
+    async def _key_row_exists(self, sha: str) -> bool:
+        return await self._scalar_int("SELECT count(*) FROM keys WHERE cert_sha256 = ?", (sha,)) > 0
+
+    async def _upsert(self, items: Sequence[_PreparedCert], now: str) -> None:
+        for p in items:
+            await self._conn.execute(
+                "INSERT INTO certificates (sha256, der, name, role, not_after, added_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET "
+                "name = CASE WHEN excluded.name = '' THEN certificates.name "
+                "ELSE excluded.name END, "
+                "role = CASE WHEN excluded.role = 'identity' THEN 'identity' "
+                "ELSE certificates.role END",
+                (p.sha256, p.der, p.name, p.role, p.not_after, now),
+            )
+            if p.sealed is not None and not await self._key_row_exists(p.sha256):
+                await self._conn.execute(
+                    "INSERT INTO keys (cert_sha256, nonce, ciphertext) VALUES (?, ?, ?)",
+                    (p.sha256, p.sealed[0], p.sealed[1]),
+                )
+
+    def _row_to_cert(self, row: Sequence[Any], default: str | None) -> StoredCert:
+        sha, der, name, role, not_after, added_at, has_key = row
+        if hashlib.sha256(der).hexdigest() != sha:
+            raise IntegrityError(
+                f"the stored certificate {sha!r} does not match its sha256 (the row was altered); "
+                "delete it and import it again"
+            )
+        dns, ips = _sans(x509.load_der_x509_certificate(der))
+        return StoredCert(
+            sha256=sha,
+            name=name,
+            der=bytes(der),
+            role=role,
+            has_key=bool(has_key),
+            is_default=sha == default,
+            dns_names=dns,
+            ip_addresses=ips,
+            not_after=_parse_iso(not_after),
+            added_at=_parse_iso(added_at),
+        )
+
+    _CERT_SELECT = (
+        "SELECT c.sha256, c.der, c.name, c.role, c.not_after, c.added_at, "
+        "k.cert_sha256 IS NOT NULL FROM certificates c LEFT JOIN keys k ON k.cert_sha256 = c.sha256"
+    )
+
+    async def _list(self) -> list[StoredCert]:
+        default = await self._meta("default_sha256")
+        rows = await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256")
+        return [self._row_to_cert(r, default) for r in rows]
+
+    async def _get(self, sha256: str) -> StoredCert:
+        rows = await self._fetchall(self._CERT_SELECT + " WHERE c.sha256 = ?", (sha256,))
+        if not rows:
+            raise _no_cert(sha256)
+        return self._row_to_cert(rows[0], await self._meta("default_sha256"))
+
+    async def _require_key(self, sha256: str, what: str) -> None:
+        await self._get(sha256)
+        if not await self._key_row_exists(sha256):
+            raise Conflict(
+                f"certificate {sha256!r} has no private key in this store, so it cannot be the "
+                f"{what}; import its key first or choose a certificate that has one"
+            )
+
+    # ---------------------------------------------------------------- certificates
+
+    async def add(
+        self,
+        entries: Sequence[SetEntry],
+        *,
+        make_default: str | None,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Store certificates (with keys, and chain certificates without) in one transaction.
+
+        A certificate stored already keeps its row and gains a key if it had none; a non-empty
+        name replaces the stored one. ``make_default`` (a sha256 with a key, in ``entries`` or
+        stored) becomes the default; when the store has no default, the first entry with a key
+        becomes it. Each add bumps the ``revision`` meta value.
+        """
+        when = _iso(now)
+        prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
+        keyed_new = [p.sha256 for p in prepared if p.sealed is not None]
+        async with self._lock:
+            if make_default is not None and make_default not in keyed_new:
+                await self._require_key(make_default, "default")
+            async with self._transaction():
+                await self._upsert(prepared, when)
+                default = make_default
+                if default is None and keyed_new and await self._meta("default_sha256") is None:
+                    default = keyed_new[0]
+                if default is not None:
+                    await self._put_meta({"default_sha256": default})
+                await self._bump_revision()
+                await self._audit(
+                    actor,
+                    "cert.add",
+                    {
+                        "certificates": [
+                            {
+                                "sha256": p.sha256,
+                                "name": p.name,
+                                "role": p.role,
+                                "key": p.sealed is not None,
+                            }
+                            for p in prepared
+                        ],
+                        "default": default,
+                    },
+                    now,
+                )
+
+    async def list_certificates(self) -> list[StoredCert]:
+        """Every certificate, oldest first."""
+        return await self._locked(self._list)
+
+    async def get(self, sha256: str) -> StoredCert:
+        """One certificate; :class:`NotFound` if it is not stored."""
+        return await self._locked(lambda: self._get(sha256))
+
+    async def get_key(self, sha256: str) -> PrivateKey | None:
+        """The private key of a certificate (``None`` if stored without one)."""
+        async with self._lock:
+            cert = await self._get(sha256)
+            rows = await self._fetchall(
+                "SELECT nonce, ciphertext FROM keys WHERE cert_sha256 = ?", (sha256,)
+            )
+        if not rows:
+            return None
+        nonce, ct = rows[0]
+        return await asyncio.to_thread(self._open_cert_key, cert, bytes(nonce), bytes(ct))
+
+    def _open_cert_key(self, cert: StoredCert, nonce: bytes, ct: bytes) -> PrivateKey:
+        what = f"certificate {cert.sha256!r}"
+        der = unseal(self._store_key, key_aad(cert.sha256), nonce, ct, what=what)
+        key = _load_key(der, what=what)
+        if _spki(key.public_key()) != _spki(cert.certificate().public_key()):
+            raise IntegrityError(
+                f"the stored key of {what} does not match the certificate; "
+                "restore the store from a backup or re-import it"
+            )
+        return key
+
+    async def set_default(self, sha256: str, *, actor: str, now: datetime) -> None:
+        """Make a certificate with a key the default (:class:`Conflict` when it has none)."""
+        _iso(now)
+        async with self._lock:
+            await self._require_key(sha256, "default")
+            previous = await self._meta("default_sha256")
+            async with self._transaction():
+                await self._put_meta({"default_sha256": sha256})
+                await self._bump_revision()
+                detail = {"sha256": sha256, "previous": previous}
+                await self._audit(actor, "cert.default", detail, now)
+
+    async def delete(self, sha256: str, *, actor: str, now: datetime) -> None:
+        """Delete a certificate (and its key).
+
+        Deleting the default while another certificate with a key exists is a
+        :class:`Conflict`: choose another default first. Deleting the last one is allowed.
+        """
+        _iso(now)
+        async with self._lock:
+            cert = await self._get(sha256)
+            if cert.is_default:
+                others = await self._scalar_int(
+                    "SELECT count(*) FROM keys WHERE cert_sha256 != ?", (sha256,)
+                )
+                if others:
+                    raise Conflict(
+                        f"certificate {sha256!r} is the default and {others} other certificate(s) "
+                        "with keys exist; choose another default first "
+                        "('certsync cert default SHA256')"
+                    )
+            async with self._transaction():
+                await self._conn.execute("DELETE FROM certificates WHERE sha256 = ?", (sha256,))
+                if cert.is_default:
+                    await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
+                await self._bump_revision()
+                detail = {"sha256": sha256, "name": cert.name, "role": cert.role}
+                await self._audit(actor, "cert.delete", detail, now)
+
+    async def replace_all(
+        self,
+        entries: Sequence[SetEntry],
+        *,
+        default: str | None,
+        meta: Mapping[str, str],
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Replace the whole certificate set (replication activation) plus meta, in one transaction.
+
+        Certificates in both the old and new set keep their ``added_at``; CSRs are untouched.
+        ``default`` must be an entry with a key (or ``None``).
+        """
+        when = _iso(now)
+        self._check_meta_keys(meta)
+        prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
+        keyed = {p.sha256 for p in prepared if p.sealed is not None}
+        if default is not None and default not in keyed:
+            raise Conflict(
+                f"the default {default!r} is not a certificate with a key in the new set; "
+                "send its key with it or choose another default"
+            )
+        new = {p.sha256 for p in prepared}
+        async with self._lock, self._transaction():
+            old = {str(r[0]) for r in await self._fetchall("SELECT sha256 FROM certificates")}
+            gone = sorted(old - new)
+            await self._conn.executemany(
+                "DELETE FROM certificates WHERE sha256 = ?", [(s,) for s in gone]
+            )
+            # a certificate that stays but loses its key in the new set loses it here too
+            await self._conn.executemany(
+                "DELETE FROM keys WHERE cert_sha256 = ?", [(s,) for s in sorted(new - keyed)]
+            )
+            await self._upsert(prepared, when)
+            if default is None:
+                await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
+            else:
+                await self._put_meta({"default_sha256": default})
+            await self._put_meta(meta)
+            await self._audit(
+                actor,
+                "set.replace",
+                {
+                    "added": sorted(new - old),
+                    "removed": gone,
+                    "default": default,
+                    "meta": dict(meta),
+                },
+                now,
+            )
+
+    async def chain(
+        self, sha256: str
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+        """The chain of a stored certificate built from the stored certificates (nearest first)
+        and the problems found, as :func:`node.chain.build_chain` returns them."""
+        from node.chain import build_chain  # the toolkit's chain logic
+
+        certs = await self.list_certificates()
+        pool = [c.certificate() for c in certs]
+        target = next((c for c in certs if c.sha256 == sha256), None)
+        if target is None:
+            raise _no_cert(sha256)
+        return build_chain(target.certificate(), pool)
+
+    async def digest(self) -> str:
+        """:func:`set_digest` of the replicated set as stored now (cached until the next change)."""
+        from node.chain import build_chain  # the toolkit's chain logic
+
+        async with self._lock:
+            certs = await self._list()
+            default = await self._meta("default_sha256")
+            cache = self._digest_cache
+        key = set_digest(((c.sha256, c.has_key) for c in certs), default)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        value = set_digest(replicated_members(certs, build_chain), default)
+        self._digest_cache = (key, value)
+        return value
+
+    # ---------------------------------------------------------------- meta
+
+    @staticmethod
+    def _check_meta_keys(values: Mapping[str, str]) -> None:
+        for k, v in values.items():
+            if k in _RESERVED_META:
+                raise BadInput(
+                    f"meta key {k!r} is maintained by the store itself; use its own method"
+                )
+            if not isinstance(v, str):
+                raise BadInput(f"meta value for {k!r} must be text, not {type(v).__name__}")
+
+    async def get_meta(self, key: str) -> str | None:
+        """A meta value, or ``None`` when unset."""
+        return await self._locked(lambda: self._meta(key))
+
+    async def set_meta(
+        self, values: Mapping[str, str], *, actor: str | None = None, now: datetime | None = None
+    ) -> None:
+        """Set meta values in one transaction; audited when ``actor`` and ``now`` are given."""
+        self._check_meta_keys(values)
+        if (actor is None) != (now is None):
+            raise ValueError("set_meta needs both actor and now, or neither")
+        async with self._lock, self._transaction():
+            await self._put_meta(values)
+            if actor is not None and now is not None:
+                await self._audit(actor, "meta.set", dict(values), now)
+
+    # ---------------------------------------------------------------- CSRs
+
+    async def add_csr(
+        self, *, name: str, pem: bytes, key: PrivateKey, actor: str, now: datetime
+    ) -> StoredCsr:
+        """Store a CSR with its key; its id is the first 16 hex digits of sha256(PEM)."""
+        when = _iso(now)
+        try:
+            csr = x509.load_pem_x509_csr(pem)
+        except ValueError as err:
+            raise BadInput(f"the request {name!r} is not a PEM CSR; give the PEM text") from err
+        if _spki(csr.public_key()) != _spki(key.public_key()):
+            raise BadInput(
+                f"the key given for request {name!r} does not match the request's public key; "
+                "give the key the request was made with"
+            )
+        csr_id = hashlib.sha256(pem).hexdigest()[:16]
+        nonce, ct = await asyncio.to_thread(
+            lambda: seal(self._store_key, csr_aad(csr_id), _key_der(key))
+        )
+        async with self._lock:
+            if await self._scalar_int("SELECT count(*) FROM csrs WHERE id = ?", (csr_id,)):
+                raise AlreadyExists(
+                    f"request {csr_id!r} is stored already; see 'certsync request list'"
+                )
+            async with self._transaction():
+                await self._conn.execute(
+                    "INSERT INTO csrs (id, name, pem, nonce, ciphertext, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (csr_id, name, pem, nonce, ct, when),
+                )
+                await self._audit(actor, "csr.add", {"id": csr_id, "name": name}, now)
+        return StoredCsr(id=csr_id, name=name, pem=pem, created_at=_parse_iso(when))
+
+    async def list_csrs(self) -> list[StoredCsr]:
+        """Every CSR, oldest first."""
+        async with self._lock:
+            rows = await self._fetchall(
+                "SELECT id, name, pem, created_at FROM csrs ORDER BY created_at, id"
+            )
+        return [_csr_row(r) for r in rows]
+
+    async def get_csr(self, csr_id: str) -> StoredCsr:
+        """One CSR; :class:`NotFound` if there is none with that id."""
+        async with self._lock:
+            rows = await self._fetchall(
+                "SELECT id, name, pem, created_at FROM csrs WHERE id = ?", (csr_id,)
+            )
+        if not rows:
+            raise _no_csr(csr_id)
+        return _csr_row(rows[0])
+
+    async def get_csr_key(self, csr_id: str) -> PrivateKey:
+        """The key a CSR was made with; :class:`IntegrityError` if its row was tampered with."""
+        async with self._lock:
+            rows = await self._fetchall(
+                "SELECT pem, nonce, ciphertext FROM csrs WHERE id = ?", (csr_id,)
+            )
+        if not rows:
+            raise _no_csr(csr_id)
+        pem, nonce, ct = (bytes(x) for x in rows[0])
+
+        def _open() -> PrivateKey:
+            what = f"request {csr_id!r}"
+            der = unseal(self._store_key, csr_aad(csr_id), nonce, ct, what=what)
+            key = _load_key(der, what=what)
+            if _spki(key.public_key()) != _spki(x509.load_pem_x509_csr(pem).public_key()):
+                raise IntegrityError(
+                    f"the stored key of {what} does not match the request; create a new request"
+                )
+            return key
+
+        return await asyncio.to_thread(_open)
+
+    # ---------------------------------------------------------------- audit
+
+    async def audit_log(self, limit: int = 100) -> list[AuditEvent]:
+        """The latest ``limit`` audit events, newest first."""
+        async with self._lock:
+            rows = await self._fetchall(
+                "SELECT id, at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            )
+        return [
+            AuditEvent(
+                id=r[0], at=_parse_iso(r[1]), actor=r[2], action=r[3], detail=json.loads(r[4])
+            )
+            for r in rows
+        ]
+
+    async def record_audit(
+        self, *, actor: str, action: str, detail: Mapping[str, Any], now: datetime
+    ) -> None:
+        """Append an audit event on its own (e.g. a refused call)."""
+        _iso(now)
+        _redact(detail)
+        async with self._lock, self._transaction():
+            await self._audit(actor, action, detail, now)
