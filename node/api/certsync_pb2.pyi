@@ -107,6 +107,11 @@ class CertificateInfo(_message.Message):
     ADDED_AT_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    RENEWAL_STATE_FIELD_NUMBER: _builtins.int
+    REPLACEABLE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_FIELD_NUMBER: _builtins.int
+    ACME_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     name: _builtins.str
     role: _builtins.str
@@ -117,6 +122,18 @@ class CertificateInfo(_message.Message):
     added_at: _builtins.str
     subject: _builtins.str
     issuer: _builtins.str
+    days_left: _builtins.int
+    """--- lifecycle (issue 6): numbers from 50 on ---
+    whole days until not_after (negative once expired)
+    """
+    renewal_state: _builtins.str
+    """valid | due | backoff | expiring | expired | replaced"""
+    replaceable: _builtins.bool
+    """a renewal (same names, later not_after) is stored: this one can be deleted"""
+    next_attempt: _builtins.str
+    """next ACME renewal attempt; empty: none planned"""
+    acme: _builtins.bool
+    """issued through ACME and renewed by certsync"""
     @_builtins.property
     def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -135,10 +152,15 @@ class CertificateInfo(_message.Message):
         added_at: _builtins.str = ...,
         subject: _builtins.str = ...,
         issuer: _builtins.str = ...,
+        days_left: _builtins.int = ...,
+        renewal_state: _builtins.str = ...,
+        replaceable: _builtins.bool = ...,
+        next_attempt: _builtins.str = ...,
+        acme: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "dns_names", b"dns_names", "has_key", b"has_key", "ip_addresses", b"ip_addresses", "is_default", b"is_default", "issuer", b"issuer", "name", b"name", "not_after", b"not_after", "role", b"role", "sha256", b"sha256", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acme", b"acme", "added_at", b"added_at", "days_left", b"days_left", "dns_names", b"dns_names", "has_key", b"has_key", "ip_addresses", b"ip_addresses", "is_default", b"is_default", "issuer", b"issuer", "name", b"name", "next_attempt", b"next_attempt", "not_after", b"not_after", "renewal_state", b"renewal_state", "replaceable", b"replaceable", "role", b"role", "sha256", b"sha256", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -351,11 +373,16 @@ class ImportRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MAKE_DEFAULT_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    CONFIRM_CA_CHANGE_FIELD_NUMBER: _builtins.int
     passphrase: _builtins.bytes
     name: _builtins.str
     make_default: _builtins.bool
     force: _builtins.bool
     """allow an expired certificate as default"""
+    confirm_ca_change: _builtins.bool
+    """--- lifecycle (issue 6) ---
+    with make_default: allow a default whose chain ends in another root CA
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceFile]: ...
     def __init__(
@@ -366,10 +393,11 @@ class ImportRequest(_message.Message):
         name: _builtins.str = ...,
         make_default: _builtins.bool = ...,
         force: _builtins.bool = ...,
+        confirm_ca_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_passphrase", b"_passphrase", "passphrase", b"passphrase"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_passphrase", b"_passphrase", "files", b"files", "force", b"force", "make_default", b"make_default", "name", b"name", "passphrase", b"passphrase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_passphrase", b"_passphrase", "confirm_ca_change", b"confirm_ca_change", "files", b"files", "force", b"force", "make_default", b"make_default", "name", b"name", "passphrase", b"passphrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__passphrase: _TypeAlias = _typing.Literal["passphrase"]  # noqa: Y015
     _WhichOneofArgType__passphrase: _TypeAlias = _typing.Literal["_passphrase", b"_passphrase"]  # noqa: Y015
@@ -493,17 +521,23 @@ class SetDefaultRequest(_message.Message):
 
     SHA256_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    CONFIRM_CA_CHANGE_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     force: _builtins.bool
+    confirm_ca_change: _builtins.bool
+    """--- lifecycle (issue 6) ---
+    allow a default whose chain ends in another root CA than the current default's
+    """
     def __init__(
         self,
         *,
         sha256: _builtins.str = ...,
         force: _builtins.bool = ...,
+        confirm_ca_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_ca_change", b"confirm_ca_change", "force", b"force", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -635,6 +669,8 @@ class NodeState(_message.Message):
     DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
     LAST_SYNC_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
+    PENDING_CA_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     epoch: _builtins.int
@@ -644,6 +680,14 @@ class NodeState(_message.Message):
     last_sync: _builtins.str
     """empty: never"""
     cluster_id: _builtins.str
+    @_builtins.property
+    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateLifecycle]:
+        """--- lifecycle (issue 6): numbers from 50 on ---"""
+
+    @_builtins.property
+    def pending_ca_change(self) -> Global___PendingCaChange:
+        """unset: none pending"""
+
     def __init__(
         self,
         *,
@@ -655,11 +699,171 @@ class NodeState(_message.Message):
         default_sha256: _builtins.str = ...,
         last_sync: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
+        certificates: _abc.Iterable[Global___CertificateLifecycle] | None = ...,
+        pending_ca_change: Global___PendingCaChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "last_sync", b"last_sync", "name", b"name", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
+
+@_typing.final
+class CertificateLifecycle(_message.Message):
+    """--- certificate lifecycle (issue 6) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    RENEWAL_STATE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    days_left: _builtins.int
+    renewal_state: _builtins.str
+    """valid | due | backoff | expiring | expired | replaced"""
+    next_attempt: _builtins.str
+    """empty: none planned"""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        days_left: _builtins.int = ...,
+        renewal_state: _builtins.str = ...,
+        next_attempt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "next_attempt", b"next_attempt", "renewal_state", b"renewal_state", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateLifecycle: _TypeAlias = CertificateLifecycle  # noqa: Y015
+
+@_typing.final
+class PendingCaChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    STAGED_AT_FIELD_NUMBER: _builtins.int
+    SWITCH_AT_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    staged_at: _builtins.str
+    switch_at: _builtins.str
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        staged_at: _builtins.str = ...,
+        switch_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "staged_at", b"staged_at", "switch_at", b"switch_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingCaChange: _TypeAlias = PendingCaChange  # noqa: Y015
+
+@_typing.final
+class AcmeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    MAKE_DEFAULT_FIELD_NUMBER: _builtins.int
+    ACCEPT_FAILOVER_RISK_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    hostname: _builtins.str
+    key_type: _builtins.str
+    """ec-p256 | ec-p384 | rsa-2048 | rsa-3072 | rsa-4096"""
+    make_default: _builtins.bool
+    accept_failover_risk: _builtins.bool
+    """a failover pair is refused without it (DNS points at one appliance only)"""
+    name: _builtins.str
+    """friendly name; empty: the hostname"""
+    def __init__(
+        self,
+        *,
+        hostname: _builtins.str = ...,
+        key_type: _builtins.str = ...,
+        make_default: _builtins.bool = ...,
+        accept_failover_risk: _builtins.bool = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_failover_risk", b"accept_failover_risk", "hostname", b"hostname", "key_type", b"key_type", "make_default", b"make_default", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcmeRequest: _TypeAlias = AcmeRequest  # noqa: Y015
+
+@_typing.final
+class AcmeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___CertificateInfo: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        certificate: Global___CertificateInfo | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcmeResponse: _TypeAlias = AcmeResponse  # noqa: Y015
+
+@_typing.final
+class StageCaChangeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    after: _builtins.str
+    """a wait such as "48h", "2d", "30m" """
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageCaChangeRequest: _TypeAlias = StageCaChangeRequest  # noqa: Y015
+
+@_typing.final
+class StageCaChangeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pending(self) -> Global___PendingCaChange: ...
+    def __init__(
+        self,
+        *,
+        pending: Global___PendingCaChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageCaChangeResponse: _TypeAlias = StageCaChangeResponse  # noqa: Y015

@@ -90,6 +90,16 @@ class CertStoreStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.NodeState.FromString,
                 _registered_method=True)
+        self.RequestAcmeCertificate = channel.unary_unary(
+                '/certsync.v1.CertStore/RequestAcmeCertificate',
+                request_serializer=node_dot_api_dot_certsync__pb2.AcmeRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.AcmeResponse.FromString,
+                _registered_method=True)
+        self.StageCaChange = channel.unary_unary(
+                '/certsync.v1.CertStore/StageCaChange',
+                request_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
+                _registered_method=True)
 
 
 class CertStoreServicer:
@@ -172,6 +182,23 @@ class CertStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestAcmeCertificate(self, request, context):
+        """--- certificate lifecycle (issue 6) ---
+        Requests a certificate from the ACME CA of the node's [acme] config (HTTP-01), on the
+        primary; stores it with its key and chain and replicates it like any other change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StageCaChange(self, request, context):
+        """Stages a CA change: the new chain is published in the trust bundle at once and the
+        certificate becomes the default once the wait is over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +256,16 @@ def add_CertStoreServicer_to_server(servicer, server):
                     servicer.GetState,
                     request_deserializer=node_dot_api_dot_certsync__pb2.GetStateRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.NodeState.SerializeToString,
+            ),
+            'RequestAcmeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestAcmeCertificate,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.AcmeRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.AcmeResponse.SerializeToString,
+            ),
+            'StageCaChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageCaChange,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +566,60 @@ class CertStore:
             '/certsync.v1.CertStore/GetState',
             node_dot_api_dot_certsync__pb2.GetStateRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.NodeState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestAcmeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/RequestAcmeCertificate',
+            node_dot_api_dot_certsync__pb2.AcmeRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.AcmeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageCaChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/StageCaChange',
+            node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,15 @@ class CertStoreStub:
     """The node's replication state.
     Reserved for the replication RPCs: Stage, Activate.
     """
+    RequestAcmeCertificate: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.AcmeRequest, _certsync_pb2.AcmeResponse]
+    """--- certificate lifecycle (issue 6) ---
+    Requests a certificate from the ACME CA of the node's [acme] config (HTTP-01), on the
+    primary; stores it with its key and chain and replicates it like any other change.
+    """
+    StageCaChange: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.StageCaChangeRequest, _certsync_pb2.StageCaChangeResponse]
+    """Stages a CA change: the new chain is published in the trust bundle at once and the
+    certificate becomes the default once the wait is over.
+    """
 
 @_typing.type_check_only
 class CertStoreAsyncStub(CertStoreStub):
@@ -100,6 +109,15 @@ class CertStoreAsyncStub(CertStoreStub):
     GetState: _aio.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
     """The node's replication state.
     Reserved for the replication RPCs: Stage, Activate.
+    """
+    RequestAcmeCertificate: _aio.UnaryUnaryMultiCallable[_certsync_pb2.AcmeRequest, _certsync_pb2.AcmeResponse]  # type: ignore[assignment]
+    """--- certificate lifecycle (issue 6) ---
+    Requests a certificate from the ACME CA of the node's [acme] config (HTTP-01), on the
+    primary; stores it with its key and chain and replicates it like any other change.
+    """
+    StageCaChange: _aio.UnaryUnaryMultiCallable[_certsync_pb2.StageCaChangeRequest, _certsync_pb2.StageCaChangeResponse]  # type: ignore[assignment]
+    """Stages a CA change: the new chain is published in the trust bundle at once and the
+    certificate becomes the default once the wait is over.
     """
 
 class CertStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -192,6 +210,27 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_certsync_pb2.NodeState, _abc.Awaitable[_certsync_pb2.NodeState]]:
         """The node's replication state.
         Reserved for the replication RPCs: Stage, Activate.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestAcmeCertificate(
+        self,
+        request: _certsync_pb2.AcmeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.AcmeResponse, _abc.Awaitable[_certsync_pb2.AcmeResponse]]:
+        """--- certificate lifecycle (issue 6) ---
+        Requests a certificate from the ACME CA of the node's [acme] config (HTTP-01), on the
+        primary; stores it with its key and chain and replicates it like any other change.
+        """
+
+    @_abc_1.abstractmethod
+    def StageCaChange(
+        self,
+        request: _certsync_pb2.StageCaChangeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.StageCaChangeResponse, _abc.Awaitable[_certsync_pb2.StageCaChangeResponse]]:
+        """Stages a CA change: the new chain is published in the trust bundle at once and the
+        certificate becomes the default once the wait is over.
         """
 
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
