@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from node.errors import BadInput, ConfigError
+from sync.acme_client import LETS_ENCRYPT_DIRECTORY
+from sync.alerts import AlertConfig, SmtpConfig
 from sync.topology import (
     NodeSpec,
     Topology,
@@ -25,8 +27,10 @@ from sync.topology import (
 )
 
 __all__ = [
+    "DEFAULT_MONITOR_INTERVAL",
     "LOG_FORMATS",
     "STORE_KEY_LEN",
+    "AcmeSettings",
     "AdminConfig",
     "LogFormat",
     "NodeConfig",
@@ -40,6 +44,20 @@ LogFormat: TypeAlias = Literal["json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
 STORE_KEY_LEN = 32
 _MAX_CONFIG_BYTES = 1024 * 1024
+#: seconds between two rounds of the lifecycle monitor (renewal, alerts, staged CA change)
+DEFAULT_MONITOR_INTERVAL = 3600
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    """The node's optional ``[acme]`` table: where to order certificates and where the
+    HTTP-01 responder listens. ``ca_bundle`` replaces the system trust store for the
+    directory's TLS (a private ACME CA, or Pebble in tests)."""
+
+    directory_url: str = LETS_ENCRYPT_DIRECTORY
+    email: str | None = None
+    http_listen: str = "0.0.0.0:80"
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,10 @@ class NodeConfig:
     key_path: Path
     store_key_path: Path
     log_format: LogFormat
+    # --- lifecycle (issue 6) ---
+    acme: AcmeSettings | None = None
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    monitor_interval: int = DEFAULT_MONITOR_INTERVAL
 
     @property
     def store_path(self) -> Path:
@@ -116,7 +138,9 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
-              "key", "store_key", "log_format"}
+              "key", "store_key", "log_format", "acme", "alerts", "monitor_interval"}
+_ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
+_ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
 
 
@@ -141,6 +165,8 @@ def load_node_config(path: Path) -> NodeConfig:
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"{path}: log_format {log_format!r} is not one of "
                           f"{', '.join(LOG_FORMATS)}")
+    acme = _acme_settings(_subtable(table, "acme"), base)
+    alerts = _alert_config(_subtable(table, "alerts"))
     return NodeConfig(
         name=name,
         path=path,
@@ -153,7 +179,90 @@ def load_node_config(path: Path) -> NodeConfig:
         key_path=_absolute(base / table.text("key")),
         store_key_path=_absolute(base / table.text("store_key")),
         log_format=log_format,
+        acme=acme,
+        alerts=alerts,
+        monitor_interval=table.positive_int("monitor_interval", DEFAULT_MONITOR_INTERVAL),
     )
+
+
+# --- lifecycle tables (issue 6) ---------------------------------------------------------
+
+
+def _subtable(table: _Table, key: str) -> _Table | None:
+    value = table.data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{table.source}: {key} must be a table ([{key}]), got {value!r}")
+    return _Table(value, table.source, f"{key}.")
+
+
+def _optional_text(table: _Table, key: str) -> str | None:
+    return table.text(key) if key in table.data else None
+
+
+def _acme_settings(table: _Table | None, base: Path) -> AcmeSettings | None:
+    if table is None:
+        return None
+    table.reject_unknown(_ACME_KEYS)
+    directory_url = table.text("directory_url", LETS_ENCRYPT_DIRECTORY)
+    if not directory_url.startswith(("https://", "http://")):
+        raise ConfigError(f"{table.source}: acme.directory_url {directory_url!r} is not an "
+                          "http(s) URL; give the CA's ACME directory, e.g. "
+                          f"{LETS_ENCRYPT_DIRECTORY!r}")
+    http_listen = table.text("http_listen", "0.0.0.0:80")
+    try:
+        split_address(http_listen)
+    except BadInput as err:
+        raise ConfigError(f"{table.source}: acme.http_listen: {err}") from err
+    bundle = _optional_text(table, "ca_bundle")
+    return AcmeSettings(
+        directory_url=directory_url,
+        email=_optional_text(table, "email"),
+        http_listen=http_listen,
+        ca_bundle=_absolute(base / bundle) if bundle is not None else None,
+    )
+
+
+def _alert_config(table: _Table | None) -> AlertConfig:
+    if table is None:
+        return AlertConfig()
+    table.reject_unknown(_ALERT_KEYS)
+    smtp: SmtpConfig | None = None
+    if "smtp_host" in table.data:
+        recipients = table.data.get("smtp_to")
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        if (
+            not isinstance(recipients, list)
+            or not recipients
+            or not all(isinstance(r, str) and r for r in recipients)
+        ):
+            raise ConfigError(f"{table.source}: alerts.smtp_to must be a non-empty list of "
+                              f"addresses, got {recipients!r}")
+        starttls = table.data.get("starttls", False)
+        if not isinstance(starttls, bool):
+            raise ConfigError(f"{table.source}: alerts.starttls must be true or false, "
+                              f"got {starttls!r}")
+        try:
+            smtp = SmtpConfig(
+                host=table.text("smtp_host"),
+                port=table.positive_int("smtp_port", 25),
+                sender=table.text("smtp_from"),
+                recipients=tuple(recipients),
+                starttls=starttls,
+            )
+        except ConfigError as err:
+            raise ConfigError(f"{table.source}: {err}") from err
+    else:
+        extra = sorted(k for k in table.data if k.startswith("smtp_") or k == "starttls")
+        if extra:
+            raise ConfigError(f"{table.source}: alerts.{extra[0]} is set but alerts.smtp_host "
+                              "is not; set smtp_host too or remove it")
+    try:
+        return AlertConfig(smtp=smtp, webhook_url=_optional_text(table, "webhook_url"))
+    except ConfigError as err:
+        raise ConfigError(f"{table.source}: {err}") from err
 
 
 def load_admin_config(path: Path) -> AdminConfig:
