@@ -59,6 +59,308 @@ EXPORT_FORMAT_P12: ExportFormat.ValueType  # 4
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 @_typing.final
+class Promotion(_message.Message):
+    """Who is primary from which epoch on. Epoch 1 is the topology's primary, unsigned;
+    higher epochs carry an admin certificate and its ECDSA-SHA256 signature over
+    "certsync-promotion-v1" NUL cluster_id NUL decimal-epoch NUL primary.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    ADMIN_CERT_DER_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    epoch: _builtins.int
+    primary: _builtins.str
+    admin_cert_der: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        primary: _builtins.str = ...,
+        admin_cert_der: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_cert_der", b"admin_cert_der", "cluster_id", b"cluster_id", "epoch", b"epoch", "primary", b"primary", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class TransferItem(_message.Message):
+    """One certificate of the replicated set for one recipient (see sync/transfer.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    PKCS12_FIELD_NUMBER: _builtins.int
+    WRAPPED_PASSPHRASE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    is_default: _builtins.bool
+    pkcs12: _builtins.bytes
+    wrapped_passphrase: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        is_default: _builtins.bool = ...,
+        pkcs12: _builtins.bytes = ...,
+        wrapped_passphrase: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_default", b"is_default", "name", b"name", "pkcs12", b"pkcs12", "wrapped_passphrase", b"wrapped_passphrase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferItem: _TypeAlias = TransferItem  # noqa: Y015
+
+@_typing.final
+class StageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
+    SET_DIGEST_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    revision: _builtins.int
+    sender: _builtins.str
+    default_sha256: _builtins.str
+    """empty: the set has no default"""
+    set_digest: _builtins.str
+    force: _builtins.bool
+    """skip the coverage check of the receiver's names (replicate --force)"""
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferItem]: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+        epoch: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        items: _abc.Iterable[Global___TransferItem] | None = ...,
+        default_sha256: _builtins.str = ...,
+        set_digest: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sha256", b"default_sha256", "epoch", b"epoch", "force", b"force", "items", b"items", "promotion", b"promotion", "revision", b"revision", "sender", b"sender", "set_digest", b"set_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageRequest: _TypeAlias = StageRequest  # noqa: Y015
+
+@_typing.final
+class StageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_DIGEST_FIELD_NUMBER: _builtins.int
+    set_digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        set_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["set_digest", b"set_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageResponse: _TypeAlias = StageResponse  # noqa: Y015
+
+@_typing.final
+class ActivateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SET_DIGEST_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    revision: _builtins.int
+    set_digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        set_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "revision", b"revision", "set_digest", b"set_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SET_DIGEST_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    revision: _builtins.int
+    set_digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        set_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "revision", b"revision", "set_digest", b"set_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmRequest: _TypeAlias = ConfirmRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmResponse: _TypeAlias = ConfirmResponse  # noqa: Y015
+
+@_typing.final
+class AnnounceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnnounceRequest: _TypeAlias = AnnounceRequest  # noqa: Y015
+
+@_typing.final
+class PromoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRequest: _TypeAlias = PromoteRequest  # noqa: Y015
+
+@_typing.final
+class ReplicateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    force: _builtins.bool
+    """push a default that leaves required names uncovered (audited)"""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every other node"""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateRequest: _TypeAlias = ReplicateRequest  # noqa: Y015
+
+@_typing.final
+class ReplicateProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    IN_SYNC_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SET_DIGEST_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    state: _builtins.str
+    """in_sync | failed | unreachable | fenced"""
+    message: _builtins.str
+    in_sync: _builtins.bool
+    epoch: _builtins.int
+    revision: _builtins.int
+    set_digest: _builtins.str
+    error: _builtins.str
+    """the certsync error class when it failed (e.g. "CoverageError")"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        state: _builtins.str = ...,
+        message: _builtins.str = ...,
+        in_sync: _builtins.bool = ...,
+        epoch: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        set_digest: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "error", b"error", "in_sync", b"in_sync", "message", b"message", "node", b"node", "revision", b"revision", "set_digest", b"set_digest", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicateProgress: _TypeAlias = ReplicateProgress  # noqa: Y015
+
+@_typing.final
 class Subject(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -669,10 +971,13 @@ class NodeState(_message.Message):
     DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
     LAST_SYNC_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    PROMOTION_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     PENDING_CA_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
+    """at run time: primary while this node is the primary of its epoch"""
     epoch: _builtins.int
     revision: _builtins.int
     set_digest: _builtins.str
@@ -680,6 +985,12 @@ class NodeState(_message.Message):
     last_sync: _builtins.str
     """empty: never"""
     cluster_id: _builtins.str
+    primary: _builtins.str
+    """the primary of this epoch, as the node knows it"""
+    @_builtins.property
+    def promotion(self) -> Global___Promotion:
+        """proof of epoch and primary, so a stale ex-primary can adopt it"""
+
     @_builtins.property
     def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateLifecycle]:
         """--- lifecycle (issue 6): numbers from 50 on ---"""
@@ -699,12 +1010,14 @@ class NodeState(_message.Message):
         default_sha256: _builtins.str = ...,
         last_sync: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
+        primary: _builtins.str = ...,
+        promotion: Global___Promotion | None = ...,
         certificates: _abc.Iterable[Global___CertificateLifecycle] | None = ...,
         pending_ca_change: Global___PendingCaChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change", "promotion", b"promotion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

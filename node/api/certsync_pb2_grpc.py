@@ -176,7 +176,7 @@ class CertStoreServicer:
 
     def GetState(self, request, context):
         """The node's replication state.
-        Reserved for the replication RPCs: Stage, Activate.
+        (Replication RPCs are in service Replication below.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -620,6 +620,318 @@ class CertStore:
             '/certsync.v1.CertStore/StageCaChange',
             node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReplicationStub:
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Stage = channel.unary_unary(
+                '/certsync.v1.Replication/Stage',
+                request_serializer=node_dot_api_dot_certsync__pb2.StageRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.StageResponse.FromString,
+                _registered_method=True)
+        self.Activate = channel.unary_unary(
+                '/certsync.v1.Replication/Activate',
+                request_serializer=node_dot_api_dot_certsync__pb2.ActivateRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.NodeState.FromString,
+                _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/certsync.v1.Replication/Confirm',
+                request_serializer=node_dot_api_dot_certsync__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.ConfirmResponse.FromString,
+                _registered_method=True)
+        self.Announce = channel.unary_unary(
+                '/certsync.v1.Replication/Announce',
+                request_serializer=node_dot_api_dot_certsync__pb2.AnnounceRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.NodeState.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/certsync.v1.Replication/Promote',
+                request_serializer=node_dot_api_dot_certsync__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.NodeState.FromString,
+                _registered_method=True)
+        self.Replicate = channel.unary_stream(
+                '/certsync.v1.Replication/Replicate',
+                request_serializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
+                _registered_method=True)
+
+
+class ReplicationServicer:
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    def Stage(self, request, context):
+        """Phase 1: decrypt and check the set (key matches, chain signatures, dates, coverage of
+        this node's names) and keep it in memory; answers the digest of the staged set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Activate(self, request, context):
+        """Phase 2: store the staged set in one transaction and serve it. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Confirm(self, request, context):
+        """The primary probed what this node serves and found it in sync: records last_sync.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Announce(self, request, context):
+        """Delivers a signed promotion; adopted when its epoch is higher than the node's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Admin, on the node to promote: adopt the promotion, become the primary, push.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Replicate(self, request, context):
+        """Admin, on the primary: push now; one progress message per node as it finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReplicationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Stage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stage,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.StageRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.StageResponse.SerializeToString,
+            ),
+            'Activate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Activate,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.ActivateRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.NodeState.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.ConfirmRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.ConfirmResponse.SerializeToString,
+            ),
+            'Announce': grpc.unary_unary_rpc_method_handler(
+                    servicer.Announce,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.AnnounceRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.NodeState.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.PromoteRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.NodeState.SerializeToString,
+            ),
+            'Replicate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'certsync.v1.Replication', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('certsync.v1.Replication', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Replication:
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    @staticmethod
+    def Stage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Stage',
+            node_dot_api_dot_certsync__pb2.StageRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.StageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Activate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Activate',
+            node_dot_api_dot_certsync__pb2.ActivateRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.NodeState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Confirm',
+            node_dot_api_dot_certsync__pb2.ConfirmRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.ConfirmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Announce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Announce',
+            node_dot_api_dot_certsync__pb2.AnnounceRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.NodeState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Promote',
+            node_dot_api_dot_certsync__pb2.PromoteRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.NodeState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/certsync.v1.Replication/Replicate',
+            node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
             options,
             channel_credentials,
             insecure,

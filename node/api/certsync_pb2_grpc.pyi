@@ -70,7 +70,7 @@ class CertStoreStub:
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]
     """The node's replication state.
-    Reserved for the replication RPCs: Stage, Activate.
+    (Replication RPCs are in service Replication below.)
     """
     RequestAcmeCertificate: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.AcmeRequest, _certsync_pb2.AcmeResponse]
     """--- certificate lifecycle (issue 6) ---
@@ -108,7 +108,7 @@ class CertStoreAsyncStub(CertStoreStub):
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _aio.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
     """The node's replication state.
-    Reserved for the replication RPCs: Stage, Activate.
+    (Replication RPCs are in service Replication below.)
     """
     RequestAcmeCertificate: _aio.UnaryUnaryMultiCallable[_certsync_pb2.AcmeRequest, _certsync_pb2.AcmeResponse]  # type: ignore[assignment]
     """--- certificate lifecycle (issue 6) ---
@@ -209,7 +209,7 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_certsync_pb2.NodeState, _abc.Awaitable[_certsync_pb2.NodeState]]:
         """The node's replication state.
-        Reserved for the replication RPCs: Stage, Activate.
+        (Replication RPCs are in service Replication below.)
         """
 
     @_abc_1.abstractmethod
@@ -234,3 +234,118 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ReplicationStub:
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReplicationAsyncStub: ...
+    Stage: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.StageRequest, _certsync_pb2.StageResponse]
+    """Phase 1: decrypt and check the set (key matches, chain signatures, dates, coverage of
+    this node's names) and keep it in memory; answers the digest of the staged set.
+    """
+    Activate: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.ActivateRequest, _certsync_pb2.NodeState]
+    """Phase 2: store the staged set in one transaction and serve it. Idempotent."""
+    Confirm: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.ConfirmRequest, _certsync_pb2.ConfirmResponse]
+    """The primary probed what this node serves and found it in sync: records last_sync."""
+    Announce: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.AnnounceRequest, _certsync_pb2.NodeState]
+    """Delivers a signed promotion; adopted when its epoch is higher than the node's."""
+    Promote: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]
+    """Admin, on the node to promote: adopt the promotion, become the primary, push."""
+    Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
+    """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+@_typing.type_check_only
+class ReplicationAsyncStub(ReplicationStub):
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Stage: _aio.UnaryUnaryMultiCallable[_certsync_pb2.StageRequest, _certsync_pb2.StageResponse]  # type: ignore[assignment]
+    """Phase 1: decrypt and check the set (key matches, chain signatures, dates, coverage of
+    this node's names) and keep it in memory; answers the digest of the staged set.
+    """
+    Activate: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ActivateRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
+    """Phase 2: store the staged set in one transaction and serve it. Idempotent."""
+    Confirm: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ConfirmRequest, _certsync_pb2.ConfirmResponse]  # type: ignore[assignment]
+    """The primary probed what this node serves and found it in sync: records last_sync."""
+    Announce: _aio.UnaryUnaryMultiCallable[_certsync_pb2.AnnounceRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
+    """Delivers a signed promotion; adopted when its epoch is higher than the node's."""
+    Promote: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
+    """Admin, on the node to promote: adopt the promotion, become the primary, push."""
+    Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
+    """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+class ReplicationServicer(metaclass=_abc_1.ABCMeta):
+    """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
+
+    Only the primary of a promotion may Stage/Activate/Confirm, and only with a node
+    identity; a push from a lower epoch than the receiver's is refused with ABORTED
+    (StaleEpoch). Promote and Replicate are admin calls; Announce accepts a promotion from any
+    identity of the cluster, because the promotion's admin signature is what counts.
+    """
+
+    @_abc_1.abstractmethod
+    def Stage(
+        self,
+        request: _certsync_pb2.StageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.StageResponse, _abc.Awaitable[_certsync_pb2.StageResponse]]:
+        """Phase 1: decrypt and check the set (key matches, chain signatures, dates, coverage of
+        this node's names) and keep it in memory; answers the digest of the staged set.
+        """
+
+    @_abc_1.abstractmethod
+    def Activate(
+        self,
+        request: _certsync_pb2.ActivateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.NodeState, _abc.Awaitable[_certsync_pb2.NodeState]]:
+        """Phase 2: store the staged set in one transaction and serve it. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Confirm(
+        self,
+        request: _certsync_pb2.ConfirmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.ConfirmResponse, _abc.Awaitable[_certsync_pb2.ConfirmResponse]]:
+        """The primary probed what this node serves and found it in sync: records last_sync."""
+
+    @_abc_1.abstractmethod
+    def Announce(
+        self,
+        request: _certsync_pb2.AnnounceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.NodeState, _abc.Awaitable[_certsync_pb2.NodeState]]:
+        """Delivers a signed promotion; adopted when its epoch is higher than the node's."""
+
+    @_abc_1.abstractmethod
+    def Promote(
+        self,
+        request: _certsync_pb2.PromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.NodeState, _abc.Awaitable[_certsync_pb2.NodeState]]:
+        """Admin, on the node to promote: adopt the promotion, become the primary, push."""
+
+    @_abc_1.abstractmethod
+    def Replicate(
+        self,
+        request: _certsync_pb2.ReplicateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
+        """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
