@@ -582,3 +582,13 @@ def test_property_any_bytes_parse_or_raise_our_error(data: bytes, passphrase: by
         assert "'fuzz.bin'" in str(err)
     else:
         assert all(isinstance(c, x509.Certificate) for c in material.certificates)
+
+
+def test_concatenated_der_certificates_and_a_trailing_newline(chains: dict[KeyType, Pki]) -> None:
+    pki = chains["ec-p256"]
+    data = pki.leaf.cert.public_bytes(DER) + pki.root.cert.public_bytes(DER) + b"\r\n"
+    material = read_material([("two.der", data)])
+    assert material.certificates == (pki.leaf.cert, pki.root.cert)
+    # negative twin: anything but whitespace after the last object is refused
+    with pytest.raises(FormatError, match=r"'two\.der'"):
+        read_material([("two.der", data + b"x")])
