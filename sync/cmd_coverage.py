@@ -11,23 +11,51 @@ for bad input (an invalid hostname, an unreadable file, an input without an iden
 certificate).
 
 Without ``--cert`` the command is the cluster form (``certsync --config ADMIN_TOML
-coverage``): every node hostname and the site hostname against the default certificate.
-That form is :func:`_cluster_coverage`.
+coverage``): every node hostname and the site hostname against the runtime primary's
+default certificate (or ``--node NAME``'s), fetched with ``List`` + a PEM ``Export``
+(certificates only). Each row adds ``"node"``: the node whose hostname it is, ``null`` for
+the site hostname. Exit 0 all covered, 1 otherwise -- also when there is no default
+certificate (the check ran: nothing is covered, and the rows say why); 2 when no node
+answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
+from cryptography import x509
+
+from node.api import certsync_pb2
 from node.chain import analyze
 from node.errors import BadInput
-from node.names import CoverageReport, Hostname, check_all, coverage_json, parse_hostname, sans_of
+from node.formats import cert_sha256
+from node.names import (
+    CoverageReport,
+    Hostname,
+    SanSet,
+    check_all,
+    coverage_json,
+    parse_hostname,
+    sans_of,
+)
 from sync._io import print_json
+from sync.client import NodeClient, admin_config, admin_target
 from sync.cmd_inspect import load_material
+from sync.cmd_ops import find_primary
+from sync.config import AdminConfig
+from sync.topology import Topology
 
-__all__ = ["register"]
+__all__ = [
+    "NO_DEFAULT_REASON",
+    "cluster_coverage_json",
+    "collect_cluster_coverage",
+    "fetch_default_certificate",
+    "print_data",
+    "register",
+]
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -49,39 +77,109 @@ def _offline(args: argparse.Namespace) -> int:
 
 
 def _print(report: CoverageReport, *, as_json: bool) -> None:
-    data: dict[str, Any] = coverage_json(report)
+    print_data(coverage_json(report), as_json=as_json)
+
+
+def print_data(data: dict[str, Any], *, as_json: bool) -> None:
+    """Print a coverage object as JSON or as a table (with a NODE column when it has one)."""
     if as_json:
         print_json(data)
         return
+    cluster = "node" in data
+    header = ("HOSTNAME", *(("NODE",) if cluster else ()), "COVERED", "KIND",
+              "MATCHED BY / REASON")
     rows = [
         (
             row["hostname"],
+            *((row["node"] or "(site)",) if cluster else ()),
             "yes" if row["covered"] else "NO",
             row["kind"] or "-",
             row["matched_by"] or row.get("reason", "-"),
         )
         for row in data["hostnames"]
     ]
-    header = ("HOSTNAME", "COVERED", "KIND", "MATCHED BY / REASON")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     out = sys.stdout
+    if cluster:
+        which = data["sha256"][:16] if data["sha256"] else "(none)"
+        out.write(f"default certificate {which} of node {data['node']}\n")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)))
-        out.write(f"  {row[3]}\n")
-    out.write("all covered\n" if report.all_covered else "NOT all covered\n")
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)))
+        out.write(f"  {row[-1]}\n")
+    out.write("all covered\n" if data["all_covered"] else "NOT all covered\n")
+
+
+NO_DEFAULT_REASON = "the node has no default certificate; make one default with 'cert default'"
+
+
+def cluster_coverage_json(
+    topology: Topology, sans: SanSet | None, *, node: str, sha256: str | None
+) -> dict[str, Any]:
+    """The cluster ``coverage --json`` object (pure).
+
+    Rows are the site hostname (``"node": null``) then every node's hostname (``"node"``:
+    that node's name), once each (a hostname shared by several keeps its first owner).
+    ``sans`` is the default certificate's names; ``None`` means there is no default
+    certificate, so nothing is covered. Extra top-level fields: ``node`` (whose default
+    certificate was checked), ``sha256`` (that certificate, or null) and, without one,
+    ``reason``.
+    """
+    owners: dict[str, str | None] = {topology.site: None}
+    for spec in topology.nodes:
+        owners.setdefault(spec.hostname, spec.name)
+    if sans is None:
+        rows: list[dict[str, Any]] = [
+            {"hostname": h, "covered": False, "kind": None, "matched_by": None,
+             "reason": NO_DEFAULT_REASON, "node": owner}
+            for h, owner in owners.items()
+        ]
+        return {"all_covered": False, "hostnames": rows, "node": node, "sha256": None,
+                "reason": f"node {node!r} has no default certificate"}
+    data = coverage_json(check_all(sans, list(owners)))
+    for row, owner in zip(data["hostnames"], owners.values(), strict=True):
+        row["node"] = owner
+    data["node"] = node
+    data["sha256"] = sha256
+    return data
+
+
+async def fetch_default_certificate(
+    config: AdminConfig, node: str | None
+) -> tuple[str, x509.Certificate | None]:
+    """``(node name, its default certificate or None)``; node None: the runtime primary.
+
+    Only the certificate travels: ``List`` to find the default, then a PEM ``Export``
+    (certificates only, never a key).
+    """
+    name = node or await find_primary(config)
+    async with NodeClient(admin_target(config, name)) as client:
+        listed = await client.list_certificates()
+        default = next((c for c in listed if c.is_default), None)
+        if default is None:
+            return name, None
+        pem = await client.export(default.sha256, certsync_pb2.EXPORT_FORMAT_PEM)
+    return name, x509.load_pem_x509_certificate(pem)  # the first block: the certificate
+
+
+async def collect_cluster_coverage(config: AdminConfig, node: str | None) -> dict[str, Any]:
+    """The cluster ``coverage --json`` object, fetched from ``node`` (None: the primary)."""
+    name, cert = await fetch_default_certificate(config, node)
+    if cert is None:
+        return cluster_coverage_json(config.topology, None, node=name, sha256=None)
+    return cluster_coverage_json(config.topology, sans_of(cert), node=name,
+                                 sha256=cert_sha256(cert))
 
 
 def _cluster_coverage(args: argparse.Namespace) -> int:
-    """The cluster form: node and site hostnames against the default certificate.
-
-    Hook for the cluster part (needs ``--config``); the offline form never comes here.
-    """
+    """The cluster form: node and site hostnames against the default certificate."""
     if not args.config:
         raise BadInput("coverage needs --cert FILE (offline) or --config ADMIN_TOML (cluster)")
-    raise BadInput(
-        f"cluster coverage with --config {args.config!r} is not available yet; "
-        "check a certificate file with 'coverage --cert FILE --hostname H'"
-    )
+    if args.hostname or args.passphrase_file:
+        raise BadInput("--hostname and --passphrase-file belong to the offline form; add "
+                       "--cert FILE, or drop them to check the cluster's own hostnames")
+    data = asyncio.run(collect_cluster_coverage(admin_config(args.config), args.node))
+    print_data(data, as_json=args.json)
+    return 0 if data["all_covered"] else 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -98,7 +196,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Offline: check that the identity certificate in FILE covers every --hostname "
             "(RFC 6125 and CA/Browser Forum rules: SANs only, one-label left-most wildcards, "
             "no wildcard over a public suffix). Exit 0 all covered, 1 otherwise. Without "
-            "--cert: the cluster form, using the global --config."
+            "--cert: the cluster form (certsync --config ADMIN_TOML [--node NAME] coverage): "
+            "the site hostname and every node's hostname against the default certificate of "
+            "the primary (or of --node), fetched without its key. Each JSON row then has "
+            "\"node\": the node whose hostname it is, or null for the site hostname. No "
+            "default certificate: nothing is covered, exit 1."
         ),
     )
     parser.add_argument(
