@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from node.chain import build_chain, classify
 from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
 from node.model import PrivateKey, Role
 
@@ -228,17 +229,9 @@ def cert_sha256(cert: x509.Certificate) -> str:
 
 
 def role_of(cert: x509.Certificate, has_key: bool) -> Role:
-    """``identity`` for an end-entity certificate or any certificate we hold the key of;
-    a CA is ``root`` when self-issued, else ``intermediate``."""
-    if has_key:
-        return "identity"
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
-        return "identity"
-    return "root" if cert.issuer == cert.subject else "intermediate"
+    """``identity`` for any certificate we hold the key of (it is served), else the
+    toolkit's :func:`node.chain.classify`."""
+    return "identity" if has_key else classify(cert)
 
 
 def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -474,7 +467,6 @@ class Store:
         try:
             AESGCM(self._store_key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], _CHECK_AAD)
         except (InvalidTag, ValueError) as err:
-            await self._conn.close()
             raise ConfigError(
                 f"the store key does not open the store {str(self._path)!r}; "
                 "configure the node key this store was created with"
@@ -604,8 +596,9 @@ class Store:
             raise _no_cert(sha256)
         return self._row_to_cert(rows[0], await self._meta("default_sha256"))
 
-    async def _require_key(self, sha256: str, what: str) -> None:
-        await self._get(sha256)
+    async def _require_key(self, sha256: str, what: str, *, stored: bool = True) -> None:
+        if stored:
+            await self._get(sha256)
         if not await self._key_row_exists(sha256):
             raise Conflict(
                 f"certificate {sha256!r} has no private key in this store, so it cannot be the "
@@ -634,7 +627,8 @@ class Store:
         keyed_new = [p.sha256 for p in prepared if p.sealed is not None]
         async with self._lock:
             if make_default is not None and make_default not in keyed_new:
-                await self._require_key(make_default, "default")
+                in_batch = any(p.sha256 == make_default for p in prepared)
+                await self._require_key(make_default, "default", stored=not in_batch)
             async with self._transaction():
                 await self._upsert(prepared, when)
                 default = make_default
@@ -788,8 +782,6 @@ class Store:
     ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
         """The chain of a stored certificate built from the stored certificates (nearest first)
         and the problems found, as :func:`node.chain.build_chain` returns them."""
-        from node.chain import build_chain  # the toolkit's chain logic
-
         certs = await self.list_certificates()
         pool = [c.certificate() for c in certs]
         target = next((c for c in certs if c.sha256 == sha256), None)
@@ -799,8 +791,6 @@ class Store:
 
     async def digest(self) -> str:
         """:func:`set_digest` of the replicated set as stored now (cached until the next change)."""
-        from node.chain import build_chain  # the toolkit's chain logic
-
         async with self._lock:
             certs = await self._list()
             default = await self._meta("default_sha256")
