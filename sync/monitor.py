@@ -1,0 +1,729 @@
+"""[shell] The node's certificate lifecycle: ACME orders, renewal, expiry alerts, CA changes.
+
+:class:`Lifecycle` wires the pure rules of :mod:`sync.lifecycle` to one node's store:
+
+* **State** per certificate lives in the store's meta as ``lifecycle:<sha256>`` -> JSON
+  (``acme``, ``hostname``, ``key_type``, ``failures``, ``last_failure_at``,
+  ``last_alert_at``); a pending CA change as ``pending_ca_change`` -> JSON (``""``: none).
+  Meta is local to the node: every node keeps its own alert clock.
+* **Replaced** is computed from the set, not stored: a certificate with a key is replaceable
+  when another certificate with a key has the same names and a later ``not_after``
+  (:func:`replaced_by`). That holds on every node after replication.
+* :meth:`Lifecycle.tick` is one round of the monitor, "decide, then act": it takes a
+  snapshot, plans with :func:`plan_tick` (pure), then renews due ACME certificates (primary
+  only, back-off through :func:`~sync.lifecycle.record_failure`), delivers expiry alerts
+  (every node, every certificate, once a day) and switches a staged CA change whose wait is
+  over (primary only). The daemon calls it on an interval; tests call it with a fixed ``now``.
+* Every change to the certificate set goes through ``on_change`` -- the same post-change
+  hook the gRPC servicer uses (rebuild what is served, replicate).
+
+Nothing here logs or raises key material: keys go from the ACME result into the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from node.chain import build_chain
+from node.errors import AcmeError, BadInput, Conflict
+from node.model import KeyType, PrivateKey
+from node.names import sans_of
+from node.store import SetEntry, Store, StoredCert, cert_sha256
+from sync.acme_client import ACME_KEY_TYPES, Http01Responder, request_certificate
+from sync.alerts import AlertConfig, ExpiryAlert, deliver_alert
+from sync.config import AcmeSettings
+from sync.lifecycle import (
+    CertState,
+    RenewalDecision,
+    StagedCaChange,
+    ca_change_due,
+    changes_ca,
+    check_default_change,
+    record_alert,
+    record_failure,
+    renewal_decision,
+    root_of,
+    stage_ca_change,
+    supersedes,
+)
+from sync.topology import Topology
+
+__all__ = [
+    "ACTOR",
+    "PENDING_KEY",
+    "CertStatus",
+    "Lifecycle",
+    "TickPlan",
+    "TickReport",
+    "plan_tick",
+    "replaced_by",
+    "run_monitor",
+    "state_key",
+]
+
+#: the audit actor of changes the monitor makes by itself
+ACTOR: Final = "node:lifecycle"
+PENDING_KEY: Final = "pending_ca_change"
+_STATE_PREFIX: Final = "lifecycle:"
+
+_log = structlog.get_logger("certsync.monitor")
+
+
+def state_key(sha256: str) -> str:
+    """The meta key of a certificate's lifecycle state."""
+    return _STATE_PREFIX + sha256
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: Any) -> dt.datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+# --- stored state (plain values <-> JSON) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the meta row of one certificate holds."""
+
+    acme: bool = False
+    hostname: str | None = None
+    key_type: str | None = None
+    failures: int = 0
+    last_failure_at: dt.datetime | None = None
+    last_alert_at: dt.datetime | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "acme": self.acme,
+                "hostname": self.hostname,
+                "key_type": self.key_type,
+                "failures": self.failures,
+                "last_failure_at": _iso(self.last_failure_at),
+                "last_alert_at": _iso(self.last_alert_at),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> _Record:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            return cls(
+                acme=bool(data.get("acme", False)),
+                hostname=data.get("hostname") or None,
+                key_type=data.get("key_type") or None,
+                failures=max(int(data.get("failures", 0)), 0),
+                last_failure_at=_parse(data.get("last_failure_at")),
+                last_alert_at=_parse(data.get("last_alert_at")),
+            )
+        except (ValueError, TypeError, AttributeError):
+            _log.warning("lifecycle.state_unreadable")  # start over rather than stop the monitor
+            return cls()
+
+    def state(self, stored: StoredCert, superseded: bool) -> CertState:
+        return CertState(
+            sha256=stored.sha256,
+            names=stored.dns_names,
+            not_after=stored.not_after,
+            acme=self.acme and self.hostname is not None,
+            failures=self.failures,
+            last_failure_at=self.last_failure_at,
+            last_alert_at=self.last_alert_at,
+            superseded=superseded,
+        )
+
+    def with_state(self, state: CertState) -> _Record:
+        return replace(
+            self,
+            failures=state.failures,
+            last_failure_at=state.last_failure_at,
+            last_alert_at=state.last_alert_at,
+        )
+
+
+def _pending_to_json(staged: StagedCaChange) -> str:
+    return json.dumps(
+        {
+            "sha256": staged.sha256,
+            "staged_at": _iso(staged.staged_at),
+            "switch_at": _iso(staged.switch_at),
+        },
+        sort_keys=True,
+    )
+
+
+def _pending_from_json(text: str | None) -> StagedCaChange | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        staged_at, switch_at = _parse(data["staged_at"]), _parse(data["switch_at"])
+        if staged_at is None or switch_at is None:
+            return None
+        return StagedCaChange(str(data["sha256"]), staged_at, switch_at)
+    except (ValueError, TypeError, KeyError):
+        _log.warning("lifecycle.pending_unreadable")
+        return None
+
+
+# --- the pure part ------------------------------------------------------------------------
+
+
+def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
+    """Which certificates with a key are superseded, and by which (the latest renewal).
+
+    A renewal has the same DNS names and a strictly later ``not_after``
+    (:func:`sync.lifecycle.supersedes`) and a key too, so it can be served instead.
+    """
+    keyed = [c for c in certs if c.has_key and c.dns_names]
+    out: dict[str, str] = {}
+    for old in keyed:
+        newer = [
+            c
+            for c in keyed
+            if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)
+        ]
+        if newer:
+            out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
+    return out
+
+
+@dataclass(frozen=True)
+class CertStatus:
+    """One certificate's lifecycle as ``status`` and ``cert list`` show it."""
+
+    sha256: str
+    days_left: int
+    renewal_state: str
+    next_attempt: dt.datetime | None
+    replaceable: bool
+    acme: bool
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    """What one monitor round will do, decided from a snapshot."""
+
+    renew: tuple[str, ...]
+    alert: tuple[str, ...]
+    switch: StagedCaChange | None
+    decisions: dict[str, RenewalDecision] = field(default_factory=dict)
+
+
+def plan_tick(
+    states: Iterable[CertState],
+    staged: StagedCaChange | None,
+    *,
+    primary: bool,
+    can_renew: bool,
+    now: dt.datetime,
+) -> TickPlan:
+    """Decide one round: which ACME certificates to renew (on a primary that can order),
+    which certificates to alert about (any node), and whether the staged switch is due."""
+    decisions = {s.sha256: renewal_decision(s, now) for s in states}
+    renew = tuple(
+        sha for sha, d in decisions.items() if d.action == "renew" and primary and can_renew
+    )
+    alert = tuple(sha for sha, d in decisions.items() if d.alert)
+    switch = staged if staged is not None and primary and ca_change_due(staged, now) else None
+    return TickPlan(renew, alert, switch, decisions)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one round did (for logs and tests)."""
+
+    renewed: dict[str, str] = field(default_factory=dict)  # old sha256 -> new sha256
+    failed: tuple[str, ...] = ()
+    alerted: tuple[str, ...] = ()
+    switched: str | None = None
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = attrs[0].value if attrs else ""
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def _chain_pem(chains: Iterable[Sequence[x509.Certificate]]) -> bytes:
+    seen: set[bytes] = set()
+    out: list[bytes] = []
+    for chain in chains:
+        for cert in chain:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            if der not in seen:
+                seen.add(der)
+                out.append(cert.public_bytes(serialization.Encoding.PEM))
+    return b"".join(out)
+
+
+# --- the shell ----------------------------------------------------------------------------
+
+
+class Lifecycle:
+    """One node's lifecycle: see the module docstring.
+
+    ``on_change`` is awaited after every change to the certificate set (the servicer's
+    post-change hook); ``publish_trust_bundle`` receives the PEM bundle (or ``None``) the
+    TLS endpoint serves at ``/.well-known/certsync/trust-bundle.pem``. ``acme`` and
+    ``responder`` are set when the node has an ``[acme]`` table; the ACME account key is
+    kept in ``account_key_path`` (mode 0600) so renewals reuse the account.
+    Methods are safe to call concurrently from the event loop: renewals and ACME requests
+    are serialised by one lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        role: str,
+        topology: Topology,
+        store: Store,
+        on_change: Callable[[], Awaitable[None]],
+        publish_trust_bundle: Callable[[bytes | None], None] | None = None,
+        alerts: AlertConfig | None = None,
+        acme: AcmeSettings | None = None,
+        responder: Http01Responder | None = None,
+        account_key_path: Path | None = None,
+    ) -> None:
+        self._node = node
+        self._role = role
+        self._topology = topology
+        self._store = store
+        self._on_change = on_change
+        self._publish = publish_trust_bundle
+        self.alerts = alerts or AlertConfig()
+        self.acme = acme
+        self.responder = responder
+        self._account_key_path = account_key_path
+        self._acme_lock = asyncio.Lock()
+
+    # -- snapshot -------------------------------------------------------------------------
+
+    async def _is_primary(self) -> bool:
+        return (await self._store.get_meta("role") or self._role) == "primary"
+
+    async def _record(self, sha256: str) -> _Record:
+        return _Record.from_json(await self._store.get_meta(state_key(sha256)))
+
+    async def _save(self, sha256: str, record: _Record) -> None:
+        await self._store.set_meta({state_key(sha256): record.to_json()})
+
+    async def _snapshot(self) -> tuple[list[StoredCert], dict[str, _Record], dict[str, str]]:
+        certs = await self._store.list_certificates()
+        records = {c.sha256: await self._record(c.sha256) for c in certs}
+        return certs, records, replaced_by(certs)
+
+    async def pending(self) -> StagedCaChange | None:
+        """The staged CA change, if any."""
+        return _pending_from_json(await self._store.get_meta(PENDING_KEY))
+
+    async def statuses(self, now: dt.datetime) -> dict[str, CertStatus]:
+        """Every stored certificate's lifecycle at ``now``, by sha256."""
+        certs, records, replaced = await self._snapshot()
+        out: dict[str, CertStatus] = {}
+        for c in certs:
+            record = records[c.sha256]
+            decision = renewal_decision(record.state(c, c.sha256 in replaced), now)
+            out[c.sha256] = CertStatus(
+                sha256=c.sha256,
+                days_left=decision.days_left,
+                renewal_state=decision.state,
+                next_attempt=decision.next_attempt if record.acme else None,
+                replaceable=c.sha256 in replaced and not c.is_default,
+                acme=record.acme,
+            )
+        return out
+
+    # -- CA change guard and renewed certificates -----------------------------------------
+
+    async def _default(self) -> StoredCert | None:
+        return next((c for c in await self._store.list_certificates() if c.is_default), None)
+
+    async def _chain_of(self, sha256: str) -> tuple[x509.Certificate, ...]:
+        stored = await self._store.get(sha256)
+        cert = stored.certificate()
+        chain, _problems = await self._store.chain(sha256)
+        return (cert, *(c for c in chain if c != cert))
+
+    async def check_default_change(
+        self,
+        sha256: str,
+        *,
+        confirm_ca_change: bool,
+        new_chain: Sequence[x509.Certificate] | None = None,
+    ) -> None:
+        """Refuse making ``sha256`` default when its root differs from the current default's
+        and the change is not confirmed (:class:`Conflict` saying why). ``new_chain``
+        (identity first) is for a certificate not stored yet."""
+        current = await self._default()
+        if current is None or current.sha256 == sha256:
+            return
+        chain = new_chain if new_chain is not None else await self._chain_of(sha256)
+        check_default_change(
+            sha256,
+            await self._chain_of(current.sha256),
+            chain,
+            confirm_ca_change=confirm_ca_change,
+        )
+
+    async def renewal_default(
+        self, cert: x509.Certificate, pool: Sequence[x509.Certificate], *, has_key: bool
+    ) -> tuple[bool, list[str]]:
+        """Whether an imported ``cert`` should become the default because it renews the
+        current default (same names, later ``not_after``, same CA), with what to tell the
+        admin. ``pool`` holds the certificates imported with it (its chain)."""
+        current = await self._default()
+        if current is None or not has_key:
+            return False, []
+        sha = cert_sha256(cert)
+        names = sans_of(cert).dns_names
+        if sha == current.sha256 or not supersedes(
+            names, cert.not_valid_after_utc, current.dns_names, current.not_after
+        ):
+            return False, []
+        stored_pool = [c.certificate() for c in await self._store.list_certificates()]
+        chain, _problems = await asyncio.to_thread(build_chain, cert, [*pool, *stored_pool])
+        new_chain = (cert, *(c for c in chain if c != cert))
+        if changes_ca(await self._chain_of(current.sha256), new_chain):
+            root = root_of(new_chain).describe()
+            return False, [
+                f"certificate {sha} renews the default {current.sha256} but ends in another "
+                f"root CA ({root}); it is not made default: use 'cert default {sha} "
+                "--confirm-ca-change' or 'cert stage-ca-change'"
+            ]
+        _log.info("lifecycle.renewal_imported", sha256=sha, replaces=current.sha256)
+        return True, [
+            f"certificate {sha} renews the default {current.sha256} (same names, later "
+            f"expiry) and is now the default; {current.sha256} is replaceable and can be deleted"
+        ]
+
+    # -- staged CA change and trust bundle ------------------------------------------------
+
+    async def stage(
+        self, sha256: str, after: str, *, actor: str, now: dt.datetime
+    ) -> StagedCaChange:
+        """Stage making ``sha256`` the default after ``after`` (e.g. ``"48h"``); publish the
+        trust bundle with its chain at once."""
+        if not await self._is_primary():
+            raise Conflict(
+                f"node {self._node!r} is not the primary; stage a CA change on the primary, "
+                "which replicates the switch"
+            )
+        stored = await self._store.get(sha256)
+        if not stored.has_key:
+            raise Conflict(
+                f"certificate {sha256!r} has no private key and cannot be served; "
+                "import it with its key first"
+            )
+        if stored.not_after <= now:
+            raise Conflict(f"certificate {sha256!r} has expired; stage a valid certificate")
+        staged = stage_ca_change(sha256, after, now)
+        if stored.not_after <= staged.switch_at:
+            raise BadInput(
+                f"certificate {sha256!r} expires before the switch at {_iso(staged.switch_at)}; "
+                "give a shorter wait or a newer certificate"
+            )
+        await self._store.set_meta({PENDING_KEY: _pending_to_json(staged)}, actor=actor, now=now)
+        _log.info(
+            "lifecycle.ca_change_staged", sha256=sha256, switch_at=_iso(staged.switch_at)
+        )
+        await self.publish_trust_bundle()
+        return staged
+
+    async def trust_bundle(self) -> bytes | None:
+        """The chains clients should trust now: the default's and, while a CA change is
+        pending, the new certificate's (certificates only, PEM); ``None`` with no default."""
+        chains: list[tuple[x509.Certificate, ...]] = []
+        current = await self._default()
+        if current is not None:
+            chains.append(await self._chain_of(current.sha256))
+        staged = await self.pending()
+        if staged is not None:
+            with contextlib.suppress(BadInput):  # deleted meanwhile: nothing to publish
+                chains.append(await self._chain_of(staged.sha256))
+        return _chain_pem(chains) if chains else None
+
+    async def publish_trust_bundle(self) -> None:
+        if self._publish is not None:
+            self._publish(await self.trust_bundle())
+
+    # -- ACME -----------------------------------------------------------------------------
+
+    def _failover_warning(self) -> str | None:
+        backup = self._topology.backup
+        if backup is None:
+            return None
+        return (
+            f"this cluster is a failover pair ({self._topology.primary.name} + {backup.name}); "
+            "DNS can point at one appliance only, so HTTP-01 renewal can fail after a failover"
+        )
+
+    def _load_account_key(self) -> PrivateKey | None:
+        path = self._account_key_path
+        if path is None or not path.exists():
+            return None
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise Conflict(
+                f"the ACME account key {str(path)!r} is not an RSA or EC key; remove it and "
+                "certsync makes a new account"
+            )
+        return key
+
+    def _save_account_key(self, key: PrivateKey) -> None:
+        path = self._account_key_path
+        if path is None or path.exists():
+            return
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+
+    async def _order(
+        self, hostname: str, key_type: KeyType, now: dt.datetime
+    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...], PrivateKey]:
+        acme, responder = self.acme, self.responder
+        if acme is None or responder is None:
+            raise Conflict(
+                f"node {self._node!r} has no [acme] table in its node.toml, so it cannot "
+                "order certificates; add one (directory_url, email, http_listen) and restart"
+            )
+        account_key = await asyncio.to_thread(self._load_account_key)
+        result = await request_certificate(
+            directory_url=acme.directory_url,
+            email=acme.email,
+            hostname=hostname,
+            key_type=key_type,
+            responder=responder,
+            account_key=account_key,
+            ca_bundle=acme.ca_bundle,
+            now=now,
+        )
+        await asyncio.to_thread(self._save_account_key, result.account_key)
+        return result.cert, result.chain, result.key
+
+    async def request(
+        self,
+        *,
+        hostname: str,
+        key_type: str,
+        make_default: bool,
+        accept_failover_risk: bool,
+        confirm_ca_change: bool,
+        name: str,
+        actor: str,
+        now: dt.datetime,
+    ) -> tuple[str, list[str]]:
+        """Order a certificate for ``hostname`` over ACME and store it (primary only).
+
+        Returns its sha256 and warnings. A failover pair is refused without
+        ``accept_failover_risk``; with ``make_default`` a certificate whose root differs
+        from the current default's is stored but made default only when confirmed.
+        """
+        kt = next((k for k in ACME_KEY_TYPES if k == key_type), None)
+        if kt is None:
+            raise BadInput(
+                f"key type {key_type!r} cannot be requested through ACME; "
+                f"use one of {', '.join(ACME_KEY_TYPES)}"
+            )
+        warnings: list[str] = []
+        risk = self._failover_warning()
+        if risk is not None:
+            if not accept_failover_risk:
+                raise Conflict(
+                    f"{risk}; pass --accept-failover-risk to request {hostname!r} anyway"
+                )
+            warnings.append(risk)
+        if not await self._is_primary():
+            raise Conflict(
+                f"node {self._node!r} is not the primary; request ACME certificates on the "
+                "primary, which replicates them"
+            )
+        async with self._acme_lock:
+            cert, chain, key = await self._order(hostname, kt, now)
+            sha = cert_sha256(cert)
+            default = make_default
+            if make_default:
+                try:
+                    await self.check_default_change(
+                        sha, confirm_ca_change=confirm_ca_change, new_chain=(cert, *chain)
+                    )
+                except Conflict as err:
+                    default = False
+                    warnings.append(f"stored but not made default: {err.message}")
+            await self._store_issued(
+                cert, chain, key, name=name or hostname, make_default=default, actor=actor,
+                now=now,
+            )
+            await self._save(sha, _Record(acme=True, hostname=hostname, key_type=kt))
+        await self._on_change()
+        return sha, warnings
+
+    async def _store_issued(
+        self,
+        cert: x509.Certificate,
+        chain: Sequence[x509.Certificate],
+        key: PrivateKey,
+        *,
+        name: str,
+        make_default: bool,
+        actor: str,
+        now: dt.datetime,
+    ) -> None:
+        entries = [SetEntry(cert=cert, key=key, name=name)]
+        entries += [
+            SetEntry(cert=c, key=None, name=_common_name(c) or cert_sha256(c)[:16]) for c in chain
+        ]
+        await self._store.add(
+            entries,
+            make_default=cert_sha256(cert) if make_default else None,
+            actor=actor,
+            now=now,
+        )
+
+    # -- one round of the monitor ---------------------------------------------------------
+
+    async def tick(self, now: dt.datetime) -> TickReport:
+        """One round at ``now``: renew, alert, switch; see the module docstring."""
+        certs, records, replaced = await self._snapshot()
+        by_sha = {c.sha256: c for c in certs}
+        states = {c.sha256: records[c.sha256].state(c, c.sha256 in replaced) for c in certs}
+        plan = plan_tick(
+            states.values(),
+            await self.pending(),
+            primary=await self._is_primary(),
+            can_renew=self.acme is not None and self.responder is not None,
+            now=now,
+        )
+        renewed: dict[str, str] = {}
+        failed: list[str] = []
+        changed = False
+        for sha in plan.renew:
+            new = await self._renew(by_sha[sha], records[sha], states[sha], now)
+            if new is None:
+                failed.append(sha)
+            else:
+                renewed[sha] = new
+                changed = True
+        alerted: list[str] = []
+        for sha in plan.alert:
+            if sha in renewed:  # renewed this round: the new one is served, no alert
+                continue
+            alert = ExpiryAlert.for_certificate(by_sha[sha].certificate(), now, node=self._node)
+            await deliver_alert(alert, self.alerts)
+            # reread: a renewal attempt above may have updated the failure counters
+            record = await self._record(sha)
+            await self._save(sha, record.with_state(record_alert(record.state(
+                by_sha[sha], sha in replaced), now)))
+            alerted.append(sha)
+        switched = await self._switch(plan.switch, now) if plan.switch is not None else None
+        if switched is not None:
+            changed = True
+        if changed:
+            await self._on_change()
+        return TickReport(renewed, tuple(failed), tuple(alerted), switched)
+
+    async def _renew(
+        self, old: StoredCert, record: _Record, state: CertState, now: dt.datetime
+    ) -> str | None:
+        assert record.hostname is not None  # plan_tick renews ACME certificates only
+        kt: KeyType = next((k for k in ACME_KEY_TYPES if k == record.key_type), "ec-p256")
+        try:
+            async with self._acme_lock:
+                cert, chain, key = await self._order(record.hostname, kt, now)
+                sha = cert_sha256(cert)
+                current = await self._default()
+                await self._store_issued(
+                    cert, chain, key, name=old.name,
+                    make_default=current is not None and current.sha256 == old.sha256,
+                    actor=ACTOR, now=now,
+                )
+                await self._save(sha, _Record(acme=True, hostname=record.hostname, key_type=kt))
+                await self._save(old.sha256, replace(record, failures=0, last_failure_at=None))
+        except AcmeError as err:
+            failed = record_failure(state, now)
+            await self._save(old.sha256, record.with_state(failed))
+            retry = renewal_decision(failed, now).next_attempt
+            _log.warning(
+                "lifecycle.renewal_failed",
+                sha256=old.sha256,
+                hostname=record.hostname,
+                failures=failed.failures,
+                next_attempt=_iso(retry),
+                error=err.message,
+            )
+            return None
+        _log.info("lifecycle.renewed", sha256=old.sha256, new_sha256=sha)
+        return sha
+
+    async def _switch(self, staged: StagedCaChange, now: dt.datetime) -> str | None:
+        try:
+            stored = await self._store.get(staged.sha256)
+        except BadInput:
+            stored = None
+        if stored is None or not stored.has_key:
+            _log.error("lifecycle.ca_change_dropped", sha256=staged.sha256)
+            await self._store.set_meta({PENDING_KEY: ""}, actor=ACTOR, now=now)
+            return None
+        await self._store.set_default(staged.sha256, actor=ACTOR, now=now)
+        await self._store.set_meta({PENDING_KEY: ""}, actor=ACTOR, now=now)
+        _log.info("lifecycle.ca_change_switched", sha256=staged.sha256)
+        return staged.sha256
+
+
+async def run_monitor(
+    lifecycle: Lifecycle,
+    *,
+    clock: Callable[[], dt.datetime],
+    interval: float,
+    stop: asyncio.Event,
+) -> None:
+    """Call ``lifecycle.tick(clock())`` now and then every ``interval`` seconds until
+    ``stop`` is set. A round that fails is logged with its traceback; the next one runs."""
+    while not stop.is_set():
+        try:
+            report = await lifecycle.tick(clock())
+            _log.info(
+                "lifecycle.tick",
+                renewed=len(report.renewed),
+                failed=len(report.failed),
+                alerted=len(report.alerted),
+                switched=report.switched,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one round must not end the monitor; it keeps the trace
+            _log.exception("lifecycle.tick_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
