@@ -11,8 +11,9 @@ Connections are served by a small pool of worker threads that all block in ``acc
 the same listening socket (the kernel wakes one per connection). Handshake crypto in
 OpenSSL releases the GIL, so the workers use every core. After the handshake a worker
 answers one plain HTTP/1.1 ``GET`` with a tiny page naming the node, anything else with
-400, then closes; reads are bounded in size and time so a slow client cannot hold a worker
-for long.
+400, then closes (``GET /.well-known/certsync/trust-bundle.pem`` gets the trust bundle set
+with :meth:`TlsEndpoint.set_trust_bundle`, certificates only, or 404); reads are bounded
+in size and time so a slow client cannot hold a worker for long.
 
 Private keys never reach the disk in plaintext: :mod:`ssl` loads keys only from files, so
 each key is written PKCS#8-encrypted under a random one-time password into a private
@@ -45,7 +46,7 @@ from node.model import PrivateKey
 from node.names import sans_of
 from node.selection import Selection, SniEntry, SniIndex
 
-__all__ = ["ServedCert", "TlsEndpoint"]
+__all__ = ["TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
 
 #: a request head (request line + headers) larger than this is refused with 400
 _MAX_REQUEST_HEAD: Final = 8 * 1024
@@ -170,6 +171,11 @@ def _page(node_name: str) -> bytes:
 _BAD_REQUEST: Final = _http_response(
     "400 Bad Request", b"bad request\n", "text/plain; charset=utf-8"
 )
+#: where clients fetch the chains to trust ahead of a CA change (issue 6)
+TRUST_BUNDLE_PATH: Final = b"/.well-known/certsync/trust-bundle.pem"
+_NO_BUNDLE: Final = _http_response(
+    "404 Not Found", b"no trust bundle published\n", "text/plain; charset=utf-8"
+)
 
 
 def _read_request_head(conn: ssl.SSLSocket, deadline: float) -> bytes | None:
@@ -210,6 +216,11 @@ def _linger(conn: ssl.SSLSocket, deadline: float) -> None:
         drained += len(chunk)
 
 
+def _target(head: bytes) -> bytes:
+    """The request target of a GET (without a query), as sent."""
+    return head.split(b"\r\n", 1)[0].split(b" ")[1].split(b"?", 1)[0]
+
+
 def _is_get(head: bytes) -> bool:
     line = head.split(b"\r\n", 1)[0]
     parts = line.split(b" ")
@@ -246,6 +257,7 @@ class TlsEndpoint:
         self._log = get_logger(__name__).bind(node_name=node_name)
         self._page = _http_response("200 OK", _page(node_name), "text/html; charset=utf-8")
         self._snapshot = _Snapshot(SniIndex.build((), None), {}, {})
+        self._trust_bundle: bytes = _NO_BUNDLE
         self._update_lock = threading.Lock()
         self._local = threading.local()
         self._listen_ctx = _new_server_context()
@@ -283,6 +295,17 @@ class TlsEndpoint:
             ]
             self._snapshot = _Snapshot(SniIndex.build(entries, default), contexts, {})
         self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
+
+    def set_trust_bundle(self, pem: bytes | None) -> None:
+        """Serve ``pem`` (certificates only) at the trust-bundle path; ``None``: 404."""
+        if pem is not None and b"PRIVATE KEY" in pem:
+            raise BadInput("a trust bundle holds certificates only, never a private key")
+        self._trust_bundle = (
+            _NO_BUNDLE
+            if pem is None
+            else _http_response("200 OK", pem, "application/x-pem-file")
+        )
+        self._log.info("tls.trust_bundle", published=pem is not None)
 
     def served_for(self, server_name: str | None) -> Selection:
         """What a handshake with this SNI value (None: no SNI) gets now."""
@@ -399,7 +422,10 @@ class TlsEndpoint:
                     return
                 ok = _is_get(head)
                 tls.settimeout(max(deadline - time.monotonic(), 0.001))
-                tls.sendall(self._page if ok else _BAD_REQUEST)
+                if ok and _target(head) == TRUST_BUNDLE_PATH:
+                    tls.sendall(self._trust_bundle)
+                else:
+                    tls.sendall(self._page if ok else _BAD_REQUEST)
                 self._log.info(
                     "tls.request",
                     peer=peer[0],
