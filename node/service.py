@@ -22,7 +22,7 @@ import datetime as dt
 import functools
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -53,6 +53,7 @@ from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
 from node.selection import Selection
 from node.store import SetEntry, Store, StoredCert, StoredCsr
+from sync.promotion import decode_promotion
 from sync.topology import Identity, identity_from_certificate
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "STATUS_TABLE",
     "CertStoreService",
     "NodeRuntime",
+    "abort_for",
+    "peer_identity",
     "start_grpc_server",
     "status_for",
 ]
@@ -110,6 +113,37 @@ def _error_data(err: CertsyncError) -> str:
         if isinstance(v, str | int | bool) or v is None
     }
     return json.dumps(data, sort_keys=True)
+
+
+def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
+    """The caller's identity from its mTLS client certificate (PermissionDenied if none)."""
+    pems = list(context.auth_context().get("x509_pem_cert", ()))
+    if not pems:
+        raise PermissionDenied(
+            "the call carries no client certificate; connect with mutual TLS using the "
+            "certificates from 'certsync cluster init'"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0])
+    except ValueError as err:
+        raise PermissionDenied(
+            "the client certificate cannot be read; use a certificate from the cluster CA"
+        ) from err
+    return identity_from_certificate(cert, cluster_id=cluster_id)
+
+
+async def abort_for(context: grpc.aio.ServicerContext[Any, Any], err: CertsyncError) -> NoReturn:
+    """End the call with ``err``'s status per :data:`STATUS_TABLE` and its class as metadata."""
+    code = status_for(err)
+    _log.info("rpc.refused", code=code.name, error=type(err).__name__)
+    await context.abort(
+        code,
+        err.message,
+        trailing_metadata=(
+            (ERROR_KIND_KEY, type(err).__name__),
+            (ERROR_DATA_KEY, _error_data(err)),
+        ),
+    )
 
 
 class NodeRuntime(Protocol):
@@ -170,16 +204,7 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
                     _log.info("rpc.ok")
                     return result
                 except CertsyncError as err:
-                    code = status_for(err)
-                    _log.info("rpc.refused", code=code.name, error=type(err).__name__)
-                    await context.abort(
-                        code,
-                        err.message,
-                        trailing_metadata=(
-                            (ERROR_KIND_KEY, type(err).__name__),
-                            (ERROR_DATA_KEY, _error_data(err)),
-                        ),
-                    )
+                    await abort_for(context, err)
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:
@@ -262,19 +287,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     # -- authentication and authorisation ----------------------------------------------
 
     def _identity(self, context: _Context) -> Identity:
-        pems = list(context.auth_context().get("x509_pem_cert", ()))
-        if not pems:
-            raise PermissionDenied(
-                "the call carries no client certificate; connect with mutual TLS using the "
-                "certificates from 'certsync cluster init'"
-            )
-        try:
-            cert = x509.load_pem_x509_certificate(pems[0])
-        except ValueError as err:
-            raise PermissionDenied(
-                "the client certificate cannot be read; use a certificate from the cluster CA"
-            ) from err
-        return identity_from_certificate(cert, cluster_id=self._rt.cluster_id)
+        return peer_identity(context, cluster_id=self._rt.cluster_id)
 
     async def _authorize(self, identity: Identity, method: str, *, change: bool) -> None:
         if identity.kind == "admin":
@@ -521,16 +534,25 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         store = self._rt.store
         certs = await store.list_certificates()
         default = next((c.sha256 for c in certs if c.is_default), "")
-        return certsync_pb2.NodeState(
+        state = certsync_pb2.NodeState(
             name=self._rt.name,
-            role=str(await store.get_meta("role") or self._rt.role),
+            role=self._rt.role,
             epoch=int(await store.get_meta("epoch") or 0),
             revision=int(await store.get_meta("revision") or 0),
             set_digest=await store.digest(),
             default_sha256=default,
             last_sync=str(await store.get_meta("last_sync") or ""),
             cluster_id=self._rt.cluster_id,
+            primary=str(await store.get_meta("primary") or ""),
         )
+        promotion = await store.get_meta("promotion")
+        if promotion:  # written by sync.receiver when the node adopts a promotion
+            p = decode_promotion(promotion)
+            state.promotion.CopyFrom(certsync_pb2.Promotion(
+                cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
+                admin_cert_der=p.admin_cert_der, signature=p.signature,
+            ))
+        return state
 
     # -- changing ----------------------------------------------------------------------
 
@@ -655,15 +677,21 @@ async def start_grpc_server(
     *,
     address: str,
     credentials: grpc.ServerCredentials,
+    replication: certsync_pb2_grpc.ReplicationServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server with the store, health and reflection services on
-    ``address`` (port 0: any) over mutual TLS only; return it and its port."""
+    """Start a grpc.aio server with the store, health and reflection services (and the
+    replication service when given) on ``address`` (port 0: any) over mutual TLS only;
+    return it and its port."""
     server = grpc.aio.server()
     certsync_pb2_grpc.add_CertStoreServicer_to_server(service, server)
+    names = [SERVICE_NAME]
+    if replication is not None:
+        certsync_pb2_grpc.add_ReplicationServicer_to_server(replication, server)
+        names.append(certsync_pb2.DESCRIPTOR.services_by_name["Replication"].full_name)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_secure_port(address, credentials)
     if port == 0:

@@ -1,0 +1,620 @@
+"""The receiving side of replication, and each node's view of who the primary is.
+
+:class:`Replica` holds one node's replication state -- epoch, primary and the promotion that
+proves them (kept in store meta ``epoch``, ``primary``, ``promotion``) -- and implements the
+receiver's half of the two-phase push (DESIGN.md, "Replication, in more detail"):
+
+* :meth:`Replica.stage` -- only a node identity that is the primary of the promotion it
+  sends may push. A lower epoch than ours is refused (:class:`StaleEpoch`, audited); the same
+  epoch from another sender than our primary is refused (:class:`PermissionDenied`,
+  audited); a higher epoch is verified and adopted. Every item is unwrapped with this node's
+  own mTLS key off the event loop and checked (key matches, chain signatures, dates valid
+  at ``now``, and unless forced: the default covers this node's hostname and the site), and
+  the digest of what was unwrapped must equal the one announced. The checked set is kept in
+  memory keyed by ``(epoch, revision, digest)``; nothing is stored yet.
+* :meth:`Replica.activate` -- re-checks dates with the clock *now* (a certificate that
+  expired between stage and activate is never activated), then replaces the store's set and
+  the replication meta in one transaction and refreshes the TLS endpoint. Activating the
+  set that is active already is a no-op (idempotent).
+* :meth:`Replica.confirm` -- the primary verified what this node serves: ``last_sync``.
+* :meth:`Replica.announce` / :meth:`Replica.promote` -- adopt a higher, verified promotion.
+
+A node that fails a check keeps serving what it had; the error says why.
+:class:`ReplicationService` is the gRPC servicer over it (errors -> statuses through
+``node.service``'s one table); ``Replicate`` is delegated to a :class:`ReplicateHandler`
+(the replicator, which lives in :mod:`sync.replicator`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn, Protocol, TypeVar
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from node.api import certsync_pb2, certsync_pb2_grpc
+from node.errors import (
+    BadInput,
+    CertsyncError,
+    Conflict,
+    CoverageError,
+    PermissionDenied,
+    StaleEpoch,
+    TransferRejected,
+)
+from node.names import check_all, sans_of
+from node.service import abort_for, peer_identity
+from node.store import SetEntry, Store, cert_sha256, set_digest
+from sync.promotion import (
+    Promotion,
+    decode_promotion,
+    encode_promotion,
+    initial_promotion,
+    verify_promotion,
+)
+from sync.topology import Identity, Topology
+from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_item
+
+__all__ = [
+    "CheckedSet",
+    "Push",
+    "Replica",
+    "ReplicateHandler",
+    "ReplicationService",
+    "check_push",
+    "promotion_from_msg",
+    "promotion_to_msg",
+    "rfc3339",
+]
+
+#: staged sets kept in memory (a primary stages one set at a time; a few cover retries)
+_MAX_STAGED: Final = 4
+
+_log = structlog.get_logger("sync.receiver")
+
+
+def rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def promotion_to_msg(p: Promotion) -> certsync_pb2.Promotion:
+    return certsync_pb2.Promotion(cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
+                                  admin_cert_der=p.admin_cert_der, signature=p.signature)
+
+
+def promotion_from_msg(msg: certsync_pb2.Promotion) -> Promotion:
+    return Promotion(cluster_id=msg.cluster_id, epoch=msg.epoch, primary=msg.primary,
+                     admin_cert_der=msg.admin_cert_der, signature=msg.signature)
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+@dataclass(frozen=True)
+class Push:
+    """A Stage call as plain values."""
+
+    promotion: Promotion
+    epoch: int
+    revision: int
+    sender: str
+    items: tuple[WrappedItem, ...]
+    default_sha256: str | None
+    digest: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CheckedSet:
+    """A set that passed the receiver's checks, ready for ``Store.replace_all``."""
+
+    epoch: int
+    revision: int
+    digest: str
+    sender: str
+    entries: tuple[SetEntry, ...]
+    default_sha256: str | None
+    forced: bool
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        return tuple(e.cert for e in self.entries)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = attrs[0].value if attrs else ""
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def check_dates(certs: Sequence[x509.Certificate], now: dt.datetime, *, sender: str) -> None:
+    """:class:`TransferRejected` unless every certificate is valid at ``now``."""
+    for cert in certs:
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise TransferRejected(
+                f"certificate {cert_sha256(cert)!r} ({cert.subject.rfc4514_string()}) from "
+                f"{sender!r} is not valid at {rfc3339(now)} (valid "
+                f"{rfc3339(cert.not_valid_before_utc)} to {rfc3339(cert.not_valid_after_utc)}); "
+                "replace it on the primary, this node keeps serving what it had"
+            )
+
+
+def _check_links(item: UnwrappedItem, sender: str) -> None:
+    """Each certificate of the item's chain must have signed the one before it."""
+    current = item.cert
+    for issuer in item.chain:
+        try:
+            current.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature) as err:
+            raise TransferRejected(
+                f"item {item.name!r} from {sender!r}: {issuer.subject.rfc4514_string()!r} did "
+                f"not sign {current.subject.rfc4514_string()!r}; the chain is broken, fix it "
+                "on the primary"
+            ) from err
+        current = issuer
+
+
+def check_push(
+    push: Push,
+    *,
+    cluster_id: str,
+    recipient: str,
+    recipient_key: ec.EllipticCurvePrivateKey,
+    required_names: Sequence[str],
+    now: dt.datetime,
+) -> CheckedSet:
+    """Unwrap and check a push (pure and CPU-bound: call it off the event loop).
+
+    Raises :class:`TransferRejected` (replayed/misdirected/altered blob, broken chain, bad
+    dates, digest mismatch, default missing) or :class:`CoverageError` (the default leaves
+    one of ``required_names`` uncovered and the push is not forced).
+    """
+    ctx = TransferContext(cluster_id=cluster_id, epoch=push.epoch, revision=push.revision,
+                          sender=push.sender, recipient=recipient)
+    keyed: dict[str, SetEntry] = {}
+    chain_certs: dict[str, x509.Certificate] = {}
+    default_item: UnwrappedItem | None = None
+    for wrapped in push.items:
+        item = unwrap_item(ctx, recipient_key, wrapped)
+        _check_links(item, push.sender)
+        sha = cert_sha256(item.cert)
+        keyed[sha] = SetEntry(cert=item.cert, key=item.key, name=item.name)
+        for extra in item.chain:
+            chain_certs.setdefault(cert_sha256(extra), extra)
+        if item.is_default:
+            if default_item is not None:
+                raise TransferRejected(
+                    f"the push from {push.sender!r} marks more than one certificate default; "
+                    "push again from the primary"
+                )
+            default_item = item
+    default_sha = cert_sha256(default_item.cert) if default_item is not None else None
+    if default_sha != push.default_sha256:
+        raise TransferRejected(
+            f"the push from {push.sender!r} names default {push.default_sha256!r} but its items "
+            f"mark {default_sha!r}; push again from the primary"
+        )
+    entries = list(keyed.values())
+    entries += [SetEntry(cert=c, key=None, name=_common_name(c) or sha[:16])
+                for sha, c in chain_certs.items() if sha not in keyed]
+    check_dates([e.cert for e in entries], now, sender=push.sender)
+    members = [(sha, True) for sha in keyed] + [(sha, False) for sha in chain_certs
+                                                 if sha not in keyed]
+    digest = set_digest(members, default_sha)
+    if digest != push.digest:
+        raise TransferRejected(
+            f"the set from {push.sender!r} has digest {digest!r}, not the announced "
+            f"{push.digest!r}; an item is missing or extra, push again"
+        )
+    if not push.force:
+        if default_item is None:
+            raise CoverageError(
+                f"the push from {push.sender!r} has no default certificate, so "
+                f"{', '.join(required_names)} would be uncovered; set a default on the primary",
+                report=None,
+            )
+        report = check_all(sans_of(default_item.cert), list(required_names))
+        if not report.all_covered:
+            missing = [i.hostname for i in report.items if not i.covered]
+            raise CoverageError(
+                f"the default certificate {default_sha!r} from {push.sender!r} does not cover "
+                f"{', '.join(missing)}; replace it on the primary or replicate --force",
+                report=report,
+            )
+    return CheckedSet(epoch=push.epoch, revision=push.revision, digest=digest,
+                      sender=push.sender, entries=tuple(entries), default_sha256=default_sha,
+                      forced=push.force)
+
+
+# --------------------------------------------------------------------------- the replica
+
+
+class Replica:
+    """One node's replication state and receiver logic; see the module docstring.
+
+    Concurrency: adoption, activation and confirmation are serialised by one lock;
+    staging runs concurrently (its CPU work is in a thread). ``listeners`` are called
+    (synchronously, must not block) whenever the epoch or primary changes.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topology: Topology,
+        store: Store,
+        ca_cert: x509.Certificate,
+        node_key: ec.EllipticCurvePrivateKey,
+        clock: Callable[[], dt.datetime],
+        refresh: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.name = name
+        self.topology = topology
+        self.store = store
+        self.ca_cert = ca_cert
+        self._node_key = node_key
+        self._clock = clock
+        self._refresh = refresh
+        self._promotion = initial_promotion(topology.cluster_id, topology.primary.name)
+        self._staged: dict[tuple[int, int, str], CheckedSet] = {}
+        self._lock = asyncio.Lock()
+        self.listeners: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:  # never show the node key
+        return f"Replica(name={self.name!r}, epoch={self.epoch!r}, primary={self.primary!r})"
+
+    # -- state -------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read epoch/primary/promotion from store meta (first start: epoch 1, written)."""
+        text = await self.store.get_meta("promotion")
+        if text:
+            promotion = decode_promotion(text)
+            self._verify(promotion)
+            self._promotion = promotion
+        else:
+            await self.store.set_meta(self._meta())
+        _log.info("replica.loaded", epoch=self.epoch, primary=self.primary, role=self.role)
+
+    @property
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    @property
+    def epoch(self) -> int:
+        return self._promotion.epoch
+
+    @property
+    def primary(self) -> str:
+        return self._promotion.primary
+
+    @property
+    def promotion(self) -> Promotion:
+        return self._promotion
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.name
+
+    @property
+    def role(self) -> str:
+        """primary while this node is the primary of its epoch; a former primary is a
+        backup; the others keep their topology role."""
+        if self.is_primary:
+            return "primary"
+        own = self.topology.node(self.name).role
+        return "backup" if own == "primary" else own
+
+    def _meta(self) -> dict[str, str]:
+        p = self._promotion
+        return {"epoch": str(p.epoch), "primary": p.primary, "promotion": encode_promotion(p)}
+
+    def _verify(self, promotion: Promotion) -> None:
+        verify_promotion(promotion, ca_cert=self.ca_cert, cluster_id=self.topology.cluster_id,
+                         initial_primary=self.topology.primary.name)
+        self.topology.node(promotion.primary)  # NotFound for a node not in the topology
+
+    async def _adopt_locked(self, promotion: Promotion, *, actor: str) -> bool:
+        if promotion.epoch < self.epoch:
+            return False
+        if promotion.epoch == self.epoch:
+            if promotion.primary != self.primary:
+                raise Conflict(
+                    f"epoch {promotion.epoch} already belongs to {self.primary!r}, not "
+                    f"{promotion.primary!r}; promote again (a new promotion takes a higher epoch)"
+                )
+            return False
+        self._verify(promotion)
+        before = self.role
+        self._promotion = promotion
+        self._staged.clear()
+        await self.store.set_meta(self._meta(), actor=actor, now=self.now)
+        _log.info("replica.adopted", epoch=promotion.epoch, primary=promotion.primary,
+                  role=self.role, previous_role=before)
+        for listener in self.listeners:
+            listener()
+        return True
+
+    async def adopt(self, promotion: Promotion, *, actor: str) -> bool:
+        """Adopt ``promotion`` if it verifies and is higher than ours; True if adopted."""
+        async with self._lock:
+            return await self._adopt_locked(promotion, actor=actor)
+
+    async def _refuse(self, identity: Identity, method: str, err: CertsyncError) -> NoReturn:
+        await self.store.record_audit(
+            actor=f"{identity.kind}:{identity.name}", action="replication.refused",
+            detail={"method": method, "error": type(err).__name__, "why": err.message},
+            now=self.now,
+        )
+        _log.warning("replication.refused", method=method, error=type(err).__name__,
+                     caller=f"{identity.kind}:{identity.name}")
+        raise err
+
+    async def _check_sender(self, identity: Identity, method: str, epoch: int) -> None:
+        """The caller must be the node that is our primary at our epoch."""
+        if identity.kind != "node":
+            await self._refuse(identity, method, PermissionDenied(
+                f"{identity.kind} {identity.name!r} may not call {method}: only the primary "
+                "node pushes; use 'certsync replicate'"))
+        if epoch < self.epoch:
+            await self._refuse(identity, method, StaleEpoch(
+                f"node {identity.name!r} pushes at epoch {epoch}, but this node is at epoch "
+                f"{self.epoch} (primary {self.primary!r}); it was replaced, let it step down",
+                epoch=epoch, current=self.epoch))
+        if identity.name != self.primary or epoch != self.epoch:
+            await self._refuse(identity, method, PermissionDenied(
+                f"node {identity.name!r} is not the primary of epoch {self.epoch} (that is "
+                f"{self.primary!r}); only the primary may call {method}"))
+
+    # -- receiver ----------------------------------------------------------------------
+
+    async def stage(self, push: Push, identity: Identity) -> str:
+        """Phase 1; returns the digest of the staged set."""
+        if (identity.kind != "node" or identity.name != push.sender
+                or push.promotion.primary != push.sender or push.promotion.epoch != push.epoch):
+            await self._refuse(identity, "Stage", PermissionDenied(
+                f"{identity.kind} {identity.name!r} may not stage a set as {push.sender!r} at "
+                f"epoch {push.epoch}: only a node that is the primary of the promotion it sends "
+                "may push"))
+        if push.epoch > self.epoch:
+            async with self._lock:
+                try:
+                    await self._adopt_locked(push.promotion, actor=f"node:{identity.name}")
+                except PermissionDenied as err:
+                    await self._refuse(identity, "Stage", err)
+        await self._check_sender(identity, "Stage", push.epoch)
+        required = (self.topology.site, self.topology.node(self.name).hostname)
+        try:
+            checked = await asyncio.to_thread(
+                functools.partial(check_push, push, cluster_id=self.topology.cluster_id,
+                                  recipient=self.name, recipient_key=self._node_key,
+                                  required_names=required, now=self.now))
+        except (TransferRejected, CoverageError) as err:
+            await self._refuse(identity, "Stage", err)
+        key = (checked.epoch, checked.revision, checked.digest)
+        self._staged[key] = checked
+        while len(self._staged) > _MAX_STAGED:
+            self._staged.pop(next(iter(self._staged)))
+        _log.info("replication.staged", epoch=push.epoch, revision=push.revision,
+                  digest=checked.digest, certificates=len(checked.entries),
+                  forced=checked.forced)
+        return checked.digest
+
+    async def _is_active(self, epoch: int, revision: int, digest: str) -> bool:
+        return (int(await self.store.get_meta("revision") or 0) == revision
+                and epoch == self.epoch and await self.store.digest() == digest)
+
+    async def activate(self, epoch: int, revision: int, digest: str, identity: Identity) -> None:
+        """Phase 2: store and serve the staged set (idempotent)."""
+        async with self._lock:
+            await self._check_sender(identity, "Activate", epoch)
+            staged = self._staged.get((epoch, revision, digest))
+            if staged is None:
+                if await self._is_active(epoch, revision, digest):
+                    return
+                await self._refuse(identity, "Activate", TransferRejected(
+                    f"no set is staged for epoch {epoch} revision {revision} digest {digest!r}; "
+                    "stage it first (this node keeps serving what it had)"))
+            now = self.now
+            try:
+                check_dates(staged.certificates, now, sender=staged.sender)
+            except TransferRejected as err:
+                del self._staged[(epoch, revision, digest)]
+                await self._refuse(identity, "Activate", err)
+            meta = {**self._meta(), "revision": str(revision)}
+            await self.store.replace_all(
+                staged.entries, default=staged.default_sha256, meta=meta,
+                actor=f"node:{identity.name}", now=now)
+            if staged.forced:
+                await self.store.record_audit(
+                    actor=f"node:{identity.name}", action="replication.forced",
+                    detail={"epoch": epoch, "revision": revision, "digest": digest}, now=now)
+            self._staged = {k: v for k, v in self._staged.items() if k[:2] > (epoch, revision)}
+            await self._refresh()
+        _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest)
+
+    async def confirm(self, epoch: int, revision: int, digest: str, identity: Identity) -> None:
+        """The primary saw this node serve its set: record ``last_sync``."""
+        async with self._lock:
+            await self._check_sender(identity, "Confirm", epoch)
+            if not await self._is_active(epoch, revision, digest):
+                raise TransferRejected(
+                    f"this node does not hold epoch {epoch} revision {revision} digest "
+                    f"{digest!r}; push again")
+            await self.store.set_meta({"last_sync": rfc3339(self.now)})
+
+    async def announce(self, promotion: Promotion, identity: Identity) -> bool:
+        """Adopt a delivered promotion when it is higher than ours."""
+        try:
+            return await self.adopt(promotion, actor=f"{identity.kind}:{identity.name}")
+        except PermissionDenied as err:
+            await self._refuse(identity, "Announce", err)
+
+    async def promote(self, promotion: Promotion, identity: Identity) -> None:
+        """Admin: make this node the primary of ``promotion``'s epoch."""
+        if identity.kind != "admin":
+            await self._refuse(identity, "Promote", PermissionDenied(
+                f"{identity.kind} {identity.name!r} may not promote; only an admin may "
+                "(use admin.toml)"))
+        if promotion.primary != self.name:
+            raise BadInput(f"the promotion names {promotion.primary!r}, but this is node "
+                           f"{self.name!r}; call Promote on the node being promoted")
+        if promotion.epoch <= self.epoch and not (
+                promotion.epoch == self.epoch and self.is_primary):
+            raise StaleEpoch(
+                f"the promotion's epoch {promotion.epoch} is not above this node's epoch "
+                f"{self.epoch}; promote again with a higher epoch",
+                epoch=promotion.epoch, current=self.epoch)
+        try:
+            await self.adopt(promotion, actor=f"admin:{identity.name}")
+        except PermissionDenied as err:
+            await self._refuse(identity, "Promote", err)
+        await self.store.record_audit(
+            actor=f"admin:{identity.name}", action="replication.promoted",
+            detail={"epoch": promotion.epoch, "primary": promotion.primary}, now=self.now)
+
+
+# --------------------------------------------------------------------------- servicer
+
+
+class ReplicateHandler(Protocol):
+    """The replicator as the servicer sees it (``sync.replicator.Replicator``)."""
+
+    def replicate(
+        self, nodes: Sequence[str], *, force: bool, actor: str
+    ) -> AsyncIterator[certsync_pb2.ReplicateProgress]:
+        """Push now to ``nodes`` (empty: all others), yielding one progress per node as it
+        finishes. Raises :class:`CertsyncError` before the first yield when it cannot push
+        at all (not the primary; coverage gate without force)."""
+        ...
+
+    def trigger(self) -> None:
+        """Wake the push loop (coalesces)."""
+        ...
+
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _unary(
+    fn: Callable[[ReplicationService, _Req, Identity], Awaitable[_Resp]],
+) -> Callable[[ReplicationService, _Req, _Context], Awaitable[_Resp]]:
+    method = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: ReplicationService, request: _Req, context: _Context) -> _Resp:
+        with structlog.contextvars.bound_contextvars(method=method, peer=context.peer(),
+                                                     caller=None):
+            try:
+                identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
+                structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
+                result = await fn(self, request, identity)
+                _log.info("rpc.ok")
+                return result
+            except CertsyncError as err:
+                await abort_for(context, err)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if isinstance(err, grpc.aio.AbortError):
+                    raise
+                _log.exception("rpc.failed")
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    f"internal error in {method}; see the node's log")
+
+    return wrapper
+
+
+class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
+    """gRPC ``certsync.v1.Replication`` over a :class:`Replica` (and the replicator)."""
+
+    def __init__(self, replica: Replica, state: Callable[[], Awaitable[certsync_pb2.NodeState]],
+                 replicator: ReplicateHandler | None = None) -> None:
+        self._replica = replica
+        self._state = state
+        self._replicator = replicator
+
+    def attach(self, replicator: ReplicateHandler) -> None:
+        self._replicator = replicator
+
+    @_unary
+    async def Stage(self, request: certsync_pb2.StageRequest,
+                    identity: Identity) -> certsync_pb2.StageResponse:
+        push = Push(
+            promotion=promotion_from_msg(request.promotion), epoch=request.epoch,
+            revision=request.revision, sender=request.sender,
+            items=tuple(WrappedItem(name=i.name, is_default=i.is_default, pkcs12=i.pkcs12,
+                                    wrapped_passphrase=i.wrapped_passphrase)
+                        for i in request.items),
+            default_sha256=request.default_sha256 or None, digest=request.set_digest,
+            force=request.force)
+        digest = await self._replica.stage(push, identity)
+        return certsync_pb2.StageResponse(set_digest=digest)
+
+    @_unary
+    async def Activate(self, request: certsync_pb2.ActivateRequest,
+                       identity: Identity) -> certsync_pb2.NodeState:
+        await self._replica.activate(request.epoch, request.revision, request.set_digest,
+                                     identity)
+        return await self._state()
+
+    @_unary
+    async def Confirm(self, request: certsync_pb2.ConfirmRequest,
+                      identity: Identity) -> certsync_pb2.ConfirmResponse:
+        await self._replica.confirm(request.epoch, request.revision, request.set_digest,
+                                    identity)
+        return certsync_pb2.ConfirmResponse()
+
+    @_unary
+    async def Announce(self, request: certsync_pb2.AnnounceRequest,
+                       identity: Identity) -> certsync_pb2.NodeState:
+        await self._replica.announce(promotion_from_msg(request.promotion), identity)
+        return await self._state()
+
+    @_unary
+    async def Promote(self, request: certsync_pb2.PromoteRequest,
+                      identity: Identity) -> certsync_pb2.NodeState:
+        await self._replica.promote(promotion_from_msg(request.promotion), identity)
+        if self._replicator is not None:
+            self._replicator.trigger()
+        return await self._state()
+
+    async def Replicate(
+        self, request: certsync_pb2.ReplicateRequest, context: _Context
+    ) -> AsyncIterator[certsync_pb2.ReplicateProgress]:
+        with structlog.contextvars.bound_contextvars(method="Replicate", peer=context.peer(),
+                                                     caller=None):
+            try:
+                identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
+                actor = f"{identity.kind}:{identity.name}"
+                structlog.contextvars.bind_contextvars(caller=actor)
+                if identity.kind != "admin":
+                    await self._replica.store.record_audit(
+                        actor=actor, action="rpc.refused",
+                        detail={"method": "Replicate", "why": "admin only"},
+                        now=self._replica.now)
+                    raise PermissionDenied(
+                        f"{identity.kind} {identity.name!r} may not call Replicate: only an "
+                        "admin may; use the admin configuration (admin.toml)")
+                if self._replicator is None or not self._replica.is_primary:
+                    raise Conflict(
+                        f"node {self._replica.name!r} is not the primary of epoch "
+                        f"{self._replica.epoch} (that is {self._replica.primary!r}); run "
+                        f"replicate against {self._replica.primary!r}")
+                async for progress in self._replicator.replicate(
+                        list(request.nodes), force=request.force, actor=actor):
+                    yield progress
+                _log.info("rpc.ok")
+            except CertsyncError as err:
+                await abort_for(context, err)
