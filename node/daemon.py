@@ -12,6 +12,7 @@ SIGINT), then stops gRPC with a grace period, the TLS endpoint and the store, in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,10 @@ from node.selection import Selection
 from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
 from node.tls import ServedCert, TlsEndpoint
-from sync.config import NodeConfig, load_store_key
+from sync.acme_client import Http01Responder, start_http01_responder
+from sync.alerts import AlertConfig
+from sync.config import AcmeSettings, NodeConfig, load_store_key
+from sync.monitor import Lifecycle, run_monitor
 from sync.topology import Topology, split_address
 
 __all__ = ["GRACE_SECONDS", "NodeApp", "run_node"]
@@ -51,6 +55,10 @@ class NodeApp:
         store: Store,
         endpoint: TlsEndpoint,
         clock: Callable[[], dt.datetime] = _utcnow,
+        alerts: AlertConfig | None = None,
+        acme: AcmeSettings | None = None,
+        responder: Http01Responder | None = None,
+        account_key_path: Path | None = None,
     ) -> None:
         self._name = name
         self._topology = topology
@@ -59,6 +67,19 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
+        # --- lifecycle (issue 6): renewal, alerts, CA changes; see sync.monitor ---
+        self._lifecycle = Lifecycle(
+            node=name,
+            role=lambda: self.role,
+            topology=topology,
+            store=store,
+            on_change=self.refresh,
+            publish_trust_bundle=endpoint.set_trust_bundle,
+            alerts=alerts,
+            acme=acme,
+            responder=responder,
+            account_key_path=account_key_path,
+        )
 
     @property
     def name(self) -> str:
@@ -83,6 +104,10 @@ class NodeApp:
     @property
     def endpoint(self) -> TlsEndpoint:
         return self._endpoint
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self._lifecycle
 
     def now(self) -> dt.datetime:
         return self._clock()
@@ -120,6 +145,7 @@ class NodeApp:
         async with self._refresh_lock:
             served, default = await self.served_certs()
             await asyncio.to_thread(self._endpoint.update, served, default)
+            await self._lifecycle.publish_trust_bundle()
             _log.info("node.refreshed", certificates=len(served), default_sha256=default)
 
 
@@ -151,8 +177,22 @@ async def run_node(
     store = await Store.open(config.store_path, load_store_key(config.store_key_path))
     endpoint = TlsEndpoint(node_name=config.name)
     server = None
+    responder: Http01Responder | None = None
+    monitor: asyncio.Task[None] | None = None
     try:
-        app = NodeApp(name=config.name, topology=topology, store=store, endpoint=endpoint)
+        if config.acme is not None:
+            http_host, http_port = split_address(config.acme.http_listen)
+            responder, _ = await start_http01_responder(http_host, http_port)
+        app = NodeApp(
+            name=config.name,
+            topology=topology,
+            store=store,
+            endpoint=endpoint,
+            alerts=config.alerts,
+            acme=config.acme,
+            responder=responder,
+            account_key_path=config.data_dir / "acme-account-key.pem",
+        )
         tls_host, tls_port = split_address(config.tls_listen)
         tls_bound = await asyncio.to_thread(endpoint.start, tls_host, tls_port)
         await app.refresh()
@@ -167,9 +207,20 @@ async def run_node(
         _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
         if started is not None:
             started(app, grpc_port, tls_bound)
+        monitor = asyncio.create_task(
+            run_monitor(
+                app.lifecycle, clock=app.now, interval=config.monitor_interval, stop=stop
+            )
+        )
         await stop.wait()
         _log.info("node.stopping", node=config.name)
     finally:
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+        if responder is not None:
+            await responder.close()
         if server is not None:
             await server.stop(GRACE_SECONDS)
         await asyncio.to_thread(endpoint.stop)

@@ -288,7 +288,7 @@ def _chain_pem(chains: Iterable[Sequence[x509.Certificate]]) -> bytes:
 class Lifecycle:
     """One node's lifecycle: see the module docstring.
 
-    ``on_change`` is awaited after every change to the certificate set (the servicer's
+    ``role`` tells the node's current role (it changes on promotion); ``on_change`` is awaited after every change to the certificate set (the servicer's
     post-change hook); ``publish_trust_bundle`` receives the PEM bundle (or ``None``) the
     TLS endpoint serves at ``/.well-known/certsync/trust-bundle.pem``. ``acme`` and
     ``responder`` are set when the node has an ``[acme]`` table; the ACME account key is
@@ -301,7 +301,7 @@ class Lifecycle:
         self,
         *,
         node: str,
-        role: str,
+        role: Callable[[], str],
         topology: Topology,
         store: Store,
         on_change: Callable[[], Awaitable[None]],
@@ -326,7 +326,7 @@ class Lifecycle:
     # -- snapshot -------------------------------------------------------------------------
 
     async def _is_primary(self) -> bool:
-        return (await self._store.get_meta("role") or self._role) == "primary"
+        return self._role() == "primary"
 
     async def _record(self, sha256: str) -> _Record:
         return _Record.from_json(await self._store.get_meta(state_key(sha256)))
