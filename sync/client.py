@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -153,6 +153,7 @@ class NodeClient:
             options=(("grpc.ssl_target_name_override", target.server_name),),
         )
         self._stub = certsync_pb2_grpc.CertStoreStub(self._channel)
+        self._repl = certsync_pb2_grpc.ReplicationStub(self._channel)
 
     async def __aenter__(self) -> NodeClient:
         return self
@@ -267,6 +268,46 @@ class NodeClient:
         return await self._call(
             lambda: self._stub.GetState(certsync_pb2.GetStateRequest(), timeout=self._timeout)
         )
+
+    # -- service Replication -------------------------------------------------------------
+
+    async def stage(self, request: certsync_pb2.StageRequest) -> certsync_pb2.StageResponse:
+        return await self._call(lambda: self._repl.Stage(request, timeout=self._timeout))
+
+    async def activate(
+        self, *, epoch: int, revision: int, set_digest: str
+    ) -> certsync_pb2.NodeState:
+        req = certsync_pb2.ActivateRequest(epoch=epoch, revision=revision, set_digest=set_digest)
+        return await self._call(lambda: self._repl.Activate(req, timeout=self._timeout))
+
+    async def confirm(self, *, epoch: int, revision: int, set_digest: str) -> None:
+        req = certsync_pb2.ConfirmRequest(epoch=epoch, revision=revision, set_digest=set_digest)
+        await self._call(lambda: self._repl.Confirm(req, timeout=self._timeout))
+
+    async def announce(self, promotion: certsync_pb2.Promotion) -> certsync_pb2.NodeState:
+        req = certsync_pb2.AnnounceRequest(promotion=promotion)
+        return await self._call(lambda: self._repl.Announce(req, timeout=self._timeout))
+
+    async def promote(self, promotion: certsync_pb2.Promotion) -> certsync_pb2.NodeState:
+        req = certsync_pb2.PromoteRequest(promotion=promotion)
+        return await self._call(lambda: self._repl.Promote(req, timeout=self._timeout))
+
+    async def replicate(
+        self, nodes: Sequence[str] = (), *, force: bool = False
+    ) -> AsyncIterator[certsync_pb2.ReplicateProgress]:
+        """Progress messages as the primary finishes each node (the whole call shares the
+        client's timeout)."""
+        req = certsync_pb2.ReplicateRequest(nodes=list(nodes), force=force)
+        call = self._repl.Replicate(req, timeout=self._timeout)
+        try:
+            async for progress in call:
+                yield progress
+        except grpc.aio.AioRpcError as err:
+            trailing: Any = err.trailing_metadata() or ()
+            raise error_from_status(
+                err.code(), err.details() or "", [(str(k), v) for k, v in trailing],
+                node=self._target.name, address=self._target.address,
+            ) from err
 
 
 # --------------------------------------------------------------------------- CLI helpers
