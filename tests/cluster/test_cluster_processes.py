@@ -1,0 +1,270 @@
+"""Replication and failover with every node a real ``certsync node serve`` process on loopback.
+
+Everything goes through the CLI as an admin types it; what a node *serves* is read with
+``openssl s_client`` (with SNI for every required name, and without SNI). Waits poll with
+deadlines (see conftest). The 50-round stress variant is ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from sync.localcluster import LocalCluster, certsync_command
+from tests.cluster.conftest import (
+    CONVERGE,
+    MakeCluster,
+    cli_ok,
+    create_default,
+    not_serving,
+    openssl_served,
+    probe_names,
+    served,
+    status,
+    wait_in_sync,
+    wait_served,
+    wait_until,
+)
+
+
+def _assert_openssl_sees(cluster: LocalCluster, sha: str, nodes: list[str] | None = None) -> None:
+    """The final word on what is served: openssl, per node, per name and without SNI."""
+    wrong = {
+        f"{node}/{name or '(no SNI)'}": got
+        for node in (nodes or list(cluster.names))
+        for name in probe_names(cluster)
+        if (got := openssl_served(cluster.spec(node).tls_address, name)) != sha
+    }
+    assert not wrong, f"openssl saw other certificates than {sha[:12]}: {wrong}"
+
+
+def _replicate(cluster: LocalCluster, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*certsync_command(), "--config", str(cluster.admin_toml), "replicate", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+# --------------------------------------------------------------------------- a change spreads
+
+
+def test_a_change_on_the_primary_is_served_by_every_node(cluster: LocalCluster) -> None:
+    before = {n: served(cluster, n, None) for n in cluster.names}
+    sha = create_default(cluster, name="wild")
+    # negative twin: before the change no node served it (nothing, or something else)
+    assert sha not in before.values()
+    # pushed at once, without 'replicate'
+    wait_served(cluster, sha)
+    _assert_openssl_sees(cluster, sha)
+    rows = wait_in_sync(cluster)
+    assert {row["digest"] for row in rows.values()} == {rows["p1"]["digest"]}
+    assert {row["default_sha256"] for row in rows.values()} == {sha}
+    # replicate now: exit 0, a line per node
+    proc = cluster.cli("replicate")
+    assert proc.returncode == 0, proc.stderr
+    for name in cluster.names[1:]:
+        assert name in proc.stdout + proc.stderr
+
+
+def test_a_node_killed_before_a_change_catches_up_by_itself(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(sync_interval=1)
+    first = create_default(cluster, name="first")
+    wait_served(cluster, first)
+    cluster.kill("t2")
+    second = create_default(cluster, name="second")
+    wait_served(cluster, second, ["p1", "b1", "t1"])
+    # negative twin: while it is down it is reported unreachable and not in sync
+    row = status(cluster)["t2"]
+    assert row["reachable"] is False and row["in_sync"] is False
+    cluster.start("t2")
+    # no 'replicate': anti-entropy (every 1 s) repairs it
+    wait_served(cluster, second, ["t2"])
+    _assert_openssl_sees(cluster, second, ["t2"])
+
+
+def test_a_node_stopped_mid_push_converges_after_restart(cluster: LocalCluster) -> None:
+    first = create_default(cluster, name="first")
+    wait_served(cluster, first)
+    pid = cluster.pid("t1")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: connections open, no answer -- the push hangs on it
+    try:
+        second = create_default(cluster, name="second")
+        pusher = _replicate(cluster, "--node", "t1")
+        # the others are not held hostage by the frozen node
+        wait_served(cluster, second, ["p1", "b1", "t2"], timeout=CONVERGE * 2)
+        assert served(cluster, "t2", None) == second
+    finally:
+        cluster.kill("t1")  # dies mid-push, without a graceful stop
+    out, err = pusher.communicate(timeout=CONVERGE * 2)
+    assert pusher.returncode != 0, "replicate --node t1 passed while t1 was dead"
+    assert "t1" in out + err
+    cluster.start("t1")
+    wait_served(cluster, second, ["t1"])
+    _assert_openssl_sees(cluster, second, ["t1"])
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def test_promoted_backup_wins_and_the_old_primary_steps_down(cluster: LocalCluster) -> None:
+    old = create_default(cluster, name="old")
+    wait_served(cluster, old)
+    epoch_before = cluster.state("p1").epoch
+    assert cluster.stop("p1") == 0
+    cli_ok(cluster, "promote", "b1")
+    new = create_default(cluster, name="new", node="b1")
+    survivors = ["b1", "t1", "t2"]
+    wait_served(cluster, new, survivors)
+    assert cluster.state("b1").epoch > epoch_before
+
+    cluster.start("p1")
+
+    def p1_converged() -> bool:
+        # never overwritten: while the old primary comes back, the others keep serving new
+        assert not not_serving(cluster, new, survivors), "the old primary overwrote a node"
+        state = cluster.state("p1")
+        return (state.epoch == cluster.state("b1").epoch and state.role != "primary"
+                and not not_serving(cluster, new, ["p1"]))
+
+    wait_until(p1_converged, what="old primary p1 stepped down and serves the new set")
+    _assert_openssl_sees(cluster, new)
+    rows = wait_in_sync(cluster)
+    assert rows["b1"]["role"] == "primary" and rows["p1"]["role"] != "primary"
+
+
+# --------------------------------------------------------------------------- coverage gate
+
+
+def test_replicate_refuses_an_uncovering_default_and_force_passes(cluster: LocalCluster) -> None:
+    wide = create_default(cluster, name="wide")
+    wait_served(cluster, wide)
+    ok = cluster.cli("replicate")  # twin: a covering default passes the gate
+    assert ok.returncode == 0, ok.stderr
+
+    narrow = create_default(cluster, name="narrow",
+                            sans=("support.example.com", "p1.example.com"))
+    gated = cluster.cli("replicate")
+    assert gated.returncode == 1, (gated.stdout, gated.stderr)
+    said = gated.stdout + gated.stderr
+    for uncovered in ("b1.example.com", "t1.atlas.example.com", "t2.atlas.example.com"):
+        assert uncovered in said
+    # nothing left the primary: the other nodes still serve the wide certificate
+    assert not not_serving(cluster, wide, ["b1", "t1", "t2"])
+
+    forced = cluster.cli("replicate", "--force")
+    assert forced.returncode == 0, forced.stderr
+    # the set holds both: names only the wide one covers still get it, the rest the narrow
+    for node in cluster.names:
+        for name in (None, "support.example.com", "p1.example.com"):
+            assert openssl_served(cluster.spec(node).tls_address, name) == narrow
+        assert openssl_served(cluster.spec(node).tls_address, "t1.atlas.example.com") == wide
+
+
+# --------------------------------------------------------------------------- one revision
+
+
+def test_concurrent_replicate_calls_leave_one_revision(cluster: LocalCluster) -> None:
+    first = create_default(cluster, name="first")
+    wait_served(cluster, first)
+    cli_ok(cluster, "replicate")
+    before = cluster.state("p1").revision
+    second = create_default(cluster, name="second")
+    pushers = [_replicate(cluster) for _ in range(4)]
+    codes = [p.wait(timeout=CONVERGE * 2) for p in pushers]
+    for p in pushers:
+        p.communicate()
+    assert codes == [0, 0, 0, 0]
+    states = {n: cluster.state(n) for n in cluster.names}
+    assert len({(s.epoch, s.revision, s.set_digest) for s in states.values()}) == 1, states
+    assert states["p1"].revision == before + 1
+    _assert_openssl_sees(cluster, second)
+    # twin: replicating an unchanged set makes no new revision
+    cli_ok(cluster, "replicate")
+    assert cluster.state("p1").revision == before + 1
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _as_node_config(cluster: LocalCluster, node: str, tmp_path: Path) -> str:
+    """An admin.toml that authenticates with traffic node ``node``'s own identity."""
+    path = tmp_path / f"as-{node}.toml"
+    path.write_text(tomli_w.dumps({
+        "cluster": str(cluster.directory / "cluster.toml"),
+        "ca_cert": str(cluster.directory / "ca.pem"),
+        "cert": str(cluster.directory / node / "node.pem"),
+        "key": str(cluster.directory / node / "node-key.pem"),
+        "name": node,
+    }))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["cert", "create-self-signed", "--name", "evil", "--key", "ec-p256", "--cn",
+         "evil.example.com", "--san", "evil.example.com", "--default"],
+        ["promote", "t1"],
+        ["replicate", "--force"],
+    ],
+    ids=["create", "promote", "replicate"],
+)
+def test_a_traffic_node_identity_is_refused_admin_rpcs(
+    cluster: LocalCluster, tmp_path: Path, command: list[str]
+) -> None:
+    sha = create_default(cluster, name="wide")
+    wait_served(cluster, sha)
+    state = cluster.state("p1")
+    as_t1 = _as_node_config(cluster, "t1", tmp_path)
+    refused = subprocess.run(
+        [*certsync_command(), "--config", as_t1, *command],
+        capture_output=True, text=True, timeout=CONVERGE, check=False,
+    )
+    assert refused.returncode != 0, refused.stdout
+    assert refused.stderr.startswith("certsync: error:")
+    assert "may not" in refused.stderr or "PERMISSION_DENIED" in refused.stderr
+    after = cluster.state("p1")
+    assert (after.epoch, after.revision, after.set_digest, after.role) == (
+        state.epoch, state.revision, state.set_digest, state.role)
+    assert not not_serving(cluster, sha, list(cluster.names))
+    # twin: the node's identity may read, and the admin's may do the same change
+    reads = subprocess.run(
+        [*certsync_command(), "--config", as_t1, "cert", "list", "--json"],
+        capture_output=True, text=True, timeout=CONVERGE, check=False,
+    )
+    assert reads.returncode == 0, reads.stderr
+    if command[0] == "cert":
+        cli_ok(cluster, *command)
+
+
+# --------------------------------------------------------------------------- stress
+
+
+@pytest.mark.slow
+def test_stress_fifty_rounds_of_changes_kills_and_restarts(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(sync_interval=1)
+    rng = random.Random(4)
+    down: set[str] = set()
+    sha = ""
+    for round_no in range(50):
+        victim = rng.choice(["b1", "t1", "t2"])
+        if victim in down:
+            cluster.start(victim)
+            down.discard(victim)
+        elif rng.random() < 0.5:
+            (cluster.kill if rng.random() < 0.5 else cluster.stop)(victim)
+            down.add(victim)
+        sha = create_default(cluster, name=f"r{round_no}",
+                             key=rng.choice(["ec-p256", "rsa-2048"]))
+        wait_served(cluster, sha, [n for n in cluster.names if n not in down])
+    for name in sorted(down):
+        cluster.start(name)
+    wait_served(cluster, sha)
+    _assert_openssl_sees(cluster, sha)
