@@ -143,7 +143,28 @@ def _find_identity(
             return cert, cert
     if end_entities:
         return end_entities[0], key_match
-    return key_match, key_match
+    if key_match is not None:
+        return key_match, key_match
+    # `openssl req -x509` makes self-signed server certificates with CA:TRUE. Without an
+    # end-entity certificate or a key, such a certificate is the identity when it names
+    # hosts (DNS or IP SANs) and signed nothing else in the input; a real root CA that
+    # issued something here stays a root.
+    for cert in certs:
+        if (
+            _names_hosts(cert)
+            and is_self_signed(cert)
+            and not any(o is not cert and _issued_by(o, cert) for o in certs)
+        ):
+            return cert, None
+    return None, None
+
+
+def _names_hosts(cert: x509.Certificate) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(san.get_values_for_type(x509.DNSName) or san.get_values_for_type(x509.IPAddress))
 
 
 def analyze(material: Material) -> ChainReport:

@@ -86,12 +86,30 @@ def test_self_signed_identity_is_its_own_complete_chain(ca: bool | None) -> None
     assert report.chain == ()
 
 
-def test_self_signed_ca_without_key_is_a_root_not_an_identity() -> None:
+def test_self_signed_ca_naming_hosts_without_key_is_the_identity() -> None:
+    # `openssl req -x509 -addext subjectAltName=...` alone: a self-signed server certificate
     leaf = make_leaf(None, ["box.example.com"], ca=True, slot=3)
     report = analyze(Material(certificates=(leaf.cert,)))
+    assert report.identity == leaf.cert
+    assert report.roles == ("identity",)
+    assert report.complete
+
+
+def test_self_signed_ca_without_host_names_is_a_root_not_an_identity(pki: Pki) -> None:
+    report = analyze(Material(certificates=(pki.root.cert,)))
     assert report.identity is None
     assert report.roles == ("root",)
     assert not report.complete
+
+
+def test_self_signed_ca_naming_hosts_that_issued_another_is_a_root() -> None:
+    ca = make_leaf(None, ["ca.example.com"], ca=True, slot=3)
+    child = make_leaf(ca, ["box.example.com"], ca=True, slot=4)
+    report = analyze(Material(certificates=(ca.cert,)))
+    assert report.identity == ca.cert  # twin: alone it is a self-signed server certificate
+    report = analyze(Material(certificates=(ca.cert, child.cert)))
+    assert report.identity is None
+    assert report.roles == ("root", "intermediate")
 
 
 @pytest.mark.parametrize(
