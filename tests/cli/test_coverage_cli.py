@@ -234,12 +234,23 @@ def test_valid_hostname_twin_of_invalid(capsys: pytest.CaptureFixture[str], site
 
 
 def test_ca_only_input_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    ca, _ = make_cert("Example CA", ["support.example.com"], ca=True)
+    ca, _ = make_cert("Example CA", None, ca=True)
     path = tmp_path / "ca-bundle.pem"
     path.write_bytes(pem(ca))
     code, out, err = run(capsys, "--cert", str(path), "--hostname", "support.example.com")
     assert (code, out) == (2, "")
     assert_one_line_error(err, "ca-bundle.pem", "identity")
+
+
+def test_self_signed_ca_true_server_certificate_is_checked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # twin of the CA-only case: `openssl req -x509` marks self-signed server certs CA:TRUE
+    cert, _ = make_cert("support.example.com", ["support.example.com"], ca=True)
+    path = tmp_path / "self-signed.pem"
+    path.write_bytes(pem(cert))
+    code, _, err = run(capsys, "--cert", str(path), "--hostname", "support.example.com")
+    assert (code, err) == (0, "")
 
 
 @pytest.mark.parametrize(
