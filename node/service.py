@@ -54,6 +54,8 @@ from node.names import parse_hostname
 from node.selection import Selection
 from node.store import SetEntry, Store, StoredCert, StoredCsr
 from sync.promotion import decode_promotion
+from sync.lifecycle import StagedCaChange
+from sync.monitor import CertStatus, Lifecycle
 from sync.topology import Identity, identity_from_certificate
 
 __all__ = [
@@ -175,6 +177,9 @@ class NodeRuntime(Protocol):
 
     def served_for(self, server_name: str | None) -> Selection: ...
 
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -227,9 +232,11 @@ def _rfc3339(when: dt.datetime | None) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _cert_info(stored: StoredCert) -> certsync_pb2.CertificateInfo:
+def _cert_info(
+    stored: StoredCert, status: CertStatus | None = None
+) -> certsync_pb2.CertificateInfo:
     cert = x509.load_der_x509_certificate(stored.der)
-    return certsync_pb2.CertificateInfo(
+    info = certsync_pb2.CertificateInfo(
         sha256=stored.sha256,
         name=stored.name,
         role=stored.role,
@@ -242,6 +249,13 @@ def _cert_info(stored: StoredCert) -> certsync_pb2.CertificateInfo:
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
     )
+    if status is not None:  # lifecycle (issue 6)
+        info.days_left = status.days_left
+        info.renewal_state = status.renewal_state
+        info.replaceable = status.replaceable
+        info.next_attempt = _rfc3339(status.next_attempt)
+        info.acme = status.acme
+    return info
 
 
 def _subject(msg: certsync_pb2.Subject) -> create.Subject:
@@ -326,7 +340,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         return await self._rt.store.get(sha)
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
-        return _cert_info(await self._rt.store.get(sha256))
+        statuses = await self._rt.lifecycle.statuses(self._rt.now())
+        return _cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
 
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
@@ -426,9 +441,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             _plan_import, material, request.name, self._rt.now(),
             request.make_default, request.force,
         )
+        make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
         await self._rt.store.add(
             entries,
-            make_default=identity_sha if request.make_default else None,
+            make_default=identity_sha if make_default else None,
             actor=self._actor(identity),
             now=self._rt.now(),
         )
@@ -449,7 +465,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.ListResponse:
         stored = await self._rt.store.list_certificates()
-        return certsync_pb2.ListResponse(certificates=[_cert_info(s) for s in stored])
+        statuses = await self._rt.lifecycle.statuses(self._rt.now())
+        return certsync_pb2.ListResponse(
+            certificates=[_cert_info(s, statuses.get(s.sha256)) for s in stored]
+        )
 
     @_rpc(change=False)
     async def Export(
@@ -579,6 +598,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 )
             warnings.append(f"certificate {stored.sha256} expired on {when}; serving it anyway")
             _log.warning("cert.default_expired", sha256=stored.sha256, not_after=when)
+        await self._rt.lifecycle.check_default_change(
+            stored.sha256, confirm_ca_change=request.confirm_ca_change
+        )
         await self._rt.store.set_default(
             stored.sha256, actor=self._actor(identity), now=self._rt.now()
         )
@@ -603,6 +625,96 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
         await self._rt.refresh()
         return certsync_pb2.DeleteResponse()
+
+    # -- certificate lifecycle (issue 6; the rules live in sync.monitor) -----------------
+
+    async def _lifecycle_import(
+        self,
+        request: certsync_pb2.ImportRequest,
+        entries: Sequence[SetEntry],
+        identity_sha: str | None,
+        warnings: list[str],
+    ) -> bool:
+        """Whether the import makes its identity certificate default: asked for (and not a
+        CA change unless confirmed), or a renewal of the current default."""
+        ident = next(
+            (e for e in entries if identity_sha and formats.cert_sha256(e.cert) == identity_sha),
+            None,
+        )
+        if ident is None:
+            return request.make_default
+        pool = [e.cert for e in entries]
+        if request.make_default:
+            chain, _problems = await asyncio.to_thread(chain_mod.build_chain, ident.cert, pool)
+            await self._rt.lifecycle.check_default_change(
+                formats.cert_sha256(ident.cert),
+                confirm_ca_change=request.confirm_ca_change,
+                new_chain=(ident.cert, *(c for c in chain if c != ident.cert)),
+            )
+            return True
+        renews, notes = await self._rt.lifecycle.renewal_default(
+            ident.cert, pool, has_key=ident.key is not None
+        )
+        warnings.extend(notes)
+        return renews
+
+    async def _lifecycle_state(self, state: certsync_pb2.NodeState) -> None:
+        """Add every certificate's days left and renewal state, and the pending CA change."""
+        lifecycle = self._rt.lifecycle
+        for st in (await lifecycle.statuses(self._rt.now())).values():
+            state.certificates.append(
+                certsync_pb2.CertificateLifecycle(
+                    sha256=st.sha256,
+                    days_left=st.days_left,
+                    renewal_state=st.renewal_state,
+                    next_attempt=_rfc3339(st.next_attempt),
+                )
+            )
+        pending = await lifecycle.pending()
+        if pending is not None:
+            state.pending_ca_change.CopyFrom(_pending_msg(pending))
+
+    @_rpc(change=True)
+    async def RequestAcmeCertificate(
+        self,
+        request: certsync_pb2.AcmeRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.AcmeResponse:
+        parse_hostname(request.hostname)
+        sha, warnings = await self._rt.lifecycle.request(
+            hostname=request.hostname,
+            key_type=request.key_type or "ec-p256",
+            make_default=request.make_default,
+            accept_failover_risk=request.accept_failover_risk,
+            confirm_ca_change=False,
+            name=request.name,
+            actor=self._actor(identity),
+            now=self._rt.now(),
+        )
+        return certsync_pb2.AcmeResponse(certificate=await self._info(sha), warnings=warnings)
+
+    @_rpc(change=True)
+    async def StageCaChange(
+        self,
+        request: certsync_pb2.StageCaChangeRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.StageCaChangeResponse:
+        stored = await self._stored(request.sha256)
+        staged = await self._rt.lifecycle.stage(
+            stored.sha256, request.after or "48h", actor=self._actor(identity),
+            now=self._rt.now(),
+        )
+        return certsync_pb2.StageCaChangeResponse(pending=_pending_msg(staged))
+
+
+def _pending_msg(staged: StagedCaChange) -> certsync_pb2.PendingCaChange:
+    return certsync_pb2.PendingCaChange(
+        sha256=staged.sha256,
+        staged_at=_rfc3339(staged.staged_at),
+        switch_at=_rfc3339(staged.switch_at),
+    )
 
 
 def _csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
