@@ -1,0 +1,216 @@
+"""Import of a PKCS#12: the bare cost, and the cost through node.store.Store, in one run.
+
+Run: ``.venv/bin/python benchmarks/bench_import.py [--imports N] [--rounds R]``. Not a test;
+prints a table.
+
+Per key type (P-256 and RSA-2048), ``N`` distinct PKCS#12 files are made up front (leaf +
+intermediate + root, one key per type, AES-256-CBC / PBKDF2-HMAC-SHA256 with ``R`` rounds, as
+``node.formats.export_pkcs12`` makes them; default ``formats.ADMIN_PBKDF2_ROUNDS``). Then:
+
+* **bare**: ``pkcs12.load_key_and_certificates`` + one SQLite transaction inserting the three
+  certificates and the key (sealed with AES-GCM, so no plaintext key is written even here),
+  WAL and ``synchronous=FULL`` like the store. This is the floor an import cannot go below.
+* **store**: the same load + ``Store.add`` (key check, sealing off the event loop, audit row,
+  revision, one ``BEGIN IMMEDIATE ... COMMIT``).
+
+Wall time and process CPU time per import are reported (median over ``N``). The gRPC half of
+the issue's measurement (import through the API vs bare, goal <= 1.3x) calls
+:func:`make_p12s` for the inputs and :func:`measure_bare` for the baseline in the same run;
+:func:`time_imports` times any ``async (p12, passphrase) -> None`` import function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from node import formats  # after the sys.path line above
+from node.model import PrivateKey  # after the sys.path line above
+from node.store import SetEntry, Store, key_aad  # after the sys.path line above
+
+KINDS = ("ec-p256", "rsa-2048")
+PASSPHRASE = b"bench-import-passphrase"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+ImportFn = Callable[[bytes, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median wall and CPU seconds per import over ``count`` imports."""
+
+    label: str
+    count: int
+    wall: float
+    cpu: float
+
+
+def _key(kind: str) -> PrivateKey:
+    if kind == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(f"unknown key kind {kind!r}; use one of {KINDS}")
+
+
+def _cert(
+    subject: str, issuer: str, public: PrivateKey, signer: PrivateKey, ca: bool
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0 - timedelta(days=1))
+        .not_valid_after(T0 + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def make_p12s(kind: str, count: int, rounds: int = formats.ADMIN_PBKDF2_ROUNDS) -> list[bytes]:
+    """``count`` PKCS#12 files with distinct leaf certificates (one key), passphrase PASSPHRASE."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    root = _cert("Bench Root", "Bench Root", ca_key, ca_key, ca=True)
+    inter = _cert("Bench Intermediate", "Bench Root", ca_key, ca_key, ca=True)
+    key = _key(kind)
+    out = []
+    for i in range(count):
+        leaf = _cert(f"host{i}.bench.example", "Bench Intermediate", key, ca_key, ca=False)
+        out.append(
+            formats.export_pkcs12(
+                name=f"host{i}",
+                key=key,
+                cert=leaf,
+                chain=(inter, root),
+                passphrase=PASSPHRASE,
+                rounds=rounds,
+            )
+        )
+    return out
+
+
+async def time_imports(label: str, blobs: Sequence[bytes], fn: ImportFn) -> Timing:
+    """Median wall and CPU time of ``await fn(blob, PASSPHRASE)`` over the blobs."""
+    walls, cpus = [], []
+    for blob in blobs:
+        w0, c0 = time.perf_counter(), time.process_time()
+        await fn(blob, PASSPHRASE)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return Timing(label, len(blobs), statistics.median(walls), statistics.median(cpus))
+
+
+def _load(blob: bytes, passphrase: bytes) -> tuple[PrivateKey, list[x509.Certificate]]:
+    key, cert, extra = pkcs12.load_key_and_certificates(blob, passphrase)
+    assert key is not None and cert is not None
+    return key, [cert, *extra]  # type: ignore[return-value]  # P-256 / RSA keys only here
+
+
+async def measure_bare(blobs: Sequence[bytes], directory: Path) -> Timing:
+    """pkcs12 load + one SQLite commit per blob (WAL, synchronous=FULL, like the store)."""
+    conn = sqlite3.connect(directory / "bare.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS certificates (sha256 TEXT PRIMARY KEY, der BLOB NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS keys (sha256 TEXT PRIMARY KEY, nonce BLOB, ciphertext BLOB)"
+    )
+    aead = AESGCM(os.urandom(32))
+
+    async def bare(blob: bytes, passphrase: bytes) -> None:
+        key, certs = _load(blob, passphrase)
+        ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        shas = [formats.cert_sha256(c) for c in certs]
+        key_der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        nonce = os.urandom(12)
+        sealed = aead.encrypt(nonce, key_der, key_aad(shas[0]))
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT OR IGNORE INTO certificates (sha256, der) VALUES (?, ?)",
+            zip(shas, ders, strict=True),
+        )
+        conn.execute("INSERT INTO keys VALUES (?, ?, ?)", (shas[0], nonce, sealed))
+        conn.execute("COMMIT")
+
+    try:
+        return await time_imports("bare", blobs, bare)
+    finally:
+        conn.close()
+
+
+async def measure_store(blobs: Sequence[bytes], directory: Path) -> Timing:
+    """pkcs12 load + ``Store.add`` per blob."""
+    store = await Store.open(directory / "store.sqlite3", os.urandom(32))
+
+    async def via_store(blob: bytes, passphrase: bytes) -> None:
+        key, certs = _load(blob, passphrase)
+        entries = [SetEntry(certs[0], key, "bench")] + [SetEntry(c, None, "") for c in certs[1:]]
+        await store.add(entries, make_default=None, actor="admin:bench", now=T0)
+
+    try:
+        return await time_imports("store", blobs, via_store)
+    finally:
+        await store.close()
+
+
+async def run(count: int, rounds: int) -> None:
+    print(f"{count} imports per row, PBKDF2 rounds {rounds}, medians per import")
+    print(f"{'key':9} {'path':6} {'wall ms':>9} {'cpu ms':>9} {'x bare (wall)':>14}")
+    for kind in KINDS:
+        blobs = await asyncio.to_thread(make_p12s, kind, count, rounds)
+        with tempfile.TemporaryDirectory() as tmp:
+            bare = await measure_bare(blobs, Path(tmp))
+            stored = await measure_store(blobs, Path(tmp))  # a database of its own
+        for t in (bare, stored):
+            print(
+                f"{kind:9} {t.label:6} {t.wall * 1e3:9.2f} {t.cpu * 1e3:9.2f} "
+                f"{t.wall / bare.wall:13.2f}x"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--imports", type=int, default=20, help="imports per key type and path")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=formats.ADMIN_PBKDF2_ROUNDS,
+        help="PBKDF2 rounds of the PKCS#12 files (default: what certsync's export uses)",
+    )
+    args = parser.parse_args()
+    asyncio.run(run(args.imports, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
