@@ -53,9 +53,9 @@ from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
 from node.selection import Selection
 from node.store import SetEntry, Store, StoredCert, StoredCsr
-from sync.promotion import decode_promotion
 from sync.lifecycle import StagedCaChange
 from sync.monitor import CertStatus, Lifecycle
+from sync.promotion import decode_promotion
 from sync.topology import Identity, identity_from_certificate
 
 __all__ = [
@@ -571,6 +571,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
                 admin_cert_der=p.admin_cert_der, signature=p.signature,
             ))
+        await self._lifecycle_state(state)
         return state
 
     # -- changing ----------------------------------------------------------------------
