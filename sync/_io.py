@@ -27,11 +27,14 @@ def _read_bounded(path: str, limit: int, what: str) -> bytes:
     except IsADirectoryError as err:
         raise BadInput(f"{what} {path!r} is a directory; give a file") from err
     except OSError as err:
-        raise BadInput(f"cannot read {what} {path!r}: {err.strerror}; check the path and permissions") from err
+        raise BadInput(
+            f"cannot read {what} {path!r}: {err.strerror}; check the path and permissions"
+        ) from err
     if len(data) > limit:
         raise BadInput(
             f"{what} {path!r} is larger than {limit // (1024 * 1024) or limit} "
-            f"{'MiB' if limit >= 1024 * 1024 else 'bytes'}; no certificate or key file is that big, "
+            f"{'MiB' if limit >= 1024 * 1024 else 'bytes'}; "
+            "no certificate or key file is that big, "
             "check that this is the right file"
         )
     return data

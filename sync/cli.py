@@ -45,7 +45,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="certsync",
-        description="Keep the TLS certificates of a failover pair or Atlas cluster identical and valid.",
+        description=(
+            "Keep the TLS certificates of a failover pair or Atlas cluster identical and valid."
+        ),
     )
     parser.add_argument(
         "--config",
