@@ -219,12 +219,14 @@ class NodeClient:
         name: str = "",
         make_default: bool = False,
         force: bool = False,
+        confirm_ca_change: bool = False,
     ) -> certsync_pb2.ImportResponse:
         req = certsync_pb2.ImportRequest(
             files=[certsync_pb2.SourceFile(name=n, content=c) for n, c in files],
             name=name,
             make_default=make_default,
             force=force,
+            confirm_ca_change=confirm_ca_change,
         )
         if passphrase is not None:
             req.passphrase = passphrase
@@ -249,8 +251,12 @@ class NodeClient:
         resp = await self._call(lambda: self._stub.Export(req, timeout=self._timeout))
         return resp.data
 
-    async def set_default(self, sha256: str, *, force: bool = False) -> list[str]:
-        req = certsync_pb2.SetDefaultRequest(sha256=sha256, force=force)
+    async def set_default(
+        self, sha256: str, *, force: bool = False, confirm_ca_change: bool = False
+    ) -> list[str]:
+        req = certsync_pb2.SetDefaultRequest(
+            sha256=sha256, force=force, confirm_ca_change=confirm_ca_change
+        )
         resp = await self._call(lambda: self._stub.SetDefault(req, timeout=self._timeout))
         return list(resp.warnings)
 
@@ -268,6 +274,21 @@ class NodeClient:
         return await self._call(
             lambda: self._stub.GetState(certsync_pb2.GetStateRequest(), timeout=self._timeout)
         )
+
+    # -- certificate lifecycle (issue 6) -------------------------------------------------
+
+    async def request_acme(self, request: certsync_pb2.AcmeRequest) -> certsync_pb2.AcmeResponse:
+        """Order a certificate through the node's ACME CA; an order takes tens of seconds,
+        so the deadline is at least 3 minutes."""
+        timeout = max(self._timeout, 180.0)
+        return await self._call(
+            lambda: self._stub.RequestAcmeCertificate(request, timeout=timeout)
+        )
+
+    async def stage_ca_change(self, sha256: str, after: str) -> certsync_pb2.PendingCaChange:
+        req = certsync_pb2.StageCaChangeRequest(sha256=sha256, after=after)
+        resp = await self._call(lambda: self._stub.StageCaChange(req, timeout=self._timeout))
+        return resp.pending
 
     # -- service Replication -------------------------------------------------------------
 
