@@ -219,14 +219,16 @@ class LocalCluster:
         proc = self._procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def start(self, name: str, *, wait: bool = True,
-              timeout: float = DEFAULT_READY_TIMEOUT) -> None:
-        """Spawn node ``name`` (no-op when it runs); with ``wait``, return once it answers."""
-        self.spawn(name)
+    def start(self, name: str, *, wait: bool = True, timeout: float = DEFAULT_READY_TIMEOUT,
+              env: Mapping[str, str] | None = None) -> None:
+        """Spawn node ``name`` (no-op when it runs); with ``wait``, return once it answers.
+        ``env`` is added to the cluster's environment for this process only."""
+        self.spawn(name, env=env)
         if wait:
             self.wait_ready(name, timeout)
 
-    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *, env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
         """Start node ``name``'s process without waiting for it (no-op when it runs)."""
         current = self._procs.get(name)
         if current is not None and current.poll() is None:
@@ -238,7 +240,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **(env or {})},
                 start_new_session=True,  # a Ctrl-C in the demo's terminal goes to us first
             )
         self._procs[name] = proc

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from sync.localcluster import LocalCluster, certsync_command
+from node.errors import BadInput, NodeUnreachable
+from sync.localcluster import LocalCluster, NodeProcessError, certsync_command, free_port_range
 from tests.cluster.conftest import (
     CONVERGE,
     MakeCluster,
@@ -49,6 +51,57 @@ def _replicate(cluster: LocalCluster, *args: str) -> subprocess.Popen[str]:
         [*certsync_command(), "--config", str(cluster.admin_toml), "replicate", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+# --------------------------------------------------------------------------- the harness itself
+
+
+def _single(tmp_path: Path) -> LocalCluster:
+    return LocalCluster.create(tmp_path / "one", site="support.example.com",
+                               primary=("p1", "p1.example.com"))
+
+
+def test_harness_reports_a_node_that_cannot_listen_and_then_starts_it(tmp_path: Path) -> None:
+    with _single(tmp_path) as cluster:
+        host, port = cluster.spec("p1").grpc_address.rsplit(":", 1)
+        with socket.socket() as squatter:
+            squatter.bind((host, int(port)))
+            squatter.listen()
+            with pytest.raises(NodeProcessError, match=r"'p1' exited with status"):
+                cluster.start("p1", timeout=60)
+        assert not cluster.is_running("p1")
+        # twin: with the port free it comes up and answers over mTLS
+        cluster.start("p1")
+        assert cluster.state("p1").name == "p1"
+    assert not cluster.is_running("p1")  # the with block stopped it
+
+
+def test_harness_stop_is_graceful_and_kill_is_not(tmp_path: Path) -> None:
+    with _single(tmp_path) as cluster:
+        cluster.start("p1")
+        assert cluster.stop("p1") == 0
+        log = cluster.log_path("p1").read_text()
+        assert log.count('"node.stopped"') == 1
+        cluster.start("p1")
+        assert cluster.kill("p1") == -signal.SIGKILL
+        assert cluster.log_path("p1").read_text().count('"node.stopped"') == 1
+        with pytest.raises(NodeUnreachable):
+            cluster.state("p1", timeout=2)
+
+
+@pytest.mark.parametrize("count", [1, 2, 130])
+def test_free_port_range_is_free_and_below_the_ephemeral_range(count: int) -> None:
+    base = free_port_range(count)
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert base >= 1024 and base + count <= low
+    for port in (base, base + count - 1):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_range_refuses_nonsense() -> None:
+    with pytest.raises(BadInput, match="0"):
+        free_port_range(0)
 
 
 # --------------------------------------------------------------------------- a change spreads
