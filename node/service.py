@@ -688,7 +688,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             key_type=request.key_type or "ec-p256",
             make_default=request.make_default,
             accept_failover_risk=request.accept_failover_risk,
-            confirm_ca_change=False,
+            confirm_ca_change=request.confirm_ca_change,
             name=request.name,
             actor=self._actor(identity),
             now=self._rt.now(),

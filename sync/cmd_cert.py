@@ -1,4 +1,5 @@
-"""``certsync cert create-self-signed|import|list|export|default|delete`` against one node."""
+"""``certsync cert create-self-signed|import|list|export|default|delete|stage-ca-change``
+against one node."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ def cert_json(c: certsync_pb2.CertificateInfo) -> dict[str, Any]:
         "not_after": c.not_after,
         "ip_addresses": list(c.ip_addresses),
         "subject": c.subject,
+        # lifecycle (issue 6)
+        "days_left": c.days_left,
+        "renewal_state": c.renewal_state or None,
+        "replaceable": c.replaceable,
+        "acme": c.acme,
+        "next_attempt": c.next_attempt or None,
     }
 
 
@@ -100,6 +107,7 @@ def _import(args: argparse.Namespace) -> int:
             name=args.name or "",
             make_default=args.default,
             force=args.force,
+            confirm_ca_change=args.confirm_ca_change,
         ),
     )
     _warn(resp.warnings)
@@ -163,7 +171,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _default(args: argparse.Namespace) -> int:
     warnings = call_node(
-        args.config, args.node, lambda c: c.set_default(args.sha256, force=args.force)
+        args.config,
+        args.node,
+        lambda c: c.set_default(
+            args.sha256, force=args.force, confirm_ca_change=args.confirm_ca_change
+        ),
     )
     _warn(warnings)
     return 0
@@ -172,6 +184,31 @@ def _default(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     call_node(args.config, args.node, lambda c: c.delete(args.sha256))
     return 0
+
+
+def _stage_ca_change(args: argparse.Namespace) -> int:
+    pending = call_node(
+        args.config, args.node, lambda c: c.stage_ca_change(args.sha256, args.after)
+    )
+    out = {
+        "sha256": pending.sha256,
+        "staged_at": pending.staged_at,
+        "switch_at": pending.switch_at,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"{pending.sha256} becomes the default at {pending.switch_at}; its chain is in "
+            "the trust bundle at https://NODE/.well-known/certsync/trust-bundle.pem now"
+        )
+    return 0
+
+
+_CONFIRM_HELP = (
+    "allow a default whose chain ends in another root CA (clients pinning the old CA "
+    "lose their connection)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -195,6 +232,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     imp.add_argument(
         "--force", action="store_true", help="with --default: allow an expired certificate"
     )
+    imp.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
     imp.add_argument("--json", action="store_true", help="print JSON")
     imp.set_defaults(func=_import)
 
@@ -212,8 +250,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     default = sub.add_parser("default", help="make a certificate the default")
     default.add_argument("sha256", metavar="SHA256")
     default.add_argument("--force", action="store_true", help="allow an expired certificate")
+    default.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
     default.set_defaults(func=_default)
 
     delete = sub.add_parser("delete", help="delete a certificate and its key")
     delete.add_argument("sha256", metavar="SHA256")
     delete.set_defaults(func=_delete)
+
+    stage = sub.add_parser(
+        "stage-ca-change",
+        help="publish a new CA's chain in the trust bundle now, make it default after a wait",
+    )
+    stage.add_argument("sha256", metavar="SHA256")
+    stage.add_argument(
+        "--after", required=True, metavar="WAIT", help="wait before the switch, e.g. 48h, 2d"
+    )
+    stage.add_argument("--json", action="store_true", help="print JSON")
+    stage.set_defaults(func=_stage_ca_change)
