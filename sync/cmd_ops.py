@@ -88,6 +88,7 @@ class Observed:
     digest: str = ""
     default_sha256: str = ""
     last_sync: str = ""
+    primary: str = ""  # the primary of its epoch, as the node knows it
     served: Mapping[ServerName, str | None] = field(default_factory=dict)
     probe_errors: Mapping[ServerName, str] = field(default_factory=dict)
 
@@ -96,18 +97,25 @@ class Observed:
             other.epoch, other.revision, other.digest)
 
 
-def runtime_primary(topology: Topology, observed: Sequence[Observed]) -> Observed | None:
-    """The node claiming ``primary`` at the highest epoch among those that answered (the
-    configured primary when nobody claims it at that epoch); None when neither answered."""
+def runtime_primary(topology: Topology, observed: Sequence[Observed]) -> str | None:
+    """The name of the primary of the highest epoch among the nodes that answered.
+
+    The nodes at that epoch say who their primary is; failing that, the one that claims the
+    primary role; failing that (epoch 1 and below), the primary ``cluster.toml`` names.
+    None when nobody answered. The primary may itself be unreachable.
+    """
     answered = [o for o in observed if o.reachable]
     if not answered:
         return None
     top = max(o.epoch for o in answered)
-    claims = [o for o in answered if o.epoch == top and o.role == "primary"]
+    at_top = [o for o in answered if o.epoch == top]
+    named = [o.primary for o in at_top if o.primary in topology.names]
+    if named:
+        return max(set(named), key=named.count)  # the majority's word on a disagreement
+    claims = [o.name for o in at_top if o.role == "primary"]
     if claims:
         return claims[0]
-    return next((o for o in answered if o.name == topology.primary.name and o.epoch == top),
-                None)
+    return topology.primary.name if top <= 1 else None
 
 
 def _parse_time(text: str) -> dt.datetime | None:
@@ -204,7 +212,8 @@ def status_report(
     holds no certificate, ``None`` when unknown).
     """
     by_name = {o.name: o for o in observed}
-    leader = runtime_primary(topology, observed)
+    primary = runtime_primary(topology, observed)
+    leader = by_name[primary] if primary is not None and by_name[primary].reachable else None
     stale_after = topology.stale_after_seconds
     in_sync: set[str] = set()
     stale: set[str] = set()
@@ -221,10 +230,13 @@ def status_report(
         if _serving_ok(leader, expected) is True:
             in_sync.add(leader.name)
     top_problems: list[str] = []
-    if leader is None:
+    if primary is None:
         top_problems.append(
-            "no node that answered is the primary of the highest epoch seen, so nothing can "
-            "be in sync; start the primary or promote a node with 'certsync promote NAME'")
+            "no node answered, so nobody can say which node is the primary; start the nodes")
+    elif leader is None:
+        top_problems.append(
+            f"the primary {primary!r} does not answer, so no node can be shown in sync; "
+            "start it, or promote another node with 'certsync promote NAME'")
     elif expected is None:
         top_problems.append(f"the primary {leader.name!r} did not say which certificate each "
                             "name gets, so no node can be shown in sync; run status again")
@@ -232,15 +244,13 @@ def status_report(
     for spec in topology.nodes:
         node = by_name[spec.name]
         role: str = spec.role
-        if leader is not None:
-            if node.name == leader.name:
+        if primary is not None:
+            if node.name == primary:
                 role = "primary"
             elif node.reachable and node.role and node.role != "primary":
                 role = node.role
             elif role == "primary":
                 role = "backup"  # the configured primary after another's promotion
-        elif node.reachable and node.role:
-            role = node.role
         nodes.append({
             "name": spec.name,
             "role": role,
@@ -261,8 +271,8 @@ def status_report(
         })
     answered_epochs = [o.epoch for o in observed if o.reachable]
     return {
-        "epoch": leader.epoch if leader is not None else max(answered_epochs, default=0),
-        "primary": leader.name if leader is not None else None,
+        "epoch": max(answered_epochs, default=0),
+        "primary": primary,
         "required_names": list(topology.required_names()),
         "nodes": nodes,
         "problems": top_problems,
@@ -287,6 +297,7 @@ async def _observe(config: AdminConfig, name: str, rpc_timeout: float) -> Observ
         digest=state.set_digest,
         default_sha256=state.default_sha256,
         last_sync=state.last_sync,
+        primary=state.primary,
     )
 
 
@@ -334,7 +345,8 @@ async def gather(
     topology = config.topology
     observed = list(await asyncio.gather(
         *(_observe(config, spec.name, rpc_timeout) for spec in topology.nodes)))
-    leader = runtime_primary(topology, observed)
+    primary = runtime_primary(topology, observed)
+    leader = next((o for o in observed if o.name == primary and o.reachable), None)
     if leader is None:
         return observed, None
     names: list[ServerName] = [*topology.required_names(), None]
@@ -358,12 +370,12 @@ async def find_primary(config: AdminConfig, *, rpc_timeout: float = STATUS_TIMEO
     topology = config.topology
     observed = await asyncio.gather(
         *(_observe(config, spec.name, rpc_timeout) for spec in topology.nodes))
-    leader = runtime_primary(topology, observed)
-    if leader is None:
+    primary = runtime_primary(topology, observed)
+    if primary is None:
         raise NodeUnreachable(
-            f"no node of cluster {topology.cluster_id!r} answered as the primary; start the "
-            f"primary {topology.primary.name!r} or name a node with --node NAME")
-    return leader.name
+            f"no node of cluster {topology.cluster_id!r} answered, so the primary is unknown; "
+            "start the nodes or name one with --node NAME")
+    return primary
 
 
 async def collect_status(
