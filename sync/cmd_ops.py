@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -38,7 +37,7 @@ from sync import plan as plan_mod
 from sync._io import print_json
 from sync.client import NodeClient, admin_config, admin_target, call_node
 from sync.config import AdminConfig
-from sync.localcluster import served_certificate
+from sync.probe import served_sha256
 from sync.topology import Topology
 
 __all__ = [
@@ -315,8 +314,7 @@ async def _expected(
 
 async def _probe(address: str, name: ServerName, rpc_timeout: float) -> tuple[str | None, str]:
     try:
-        der = await asyncio.to_thread(served_certificate, address, name, timeout=rpc_timeout)
-        return hashlib.sha256(der).hexdigest(), ""
+        return await served_sha256(address, name, timeout=rpc_timeout), ""
     except (CertsyncError, OSError) as err:
         return None, str(err) or type(err).__name__
 
