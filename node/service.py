@@ -550,6 +550,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.NodeState:
+        return await self.node_state()
+
+    async def node_state(self) -> certsync_pb2.NodeState:
+        """The node's replication state (GetState; also the answer of Activate/Promote)."""
         store = self._rt.store
         certs = await store.list_certificates()
         default = next((c.sha256 for c in certs if c.is_default), "")
