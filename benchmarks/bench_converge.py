@@ -1,0 +1,400 @@
+"""Converge time: from an import on the primary returning to every node *serving* the new
+certificate, for clusters of N node processes on this machine.
+
+Run: ``.venv/bin/python benchmarks/bench_converge.py [--sizes 4,16,64] [--repeats 3]``.
+Not a test; prints a table of figures and ratios.
+
+Per size N a :class:`~sync.localcluster.LocalCluster` is started (primary, backup, N-2
+traffic nodes; anti-entropy every hour, so only the push on change is measured). Per key
+type (P-256, RSA-2048) and repeat, a fresh CA + wildcard leaf is imported on the primary as
+a passphrase-protected PKCS#12 (made off the clock) with ``make_default``; the clock starts
+when the Import RPC returns and stops when a TLS handshake without SNI to every node returns
+the new leaf. Probing costs CPU too (the nodes share 2 cores with it), so the probe loop
+only handshakes with nodes not yet seen serving it. As a cross-check, the nodes' own logs
+give the time each swapped its TLS contexts (``tls.updated``): "log" column.
+
+Compared in the same run with:
+
+* **limit** -- the model: one PKCS#12 export + one gRPC round trip + N x (bare per-node
+  cost: PKCS#12 load with key check + an SSL context from the certificate and key + one
+  SQLite commit, ``synchronous=FULL``) / cores. Goal: converge <= 1.2 x limit.
+* **manual** -- the appliance guide's path done by machine: one ``openssl pkcs12 -export``,
+  then one ``openssl pkcs12`` import (parse, decrypt, write PEM) per node, sequentially,
+  each a process. Goal: manual >= 3 x converge at N = 64.
+* **conc1** -- our own push with concurrency 1 (the primary restarted with
+  ``CERTSYNC_PUSH_CONCURRENCY=1`` when the replicator reads that variable); shows what the
+  fan-out buys (about 2 x is the most 2 cores allow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import sqlite3
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from node.formats import export_pkcs12  # after the sys.path line above
+from sync.client import NodeClient, admin_target  # after the sys.path line above
+from sync.localcluster import LocalCluster, served_certificate  # after the sys.path line above
+from sync.transfer import TRANSFER_PKCS12_ROUNDS  # after the sys.path line above
+
+SITE = "support.example.com"
+SANS = (SITE, "*.example.com", "*.atlas.example.com")
+KEY_TYPES = ("ec-p256", "rsa-2048")
+CONCURRENCY_ENV = "CERTSYNC_PUSH_CONCURRENCY"
+ADMIN_PASSPHRASE = b"bench-admin-passphrase"  # the admin's own export, as in the guide
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+# --------------------------------------------------------------------------- material
+
+
+def new_key(key_type: str) -> PrivateKey:
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass(frozen=True)
+class Material:
+    key: PrivateKey
+    leaf: x509.Certificate
+    ca: x509.Certificate
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def make_material(key_type: str, serial: int) -> Material:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    ca_key, key = new_key(key_type), new_key(key_type)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench CA {serial}")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                     False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SITE)]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        # a day later each time: the newest always wins SNI selection among equals
+        .not_valid_after(now + dt.timedelta(days=365 + serial))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in SANS]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return Material(key=key, leaf=leaf, ca=ca)
+
+
+def admin_pkcs12(m: Material) -> bytes:
+    return pkcs12.serialize_key_and_certificates(
+        b"bench", m.key, m.leaf, [m.ca],
+        serialization.BestAvailableEncryption(ADMIN_PASSPHRASE),
+    )
+
+
+# --------------------------------------------------------------------------- limit model
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class Limit:
+    export: float
+    per_node: float
+    load: float
+    context: float
+    commit: float
+
+    def total(self, n: int, rtt: float, cores: int) -> float:
+        return self.export + rtt + n * self.per_node / cores
+
+
+def measure_limit(m: Material, scratch: Path, repeats: int = 15) -> Limit:
+    """The bare costs of the model, measured in this process."""
+    passphrase = os.urandom(32).hex().encode()
+    blob = export_pkcs12(name="bench", key=m.key, cert=m.leaf, chain=[m.ca],
+                         passphrase=passphrase, rounds=TRANSFER_PKCS12_ROUNDS)
+    export = _median_time(lambda: export_pkcs12(
+        name="bench", key=m.key, cert=m.leaf, chain=[m.ca], passphrase=passphrase,
+        rounds=TRANSFER_PKCS12_ROUNDS), repeats)
+    load = _median_time(lambda: pkcs12.load_key_and_certificates(blob, passphrase), repeats)
+
+    cert_path, key_path = scratch / "leaf.pem", scratch / "leaf-key.pem"
+    cert_path.write_bytes(m.leaf.public_bytes(serialization.Encoding.PEM)
+                          + m.ca.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(m.key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    key_path.chmod(0o600)
+
+    def context() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path, key_path)
+
+    ctx_time = _median_time(context, repeats)
+    db = sqlite3.connect(scratch / "bench.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS s (id INTEGER PRIMARY KEY, blob BLOB)")
+
+    def commit() -> None:
+        db.execute("BEGIN")
+        db.execute("DELETE FROM s")
+        db.execute("INSERT INTO s (blob) VALUES (?)", (blob,))
+        db.execute("COMMIT")
+
+    commit_time = _median_time(commit, repeats)
+    db.close()
+    key_path.unlink()
+    return Limit(export=export, per_node=load + ctx_time + commit_time, load=load,
+                 context=ctx_time, commit=commit_time)
+
+
+# --------------------------------------------------------------------------- manual path
+
+
+def manual_path(m: Material, n: int, scratch: Path) -> float:
+    """One ``openssl pkcs12 -export`` then N sequential ``openssl pkcs12`` imports."""
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    (work / "leaf.pem").write_bytes(m.leaf.public_bytes(serialization.Encoding.PEM))
+    (work / "ca.pem").write_bytes(m.ca.public_bytes(serialization.Encoding.PEM))
+    key = work / "key.pem"
+    key.write_bytes(m.key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    key.chmod(0o600)
+    pw = work / "pw"
+    pw.write_bytes(ADMIN_PASSPHRASE)
+    pw.chmod(0o600)
+
+    def run(args: Sequence[str]) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    start = time.perf_counter()
+    run(["pkcs12", "-export", "-in", str(work / "leaf.pem"), "-inkey", str(key),
+         "-certfile", str(work / "ca.pem"), "-passout", f"file:{pw}",
+         "-out", str(work / "site.p12")])
+    for i in range(n):
+        run(["pkcs12", "-in", str(work / "site.p12"), "-passin", f"file:{pw}", "-nodes",
+             "-out", str(work / f"node{i}.pem")])
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- converge
+
+
+def _probe(cluster: LocalCluster, name: str) -> str | None:
+    try:
+        der = served_certificate(cluster.spec(name).tls_address, None, timeout=5)
+    except OSError:
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
+def wait_all_serving(cluster: LocalCluster, sha: str, timeout: float = 300.0) -> float:
+    """Probe (no SNI) until every node serves ``sha``; the monotonic time it was done."""
+    pending = list(cluster.names)
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} nodes never served {sha[:12]}: "
+                                   f"{pending[:8]}")
+            answers = list(pool.map(lambda n: _probe(cluster, n), pending))
+            pending = [n for n, got in zip(pending, answers, strict=True) if got != sha]
+            if pending:
+                time.sleep(0.005)  # yield the cores to the nodes between probe rounds
+    return time.monotonic()
+
+
+def log_swap_time(cluster: LocalCluster, sha: str, since: dt.datetime) -> float | None:
+    """Seconds from ``since`` to the last node's ``tls.updated`` with ``sha`` as default."""
+    latest: dt.datetime | None = None
+    for name in cluster.names:
+        first: dt.datetime | None = None
+        for line in cluster.log_path(name).read_text(errors="replace").splitlines():
+            if '"tls.updated"' not in line or sha not in line:
+                continue
+            try:
+                event = json.loads(line)
+                when = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+            except (ValueError, KeyError):
+                continue
+            if event.get("default_sha256") == sha and when >= since:
+                first = when if first is None else min(first, when)
+        if first is None:
+            return None
+        latest = first if latest is None else max(latest, first)
+    return (latest - since).total_seconds() if latest is not None else None
+
+
+async def _import(cluster: LocalCluster, blob: bytes) -> None:
+    async with NodeClient(admin_target(cluster.config, None), timeout=120) as client:
+        await client.import_files([("site.p12", blob)], passphrase=ADMIN_PASSPHRASE,
+                                  make_default=True)
+
+
+async def _rtt(cluster: LocalCluster, repeats: int = 20) -> float:
+    async with NodeClient(admin_target(cluster.config, None)) as client:
+        await client.get_state()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            await client.get_state()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def converge_once(cluster: LocalCluster, m: Material) -> tuple[float, float | None]:
+    blob = admin_pkcs12(m)
+    asyncio.run(_import(cluster, blob))
+    t0, wall0 = time.monotonic(), dt.datetime.now(dt.UTC)
+    done = wait_all_serving(cluster, m.sha256)
+    return done - t0, log_swap_time(cluster, m.sha256, wall0)
+
+
+def concurrency_knob() -> bool:
+    """Whether the replicator reads CERTSYNC_PUSH_CONCURRENCY (else conc1 is not run)."""
+    source = Path(__file__).resolve().parents[1] / "sync" / "replicator.py"
+    try:
+        return CONCURRENCY_ENV in source.read_text()
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- main
+
+
+@dataclass
+class Row:
+    n: int
+    key_type: str
+    converge: float
+    log: float | None
+    limit: float
+    manual: float
+    conc1: float | None
+
+
+def bench_size(n: int, repeats: int, scratch: Path, serial: list[int]) -> list[Row]:
+    traffic = [(f"t{i}", f"t{i}.atlas.example.com") for i in range(1, n - 1)]
+    cores = os.cpu_count() or 1
+    rows = []
+    started = time.monotonic()
+    with LocalCluster.create(scratch / f"cluster{n}", site=SITE, primary=("p1", "p1.example.com"),
+                             backup=("b1", "b1.example.com"), traffic=traffic,
+                             sync_interval=3600, stale_after=7200) as cluster:
+        cluster.start_all(timeout=60 + 3 * n)
+        print(f"# N={n}: {n} node processes ready in {time.monotonic() - started:.1f} s",
+              flush=True)
+        rtt = asyncio.run(_rtt(cluster))
+        serial[0] += 1
+        converge_once(cluster, make_material("ec-p256", serial[0]))  # warm-up: channels open
+        for key_type in KEY_TYPES:
+            mats = []
+            for _ in range(repeats):
+                serial[0] += 1
+                mats.append(make_material(key_type, serial[0]))
+            runs = [converge_once(cluster, m) for m in mats]
+            converge = statistics.median(r[0] for r in runs)
+            logs = [r[1] for r in runs if r[1] is not None]
+            limit = measure_limit(mats[0], scratch)
+            manual = statistics.median(manual_path(m, n, scratch) for m in mats[:2])
+            rows.append(Row(n, key_type, converge, statistics.median(logs) if logs else None,
+                            limit.total(n, rtt, cores), manual, None))
+            print(f"#   {key_type}: per node load {limit.load * 1e3:.2f} ms, context "
+                  f"{limit.context * 1e3:.2f} ms, commit {limit.commit * 1e3:.2f} ms; export "
+                  f"{limit.export * 1e3:.2f} ms; rtt {rtt * 1e3:.2f} ms; runs "
+                  f"{', '.join(f'{r[0]:.3f}' for r in runs)} s", flush=True)
+        if concurrency_knob():
+            cluster.stop("p1")
+            cluster.start("p1", env={CONCURRENCY_ENV: "1"})
+            serial[0] += 1
+            converge_once(cluster, make_material("ec-p256", serial[0]))
+            for row in rows:
+                mats = []
+                for _ in range(repeats):
+                    serial[0] += 1
+                    mats.append(make_material(row.key_type, serial[0]))
+                row.conc1 = statistics.median(converge_once(cluster, m)[0] for m in mats)
+    return rows
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:8.3f}" if value is not None else "       -"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:6.2f}x" if a is not None and b else "      -"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="4,16,64", help="node counts (default 4,16,64)")
+    parser.add_argument("--repeats", type=int, default=3, help="imports per key type and size")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if any(n < 2 for n in sizes):
+        parser.error(f"--sizes {args.sizes!r}: every size needs a primary and a backup (>= 2)")
+    print(f"# {os.cpu_count()} cores; PKCS#12 transfer rounds {TRANSFER_PKCS12_ROUNDS}; "
+          f"conc1 {'via ' + CONCURRENCY_ENV if concurrency_knob() else 'not available'}",
+          flush=True)
+    rows: list[Row] = []
+    serial = [0]
+    with tempfile.TemporaryDirectory(prefix="bench-converge-") as tmp:
+        for n in sizes:
+            rows.extend(bench_size(n, args.repeats, Path(tmp), serial))
+    print()
+    print(f"{'N':>3} {'key':<9} {'converge':>8} {'log':>8} {'limit':>8} {'manual':>8} "
+          f"{'conc1':>8}  {'conv/limit':>10} {'manual/conv':>11} {'conc1/conv':>10}")
+    for r in rows:
+        print(f"{r.n:>3} {r.key_type:<9} {_fmt(r.converge)} {_fmt(r.log)} {_fmt(r.limit)} "
+              f"{_fmt(r.manual)} {_fmt(r.conc1)}  {_ratio(r.converge, r.limit):>10} "
+              f"{_ratio(r.manual, r.converge):>11} {_ratio(r.conc1, r.converge):>10}")
+    print("\nseconds; converge = import returned -> every node serves it (TLS probe, no SNI);"
+          " log = the same from the nodes' tls.updated events; goals: conv/limit <= 1.2, "
+          "manual/conv >= 3 at N=64, conc1/conv ~ 2")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
