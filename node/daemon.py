@@ -31,6 +31,7 @@ from sync.acme_client import Http01Responder, start_http01_responder
 from sync.alerts import AlertConfig
 from sync.config import AcmeSettings, NodeConfig, load_store_key
 from sync.monitor import Lifecycle, run_monitor
+from sync.replicator import Replication, peers_from_topology, wire_replication
 from sync.topology import Topology, split_address
 
 __all__ = ["GRACE_SECONDS", "NodeApp", "run_node"]
@@ -67,6 +68,9 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
+        # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
+        self._runtime_role: Callable[[], str] | None = None
+        self._on_change: Callable[[], None] | None = None
         # --- lifecycle (issue 6): renewal, alerts, CA changes; see sync.monitor ---
         self._lifecycle = Lifecycle(
             node=name,
@@ -87,7 +91,15 @@ class NodeApp:
 
     @property
     def role(self) -> str:
-        return self._role
+        """At run time: ``primary`` while this node is the primary of its epoch (see
+        :class:`sync.receiver.Replica`); the topology role until replication is attached."""
+        return self._runtime_role() if self._runtime_role is not None else self._role
+
+    def attach_replication(self, *, role: Callable[[], str], on_change: Callable[[], None]) -> None:
+        """``role`` answers the runtime role; ``on_change`` is called after every refresh
+        (that is, after every store change) -- the replicator's trigger, which coalesces."""
+        self._runtime_role = role
+        self._on_change = on_change
 
     @property
     def cluster_id(self) -> str:
@@ -147,6 +159,8 @@ class NodeApp:
             await asyncio.to_thread(self._endpoint.update, served, default)
             await self._lifecycle.publish_trust_bundle()
             _log.info("node.refreshed", certificates=len(served), default_sha256=default)
+        if self._on_change is not None:
+            self._on_change()
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
@@ -179,6 +193,8 @@ async def run_node(
     server = None
     responder: Http01Responder | None = None
     monitor: asyncio.Task[None] | None = None
+    replication: Replication | None = None
+    pusher: asyncio.Task[None] | None = None
     try:
         if config.acme is not None:
             http_host, http_port = split_address(config.acme.http_listen)
@@ -201,9 +217,22 @@ async def run_node(
             cert_pem=_read(config.cert_path, "node certificate"),
             key_pem=_read(config.key_path, "node key"),
         )
-        server, grpc_port = await start_grpc_server(
-            CertStoreService(app), address=config.grpc_listen, credentials=creds
+        store_service = CertStoreService(app)
+        replication = await wire_replication(
+            app,
+            topology=topology,
+            ca_pem=_read(config.ca_cert_path, "CA certificate"),
+            cert_pem=_read(config.cert_path, "node certificate"),
+            key_pem=_read(config.key_path, "node key"),
+            state=store_service.node_state,
+            peers=peers_from_topology(topology),
+            interval=float(topology.sync_interval_seconds),
         )
+        server, grpc_port = await start_grpc_server(
+            store_service, address=config.grpc_listen, credentials=creds,
+            replication=replication.service,
+        )
+        pusher = asyncio.create_task(replication.replicator.run())
         _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
         if started is not None:
             started(app, grpc_port, tls_bound)
@@ -215,6 +244,16 @@ async def run_node(
         await stop.wait()
         _log.info("node.stopping", node=config.name)
     finally:
+        if replication is not None:
+            replication.replicator.stop()
+        if pusher is not None:
+            try:
+                async with asyncio.timeout(GRACE_SECONDS):
+                    await pusher
+            except TimeoutError:
+                pusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pusher
         if monitor is not None:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,576 @@
+"""[shell] The primary's push loop: stage, activate, probe, confirm -- and anti-entropy.
+
+Runs in every node process and acts only while that node is the primary of its epoch
+(:attr:`sync.receiver.Replica.is_primary`). Decide, then act:
+
+* the **replicated set** (:class:`Snapshot`) is every certificate with a key, its chain
+  built over the stored certificates, and which one is default; its digest is the store's
+  (:func:`node.store.set_digest` over :func:`node.store.replicated_members`). The revision
+  is the store's ``revision`` meta, which changes only when the store changes -- so
+  concurrent ``replicate`` calls and automatic pushes never make extra revisions;
+* for each target, :meth:`Replicator.push` takes that target's lock, asks its state and
+  lets :func:`sync.plan.plan` decide: a higher epoch fences us (verify its promotion, adopt
+  it, step down); the same set that was seen served is in sync; the same set not yet
+  probed is probed; anything else is wrapped for the target's ``node.pem`` key (off the
+  loop) and staged, activated, probed (a real TLS handshake per required name and without
+  SNI, compared with what this primary selects) and confirmed;
+* the **coverage gate**: a set whose default leaves a required name uncovered is not pushed
+  automatically (log event ``replication.blocked``); ``replicate --force`` pushes it, logged
+  and audited as forced;
+* :meth:`Replicator.run` is the background loop: it wakes on :meth:`trigger` (after every
+  store change; triggers coalesce) or every ``interval`` seconds (anti-entropy: down nodes
+  catch up when they come back). A non-primary asks the nodes that may be primary for their
+  state and adopts a verified higher epoch (the new primary's pushes fence everyone else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from node.api import certsync_pb2
+from node.chain import build_chain
+from node.errors import (
+    CertsyncError,
+    ConfigError,
+    Conflict,
+    CoverageError,
+    NodeUnreachable,
+    NotFound,
+    PermissionDenied,
+    StaleEpoch,
+)
+from node.model import PrivateKey
+from node.names import CoverageReport, check_all, sans_of
+from node.selection import Selection
+from node.store import Store, cert_sha256, replicated_members, set_digest
+from sync.client import NodeClient, NodeTarget
+from sync.plan import NodeState, plan
+from sync.probe import served_sha256
+from sync.promotion import Promotion
+from sync.receiver import (
+    Replica,
+    ReplicationService,
+    promotion_from_msg,
+    promotion_to_msg,
+    rfc3339,
+)
+from sync.topology import Topology
+from sync.transfer import TransferContext, WrappedItem, wrap_item
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "Peer",
+    "Replication",
+    "Replicator",
+    "SetItem",
+    "Snapshot",
+    "peers_from_topology",
+    "wire_replication",
+]
+
+DEFAULT_CONCURRENCY: Final = 8
+DEFAULT_PROBE_TIMEOUT: Final = 5.0
+DEFAULT_RPC_TIMEOUT: Final = 30.0
+
+_log = structlog.get_logger("sync.replicator")
+#: plan()'s staleness is for status; the replicator never asks it
+_FOREVER: Final = dt.timedelta(days=36500)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where another node is, and the public key its transfer blobs are wrapped for."""
+
+    name: str
+    grpc_address: str
+    tls_address: str
+    public_key: ec.EllipticCurvePublicKey = field(repr=False)
+
+
+def _public_key(path: Path, name: str) -> ec.EllipticCurvePublicKey:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read node {name!r}'s certificate {str(path)!r}; check "
+                          "cluster.toml (run 'certsync cluster init' again if it is lost)") from err
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"node {name!r}'s certificate {str(path)!r} has no EC key; "
+                          "re-issue it with 'certsync cluster init'")
+    return key
+
+
+def peers_from_topology(topology: Topology) -> dict[str, Peer]:
+    """Every node of ``topology`` as a :class:`Peer` (reads each ``node.pem``)."""
+    return {
+        spec.name: Peer(spec.name, spec.grpc_address, spec.tls_address,
+                        _public_key(spec.cert_path, spec.name))
+        for spec in topology.nodes
+    }
+
+
+@dataclass(frozen=True)
+class SetItem:
+    name: str
+    cert: x509.Certificate
+    key: PrivateKey = field(repr=False)
+    chain: tuple[x509.Certificate, ...]
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The primary's replicated set at one moment."""
+
+    epoch: int
+    revision: int
+    digest: str
+    items: tuple[SetItem, ...]
+    default: SetItem | None
+    promotion: Promotion
+
+    def coverage(self, required: Sequence[str]) -> CoverageReport | None:
+        """The default's coverage of ``required`` (None: there is no default)."""
+        if self.default is None:
+            return None
+        return check_all(sans_of(self.default.cert), list(required))
+
+    def uncovered(self, required: Sequence[str]) -> list[str]:
+        report = self.coverage(required)
+        if report is None:
+            return list(required)
+        return [i.hostname for i in report.items if not i.covered]
+
+
+def _progress(name: str, state: str, message: str, *, in_sync: bool = False,
+              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
+    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
+                                       in_sync=in_sync, error=error)
+    if snap is not None:
+        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
+    return p
+
+
+class Replicator:
+    """See the module docstring. ``peers`` maps every node name (ourselves included or not)
+    to where it is; ``credentials`` are this node's mTLS PEMs ``(ca, cert, key)``."""
+
+    def __init__(
+        self,
+        *,
+        replica: Replica,
+        served_for: Callable[[str | None], Selection],
+        peers: Mapping[str, Peer],
+        credentials: tuple[bytes, bytes, bytes],
+        interval: float,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        self.replica = replica
+        self._served_for = served_for
+        self._peers = peers  # by reference: tests fill in addresses bound to port 0
+        self._credentials = credentials
+        self.interval = interval
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._probe_timeout = probe_timeout
+        self._rpc_timeout = rpc_timeout
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._clients: dict[str, NodeClient] = {}
+        self._served_ok: dict[str, tuple[int, int, str]] = {}  # last state seen served
+        self._snapshot: Snapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._blocked_logged: str | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        replica.listeners.append(self.trigger)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.replica.name
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(n for n in self.replica.topology.names if n != self.name)
+
+    def _client(self, name: str) -> NodeClient:
+        client = self._clients.get(name)
+        if client is None:
+            peer = self._peers[name]
+            ca, cert, key = self._credentials
+            client = NodeClient(NodeTarget(name=name, address=peer.grpc_address, ca_pem=ca,
+                                           cert_pem=cert, key_pem=key),
+                                timeout=self._rpc_timeout)
+            self._clients[name] = client
+        return client
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    def trigger(self) -> None:
+        """Push soon (after a store change or an adoption); triggers coalesce."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def required_names(self) -> tuple[str, ...]:
+        return self.replica.topology.required_names()
+
+    # -- the set -----------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """The replicated set now (cached while epoch, revision and digest stay the same)."""
+        store = self.replica.store
+        async with self._snapshot_lock:
+            revision = int(await store.get_meta("revision") or 0)
+            digest = await store.digest()
+            cached = self._snapshot
+            if cached is not None and (cached.epoch, cached.revision, cached.digest) == (
+                    self.replica.epoch, revision, digest):
+                return cached
+            certs = await store.list_certificates()
+            keys = {c.sha256: await store.get_key(c.sha256) for c in certs if c.has_key}
+            default_sha = next((c.sha256 for c in certs if c.is_default), None)
+
+            def build() -> tuple[list[SetItem], str]:
+                pool = [c.certificate() for c in certs]
+                items = []
+                for stored, cert in zip(certs, pool, strict=True):
+                    key = keys.get(stored.sha256)
+                    if key is None:
+                        continue
+                    chain, _problems = build_chain(cert, pool)
+                    items.append(SetItem(name=stored.name, cert=cert, key=key, chain=chain,
+                                         is_default=stored.sha256 == default_sha))
+                return items, set_digest(replicated_members(certs, build_chain), default_sha)
+
+            items, digest = await asyncio.to_thread(build)
+            snap = Snapshot(epoch=self.replica.epoch, revision=revision, digest=digest,
+                            items=tuple(items),
+                            default=next((i for i in items if i.is_default), None),
+                            promotion=self.replica.promotion)
+            self._snapshot = snap
+            return snap
+
+    def _wrap(self, snap: Snapshot, peer: Peer) -> list[WrappedItem]:
+        ctx = TransferContext(cluster_id=self.replica.topology.cluster_id, epoch=snap.epoch,
+                              revision=snap.revision, sender=self.name, recipient=peer.name)
+        return [wrap_item(ctx, peer.public_key, name=i.name, key=i.key, cert=i.cert,
+                          chain=i.chain, is_default=i.is_default) for i in snap.items]
+
+    # -- one target --------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _probe(self, name: str) -> str | None:
+        """None when ``name`` serves what we select for every required name and no SNI;
+        else a sentence saying where it differs."""
+        peer = self._peers[name]
+        for server_name in (*self.required_names, None):
+            expected = self._served_for(server_name).key
+            if expected is None:
+                continue  # we serve nothing for it: the digest comparison is all there is
+            got = await served_sha256(peer.tls_address, server_name,
+                                      timeout=self._probe_timeout)
+            if got != expected:
+                what = f"server name {server_name!r}" if server_name else "no SNI"
+                return (f"node {name!r} serves {got[:16]} for {what}, the primary "
+                        f"{expected[:16]}")
+        return None
+
+    async def _fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
+        """``name`` reports a higher epoch: verify and adopt its promotion, step down."""
+        try:
+            adopted = await self.replica.adopt(promotion_from_msg(state.promotion),
+                                               actor=f"node:{name}")
+        except CertsyncError as err:
+            _log.warning("replication.bad_promotion", node=name, epoch=state.epoch,
+                         error=type(err).__name__)
+            return (f"node {name!r} reports epoch {state.epoch} without a valid promotion "
+                    f"({err}); not stepping down")
+        if adopted:
+            _log.warning("replication.stepped_down", node=name, epoch=state.epoch,
+                         primary=self.replica.primary)
+        return (f"node {name!r} is at epoch {state.epoch} (primary "
+                f"{self.replica.primary!r}); this node stepped down")
+
+    async def push(self, name: str, *, force: bool = False,
+                   fresh_probe: bool = False) -> certsync_pb2.ReplicateProgress:
+        """Bring ``name`` to this primary's set; idempotent. Never raises a CertsyncError:
+        the outcome is in the progress message."""
+        async with self._lock(name), self._semaphore:
+            snap: Snapshot | None = None
+            try:
+                if not self.replica.is_primary:
+                    return _progress(name, "fenced", f"{self.name!r} is no longer the primary "
+                                     f"(epoch {self.replica.epoch}: {self.replica.primary!r})")
+                snap = await self.snapshot()
+                client = self._client(name)
+                state = await client.get_state()
+                if state.epoch > snap.epoch:
+                    return _progress(name, "fenced", await self._fenced_by(name, state),
+                                     snap=snap, error="StaleEpoch")
+                if state.epoch == snap.epoch and state.revision > snap.revision:
+                    snap = await self._raise_revision(state.revision)
+                seen = (state.epoch, state.revision, state.set_digest)
+                served = None if fresh_probe else (self._served_ok.get(name) == seen or None)
+                decision = plan(
+                    NodeState(self.name, True, snap.epoch, snap.revision, snap.digest),
+                    [NodeState(name, True, state.epoch, state.revision, state.set_digest,
+                               serving_ok=served)],
+                    now=self.replica.now, stale_after=_FOREVER,
+                )
+                if decision.in_sync:
+                    return _progress(name, "in_sync", "in sync", in_sync=True, snap=snap)
+                if decision.push_to:
+                    await self._stage_activate(name, snap, force=force)
+                mismatch = await self._probe(name)
+                if mismatch is not None:
+                    self._served_ok.pop(name, None)
+                    return _progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
+                await client.confirm(epoch=snap.epoch, revision=snap.revision,
+                                     set_digest=snap.digest)
+                self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
+                verb = "pushed, serving" if decision.push_to else "serving"
+                _log.info("replication.in_sync", node=name, epoch=snap.epoch,
+                          revision=snap.revision, pushed=bool(decision.push_to))
+                return _progress(name, "in_sync", f"{verb} revision {snap.revision}",
+                                 in_sync=True, snap=snap)
+            except NodeUnreachable as err:
+                self._served_ok.pop(name, None)
+                return _progress(name, "unreachable", str(err), snap=snap,
+                                 error=type(err).__name__)
+            except StaleEpoch as err:
+                self.trigger()  # the next round reads its state and adopts the promotion
+                return _progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
+            except CertsyncError as err:
+                _log.warning("replication.failed", node=name, error=type(err).__name__)
+                return _progress(name, "failed", str(err), snap=snap, error=type(err).__name__)
+
+    async def _raise_revision(self, above: int) -> Snapshot:
+        """A node is ahead of us at our epoch (e.g. our store came back from a backup): the
+        next push must carry a revision above it."""
+        async with self._snapshot_lock:
+            current = int(await self.replica.store.get_meta("revision") or 0)
+            if current <= above:
+                await self.replica.store.set_meta({"revision": str(above + 1)})
+                _log.warning("replication.revision_raised", revision=above + 1)
+        return await self.snapshot()
+
+    async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool) -> None:
+        peer = self._peers[name]
+        items = await asyncio.to_thread(self._wrap, snap, peer)
+        client = self._client(name)
+        request = certsync_pb2.StageRequest(
+            promotion=promotion_to_msg(snap.promotion), epoch=snap.epoch,
+            revision=snap.revision, sender=self.name,
+            items=[certsync_pb2.TransferItem(name=i.name, is_default=i.is_default,
+                                             pkcs12=i.pkcs12,
+                                             wrapped_passphrase=i.wrapped_passphrase)
+                   for i in items],
+            default_sha256=cert_sha256(snap.default.cert) if snap.default else "",
+            set_digest=snap.digest, force=force)
+        staged = await client.stage(request)
+        if staged.set_digest != snap.digest:
+            raise Conflict(f"node {name!r} staged digest {staged.set_digest!r}, not "
+                           f"{snap.digest!r}; retrying on the next round")
+        await client.activate(epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest)
+        _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
+                  digest=snap.digest, certificates=len(snap.items), forced=force)
+
+    # -- many targets ------------------------------------------------------------------
+
+    def _check_names(self, nodes: Sequence[str]) -> tuple[str, ...]:
+        for n in nodes:
+            self.replica.topology.node(n)  # NotFound names the known nodes
+        chosen = tuple(dict.fromkeys(nodes)) if nodes else self.targets
+        return tuple(n for n in chosen if n != self.name)
+
+    async def _gate(self, snap: Snapshot, *, force: bool, actor: str) -> None:
+        missing = snap.uncovered(self.required_names)
+        if not missing:
+            return
+        if not force:
+            report = snap.coverage(self.required_names)
+            raise CoverageError(
+                f"the default certificate leaves {', '.join(missing)} uncovered, so it is not "
+                "replicated; replace it, or run 'certsync replicate --force' to push it anyway",
+                report=report,
+            )
+        _log.warning("replication.forced", uncovered=missing, revision=snap.revision,
+                     actor=actor)
+        await self.replica.store.record_audit(
+            actor=actor, action="replication.forced",
+            detail={"uncovered": missing, "epoch": snap.epoch, "revision": snap.revision,
+                    "digest": snap.digest}, now=self.replica.now)
+
+    async def replicate(
+        self, nodes: Sequence[str], *, force: bool, actor: str
+    ) -> AsyncIterator[certsync_pb2.ReplicateProgress]:
+        """Push now to ``nodes`` (empty: all others) and yield one progress per node as it
+        finishes; the gate and 'not the primary' raise before anything is pushed."""
+        if not self.replica.is_primary:
+            raise Conflict(f"node {self.name!r} is not the primary of epoch "
+                           f"{self.replica.epoch} (that is {self.replica.primary!r}); "
+                           f"run replicate against {self.replica.primary!r}")
+        names = self._check_names(nodes)
+        snap = await self.snapshot()
+        await self._gate(snap, force=force, actor=actor)
+        tasks = [asyncio.create_task(self.push(n, force=force, fresh_probe=True))
+                 for n in names]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def round(self) -> list[certsync_pb2.ReplicateProgress]:
+        """One automatic round: push to every other node that is not in sync."""
+        if not self.replica.is_primary:
+            await self.follow()
+            return []
+        snap = await self.snapshot()
+        try:
+            await self._gate(snap, force=False, actor=f"node:{self.name}")
+        except CoverageError:
+            missing = snap.uncovered(self.required_names)
+            if self._blocked_logged != snap.digest:
+                _log.warning("replication.blocked", uncovered=missing, revision=snap.revision)
+                self._blocked_logged = snap.digest
+            # nodes holding this very set (pushed with --force) are still checked
+            fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
+            return [r for r in fenced if r is not None]
+        results = list(await asyncio.gather(*(self.push(n) for n in self.targets)))
+        if results and all(r.in_sync for r in results):
+            await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)})
+        return results
+
+    async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:
+        try:
+            state = await self._client(name).get_state()
+        except CertsyncError:
+            return None
+        if state.epoch > snap.epoch:
+            return _progress(name, "fenced", await self._fenced_by(name, state), snap=snap)
+        return None
+
+    async def follow(self) -> None:
+        """Not the primary: adopt a verified higher epoch from the nodes that may be primary
+        (the topology's primary and backup, and the primary we know). Everyone else is
+        fenced by the new primary's pushes, which carry its promotion."""
+        topology = self.replica.topology
+        candidates = {topology.primary.name, self.replica.primary}
+        if topology.backup is not None:
+            candidates.add(topology.backup.name)
+        candidates.discard(self.name)
+
+        async def ask(name: str) -> None:
+            try:
+                state = await self._client(name).get_state()
+                if state.epoch > self.replica.epoch and state.HasField("promotion"):
+                    await self.replica.adopt(promotion_from_msg(state.promotion),
+                                             actor=f"node:{name}")
+            except (CertsyncError, NotFound, PermissionDenied) as err:
+                _log.debug("replication.follow_skipped", node=name, error=type(err).__name__)
+
+        await asyncio.gather(*(ask(n) for n in sorted(candidates) if n in self._peers))
+
+    async def run(self) -> None:
+        """The background loop until :meth:`stop`; never raises (errors are logged)."""
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    await self.round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("replication.round_failed")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
+        finally:
+            await self.close()
+
+
+class NodeRuntimeLike(Protocol):
+    """What :func:`wire_replication` needs of ``node.daemon.NodeApp``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    def now(self) -> dt.datetime: ...
+
+    async def refresh(self) -> None: ...
+
+    def served_for(self, server_name: str | None) -> Selection: ...
+
+    def attach_replication(self, *, role: Callable[[], str],
+                           on_change: Callable[[], None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Replication:
+    """The three replication parts of one node, wired together."""
+
+    replica: Replica
+    service: ReplicationService
+    replicator: Replicator
+
+
+async def wire_replication(
+    app: NodeRuntimeLike,
+    *,
+    topology: Topology,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    state: Callable[[], Awaitable[certsync_pb2.NodeState]],
+    peers: Mapping[str, Peer],
+    interval: float,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Replication:
+    """Build the replica (loading its epoch from the store), the gRPC servicer and the
+    replicator for ``app``, and hook them into it (runtime role, trigger after changes).
+    The caller starts ``replicator.run()`` and stops it with ``replicator.stop()``."""
+    try:
+        node_key = serialization.load_pem_private_key(key_pem, password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as err:
+        raise ConfigError(f"node {app.name!r}: the mTLS key or CA certificate is not readable "
+                          "PEM; restore them from 'certsync cluster init'") from err
+    if not isinstance(node_key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"node {app.name!r}: the mTLS key is not an EC key; restore it from "
+                          "'certsync cluster init'")
+    replica = Replica(name=app.name, topology=topology, store=app.store, ca_cert=ca_cert,
+                      node_key=node_key, clock=app.now, refresh=app.refresh)
+    await replica.load()
+    replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
+                            credentials=(ca_pem, cert_pem, key_pem), interval=interval,
+                            concurrency=concurrency)
+    service = ReplicationService(replica, state, replicator)
+    app.attach_replication(role=lambda: replica.role, on_change=replicator.trigger)
+    return Replication(replica=replica, service=service, replicator=replicator)
