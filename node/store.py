@@ -536,28 +536,33 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     async def _bump_revision(self) -> None:
-        rev = int(await self._meta("revision") or "0")
-        await self._put_meta({"revision": str(rev + 1)})
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT(key) "
+            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+        )
 
     async def _key_row_exists(self, sha: str) -> bool:
         return await self._scalar_int("SELECT count(*) FROM keys WHERE cert_sha256 = ?", (sha,)) > 0
 
     async def _upsert(self, items: Sequence[_PreparedCert], now: str) -> None:
-        for p in items:
-            await self._conn.execute(
-                "INSERT INTO certificates (sha256, der, name, role, not_after, added_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET "
-                "name = CASE WHEN excluded.name = '' THEN certificates.name "
-                "ELSE excluded.name END, "
-                "role = CASE WHEN excluded.role = 'identity' THEN 'identity' "
-                "ELSE certificates.role END",
-                (p.sha256, p.der, p.name, p.role, p.not_after, now),
+        # few statements, each a hop to aiosqlite's thread: executemany, no read-then-write
+        await self._conn.executemany(
+            "INSERT INTO certificates (sha256, der, name, role, not_after, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET "
+            "name = CASE WHEN excluded.name = '' THEN certificates.name "
+            "ELSE excluded.name END, "
+            "role = CASE WHEN excluded.role = 'identity' THEN 'identity' "
+            "ELSE certificates.role END",
+            [(p.sha256, p.der, p.name, p.role, p.not_after, now) for p in items],
+        )
+        keyed = [(p.sha256, *p.sealed) for p in items if p.sealed is not None]
+        if keyed:
+            # a certificate that has its key already keeps that row (the same key: it matched)
+            await self._conn.executemany(
+                "INSERT INTO keys (cert_sha256, nonce, ciphertext) VALUES (?, ?, ?) "
+                "ON CONFLICT(cert_sha256) DO NOTHING",
+                keyed,
             )
-            if p.sealed is not None and not await self._key_row_exists(p.sha256):
-                await self._conn.execute(
-                    "INSERT INTO keys (cert_sha256, nonce, ciphertext) VALUES (?, ?, ?)",
-                    (p.sha256, p.sealed[0], p.sealed[1]),
-                )
 
     def _row_to_cert(self, row: Sequence[Any], default: str | None) -> StoredCert:
         sha, der, name, role, not_after, added_at, has_key = row
@@ -632,10 +637,15 @@ class Store:
             async with self._transaction():
                 await self._upsert(prepared, when)
                 default = make_default
-                if default is None and keyed_new and await self._meta("default_sha256") is None:
-                    default = keyed_new[0]
                 if default is not None:
                     await self._put_meta({"default_sha256": default})
+                elif keyed_new:  # no default yet: the first entry with a key becomes it
+                    inserted = await self._conn.execute_fetchall(
+                        "INSERT INTO meta (key, value) VALUES ('default_sha256', ?) "
+                        "ON CONFLICT(key) DO NOTHING RETURNING value",
+                        (keyed_new[0],),
+                    )
+                    default = keyed_new[0] if list(inserted) else None
                 await self._bump_revision()
                 await self._audit(
                     actor,
