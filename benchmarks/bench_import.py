@@ -186,7 +186,8 @@ async def measure_store(blobs: Sequence[bytes], directory: Path) -> Timing:
 
 async def run(count: int, rounds: int) -> None:
     print(f"{count} imports per row, PBKDF2 rounds {rounds}, medians per import")
-    print(f"{'key':9} {'path':6} {'wall ms':>9} {'cpu ms':>9} {'x bare wall':>12} {'x bare cpu':>11}")
+    head = ("key", "path", "wall ms", "cpu ms", "x bare wall", "x bare cpu")
+    print(f"{head[0]:9} {head[1]:6} {head[2]:>9} {head[3]:>9} {head[4]:>12} {head[5]:>11}")
     for kind in KINDS:
         blobs = await asyncio.to_thread(make_p12s, kind, count, rounds)
         with tempfile.TemporaryDirectory() as tmp:
