@@ -28,6 +28,7 @@ exits, and :meth:`LocalCluster.wait_ready` raises with the tail of its log.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import random
@@ -127,15 +128,23 @@ def free_port_range(count: int, *, host: str = DEFAULT_LISTEN, attempts: int = 2
                    "tries; stop other clusters or give base_port")
 
 
+@functools.cache
+def _probe_context() -> ssl.SSLContext:
+    """One client context for every probe: loading the system CAs per probe costs more than
+    the handshake, and a probe trusts nothing anyway."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # we read the served certificate, we do not trust it
+    return ctx
+
+
 def served_certificate(
     address: str, server_name: str | None, *, timeout: float = 10.0
 ) -> bytes:
     """The DER leaf certificate the TLS endpoint at ``address`` serves for ``server_name``
     (``None``: a ClientHello without SNI). Nothing is verified: this asks *what* is served."""
     host, port = split_address(address)
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # we read the served certificate, we do not trust it
+    ctx = _probe_context()
     with (
         socket.create_connection((host, port), timeout=timeout) as raw,
         ctx.wrap_socket(raw, server_hostname=server_name) as tls,
