@@ -425,8 +425,8 @@ class Store:
         c = self._conn
         try:
             await c.execute("PRAGMA busy_timeout = 10000")
-            row = await (await c.execute("PRAGMA journal_mode = WAL")).fetchone()
-            if row is None or str(row[0]).lower() != "wal":
+            mode = await self._fetchall("PRAGMA journal_mode = WAL")
+            if not mode or str(mode[0][0]).lower() != "wal":
                 raise ConfigError(
                     f"the store {str(self._path)!r} cannot use WAL journaling; "
                     "put it on a local file system"
