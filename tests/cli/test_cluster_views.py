@@ -27,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.names import SanSet
 from sync.cmd_coverage import NO_DEFAULT_REASON, cluster_coverage_json
@@ -130,6 +132,36 @@ def test_status_stored_is_not_served(node: Observed, needle: str | None) -> None
         assert any(needle in p for p in row["problems"]), row["problems"]
     # the negative twin: the same node as the others is in sync
     assert _row(_report(), node.name)["in_sync"] is True
+
+
+_SHAS = st.sampled_from([LEAF, OTHER])
+
+
+@st.composite
+def _observed(draw: st.DrawFn, name: str) -> Observed:
+    if not draw(st.booleans()) and name != "p1":
+        return Observed(name=name, reachable=False, error="down")
+    served = {n: draw(st.one_of(st.none(), _SHAS)) for n in _names()}
+    if draw(st.booleans()):
+        served = dict.fromkeys(_names(), LEAF)  # the common case: serving it all
+    return _node(name, revision=draw(st.sampled_from([3, 3, 2])),
+                 digest=draw(st.sampled_from([DIGEST, DIGEST, "e" * 64])),
+                 served=served if draw(st.integers(0, 5)) else {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(*(_observed(n) for n, _, _ in NODES)))
+def test_status_in_sync_iff_same_set_and_served_everywhere(
+    observed: tuple[Observed, ...]
+) -> None:
+    """Reference model: in sync <=> reachable, the primary's revision and digest, and the
+    primary's certificate served for every name (the primary p1 is always reachable)."""
+    report = status_report(_topology(), list(observed), _expected(), now=NOW)
+    p1 = observed[0]
+    for node in observed:
+        want = (node.reachable and node.same_set(p1)
+                and all(node.served.get(n) == LEAF for n in _names()))
+        assert _row(report, node.name)["in_sync"] is want, node
 
 
 def test_status_unreachable_node_row() -> None:
