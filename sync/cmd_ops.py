@@ -90,6 +90,9 @@ class Observed:
     primary: str = ""  # the primary of its epoch, as the node knows it
     served: Mapping[ServerName, str | None] = field(default_factory=dict)
     probe_errors: Mapping[ServerName, str] = field(default_factory=dict)
+    # lifecycle (issue 6): [{"sha256","days_left","renewal_state","next_attempt"}], pending
+    certificates: tuple[Mapping[str, Any], ...] = ()
+    pending_ca_change: Mapping[str, str] | None = None
 
     def same_set(self, other: Observed) -> bool:
         return (self.epoch, self.revision, self.digest) == (
@@ -267,6 +270,10 @@ def status_report(
             "configured_role": spec.role,
             "problems": _problems(node, leader, expected, stale=spec.name in stale,
                                   stale_after=stale_after),
+            "certificates": [dict(c) for c in node.certificates] if node.reachable else None,
+            "pending_ca_change": dict(node.pending_ca_change)
+            if node.reachable and node.pending_ca_change is not None
+            else None,
         })
     answered_epochs = [o.epoch for o in observed if o.reachable]
     return {
@@ -297,6 +304,24 @@ async def _observe(config: AdminConfig, name: str, rpc_timeout: float) -> Observ
         default_sha256=state.default_sha256,
         last_sync=state.last_sync,
         primary=state.primary,
+        certificates=tuple(
+            {
+                "sha256": c.sha256,
+                "days_left": c.days_left,
+                "renewal_state": c.renewal_state,
+                "next_attempt": c.next_attempt or None,
+            }
+            for c in state.certificates
+        ),
+        pending_ca_change=(
+            {
+                "sha256": state.pending_ca_change.sha256,
+                "staged_at": state.pending_ca_change.staged_at,
+                "switch_at": state.pending_ca_change.switch_at,
+            }
+            if state.HasField("pending_ca_change")
+            else None
+        ),
     )
 
 
@@ -406,6 +431,14 @@ def print_status(report: Mapping[str, Any]) -> None:
     for n in report["nodes"]:
         for problem in n["problems"]:
             print(f"  {n['name']}: {problem}")
+        pending = n.get("pending_ca_change")
+        if pending:
+            print(f"  {n['name']}: CA change to {pending['sha256'][:16]} at {pending['switch_at']}")
+        for c in n.get("certificates") or ():
+            if c["renewal_state"] not in ("valid", "replaced"):
+                nxt = f", next attempt {c['next_attempt']}" if c["next_attempt"] else ""
+                print(f"  {n['name']}: {c['sha256'][:16]} {c['renewal_state']}, "
+                      f"{c['days_left']} days left{nxt}")
     for problem in report["problems"]:
         print(f"  cluster: {problem}")
 
