@@ -220,7 +220,7 @@ def check_push(
             raise CoverageError(
                 f"the push from {push.sender!r} has no default certificate, so "
                 f"{', '.join(required_names)} would be uncovered; set a default on the primary",
-                report=None,
+                report=", ".join(required_names),
             )
         report = check_all(sans_of(default_item.cert), list(required_names))
         if not report.all_covered:
@@ -228,7 +228,7 @@ def check_push(
             raise CoverageError(
                 f"the default certificate {default_sha!r} from {push.sender!r} does not cover "
                 f"{', '.join(missing)}; replace it on the primary or replicate --force",
-                report=report,
+                report=", ".join(missing),  # text, so it survives the trip to the primary
             )
     return CheckedSet(epoch=push.epoch, revision=push.revision, digest=digest,
                       sender=push.sender, entries=tuple(entries), default_sha256=default_sha,
@@ -392,6 +392,13 @@ class Replica:
                 except PermissionDenied as err:
                     await self._refuse(identity, "Stage", err)
         await self._check_sender(identity, "Stage", push.epoch)
+        current = int(await self.store.get_meta("revision") or 0)
+        same_epoch = await self.store.get_meta("revision_epoch") == str(push.epoch)
+        if same_epoch and push.revision < current:
+            await self._refuse(identity, "Stage", TransferRejected(
+                f"the push from {push.sender!r} carries revision {push.revision}, older than "
+                f"this node's {current} at epoch {push.epoch}; it is a replay, push the current "
+                "set"))
         required = (self.topology.site, self.topology.node(self.name).hostname)
         try:
             checked = await asyncio.to_thread(
@@ -430,7 +437,7 @@ class Replica:
             except TransferRejected as err:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
-            meta = {**self._meta(), "revision": str(revision)}
+            meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
                 actor=f"node:{identity.name}", now=now)

@@ -376,11 +376,11 @@ class Replicator:
                 _log.warning("replication.revision_raised", revision=above + 1)
         return await self.snapshot()
 
-    async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool) -> None:
-        peer = self._peers[name]
-        items = await asyncio.to_thread(self._wrap, snap, peer)
-        client = self._client(name)
-        request = certsync_pb2.StageRequest(
+    async def stage_request(self, name: str, snap: Snapshot, *,
+                            force: bool = False) -> certsync_pb2.StageRequest:
+        """The Stage call for ``name``: every item wrapped for its key (off the loop)."""
+        items = await asyncio.to_thread(self._wrap, snap, self._peers[name])
+        return certsync_pb2.StageRequest(
             promotion=promotion_to_msg(snap.promotion), epoch=snap.epoch,
             revision=snap.revision, sender=self.name,
             items=[certsync_pb2.TransferItem(name=i.name, is_default=i.is_default,
@@ -389,7 +389,10 @@ class Replicator:
                    for i in items],
             default_sha256=cert_sha256(snap.default.cert) if snap.default else "",
             set_digest=snap.digest, force=force)
-        staged = await client.stage(request)
+
+    async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool) -> None:
+        client = self._client(name)
+        staged = await client.stage(await self.stage_request(name, snap, force=force))
         if staged.set_digest != snap.digest:
             raise Conflict(f"node {name!r} staged digest {staged.set_digest!r}, not "
                            f"{snap.digest!r}; retrying on the next round")
@@ -410,11 +413,10 @@ class Replicator:
         if not missing:
             return
         if not force:
-            report = snap.coverage(self.required_names)
             raise CoverageError(
                 f"the default certificate leaves {', '.join(missing)} uncovered, so it is not "
                 "replicated; replace it, or run 'certsync replicate --force' to push it anyway",
-                report=report,
+                report=", ".join(missing),  # text, so it survives the trip to the client
             )
         _log.warning("replication.forced", uncovered=missing, revision=snap.revision,
                      actor=actor)
