@@ -288,8 +288,9 @@ def _chain_pem(chains: Iterable[Sequence[x509.Certificate]]) -> bytes:
 class Lifecycle:
     """One node's lifecycle: see the module docstring.
 
-    ``role`` tells the node's current role (it changes on promotion); ``on_change`` is awaited after every change to the certificate set (the servicer's
-    post-change hook); ``publish_trust_bundle`` receives the PEM bundle (or ``None``) the
+    ``role`` tells the node's current role (it changes on promotion); ``on_change`` is
+    awaited after every change to the certificate set (the servicer's post-change hook);
+    ``publish_trust_bundle`` receives the PEM bundle (or ``None``) the
     TLS endpoint serves at ``/.well-known/certsync/trust-bundle.pem``. ``acme`` and
     ``responder`` are set when the node has an ``[acme]`` table; the ACME account key is
     kept in ``account_key_path`` (mode 0600) so renewals reuse the account.
