@@ -364,7 +364,7 @@ async def test_set_default_expired(node: Node, force: bool) -> None:
         await c.import_files([("old.pem", _pem(old, k))])
         before = node.store_bytes()
         if force:
-            warnings = await c.set_default(_sha(old), force=True)
+            warnings = await c.set_default(_sha(old), force=True, confirm_ca_change=True)
             assert warnings and "expired" in warnings[0]
             assert (await c.sni_lookup(None)).sha256 == _sha(old)
         else:
