@@ -40,6 +40,7 @@ if [ "$(cat "$WHEELS/deps/.key" 2>/dev/null || true)" != "$deps_key" ]; then
   rm -rf "$WHEELS/deps.new"
   "$PYTHON" -m pip wheel -q --disable-pip-version-check -w "$WHEELS/deps.new" -r "$WHEELS/requirements.txt" >&2
   echo "$py_version" >"$WHEELS/deps.new/python-version"
+  cp "$WHEELS/requirements.txt" "$WHEELS/deps.new/requirements.txt"
   echo "$deps_key" >"$WHEELS/deps.new/.key"
   rm -rf "$WHEELS/deps"
   mv "$WHEELS/deps.new" "$WHEELS/deps"
