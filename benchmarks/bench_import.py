@@ -1,7 +1,7 @@
-"""Import of a PKCS#12: the bare cost, and the cost through node.store.Store, in one run.
+"""Import of a PKCS#12: the bare cost, through node.store.Store, and through the gRPC API.
 
-Run: ``.venv/bin/python benchmarks/bench_import.py [--imports N] [--rounds R]``. Not a test;
-prints a table.
+Run: ``.venv/bin/python benchmarks/bench_import.py [--imports N] [--rounds R] [--preload P]``.
+Not a test; prints a table.
 
 Per key type (P-256 and RSA-2048), ``N`` distinct PKCS#12 files are made up front (leaf +
 intermediate + root, one key per type, AES-256-CBC / PBKDF2-HMAC-SHA256 with ``R`` rounds, as
@@ -13,23 +13,33 @@ intermediate + root, one key per type, AES-256-CBC / PBKDF2-HMAC-SHA256 with ``R
 * **store**: the same load + ``Store.add`` (key check, sealing off the event loop, audit row,
   revision, one ``BEGIN IMMEDIATE ... COMMIT``).
 
-Wall time and process CPU time per import are reported (median over ``N``). The gRPC half of
-the issue's measurement (import through the API vs bare, goal <= 1.3x) calls
-:func:`make_p12s` for the inputs and :func:`measure_bare` for the baseline in the same run;
-:func:`time_imports` times any ``async (p12, passphrase) -> None`` import function.
+* **grpc**: ``NodeClient.import_files`` against a real node (``certsync node serve`` as a
+  child process, made by ``cluster init``, mutual TLS, JSON logs at INFO as in production):
+  detection by content, import planning, ``Store.add``, the TLS endpoint serving the new
+  certificate, the response. ``--preload P`` first imports ``P`` other certificates, so
+  the cost of an import into a store that already holds many is visible too.
+
+Wall time and CPU time per import are reported (median over ``N``); for ``grpc`` the CPU is
+the node's (``/proc/PID/stat``) plus this client's. The issue's goal: grpc <= 1.3x bare.
+:func:`spawn_node` (a node subprocess on free loopback ports, with its CPU and RSS readers)
+is shared with ``bench_memory.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,14 +54,19 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from node import formats  # after the sys.path line above
+from node.errors import CertsyncError  # after the sys.path line above
 from node.model import PrivateKey  # after the sys.path line above
 from node.store import SetEntry, Store, key_aad  # after the sys.path line above
+from sync.client import NodeClient, NodeTarget  # after the sys.path line above
+from sync.cmd_cluster import init_cluster, plan_init  # after the sys.path line above
 
 KINDS = ("ec-p256", "rsa-2048")
 PASSPHRASE = b"bench-import-passphrase"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 ImportFn = Callable[[bytes, bytes], Awaitable[None]]
+CERTSYNC = str(Path(sys.executable).parent / "certsync")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -114,14 +129,22 @@ def make_p12s(kind: str, count: int, rounds: int = formats.ADMIN_PBKDF2_ROUNDS) 
     return out
 
 
-async def time_imports(label: str, blobs: Sequence[bytes], fn: ImportFn) -> Timing:
-    """Median wall and CPU time of ``await fn(blob, PASSPHRASE)`` over the blobs."""
+async def time_imports(
+    label: str,
+    blobs: Sequence[bytes],
+    fn: ImportFn,
+    extra_cpu: Callable[[], float] | None = None,
+) -> Timing:
+    """Median wall and CPU time of ``await fn(blob, PASSPHRASE)`` over the blobs; the CPU is
+    this process's plus ``extra_cpu()``'s (e.g. a node subprocess) when given."""
     walls, cpus = [], []
     for blob in blobs:
+        x0 = extra_cpu() if extra_cpu else 0.0
         w0, c0 = time.perf_counter(), time.process_time()
         await fn(blob, PASSPHRASE)
         walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
+        x1 = extra_cpu() if extra_cpu else 0.0
+        cpus.append(time.process_time() - c0 + x1 - x0)
     return Timing(label, len(blobs), statistics.median(walls), statistics.median(cpus))
 
 
@@ -184,19 +207,150 @@ async def measure_store(blobs: Sequence[bytes], directory: Path) -> Timing:
         await store.close()
 
 
-async def run(count: int, rounds: int) -> None:
-    print(f"{count} imports per row, PBKDF2 rounds {rounds}, medians per import")
+# --------------------------------------------------------------------------- a node subprocess
+
+
+def _free_base_port() -> int:
+    """A port p with p and p+1 free on loopback (checked, then released)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base > 65000:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no two consecutive free ports on loopback")
+
+
+@dataclass
+class RunningNode:
+    """A ``certsync node serve`` child process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    directory: Path
+    grpc_port: int
+    tls_port: int
+
+    def target(self) -> NodeTarget:
+        d = self.directory
+        return NodeTarget.from_files(
+            name="p1",
+            address=f"127.0.0.1:{self.grpc_port}",
+            ca_cert=d / "ca.pem",
+            cert=d / "admin.pem",
+            key=d / "admin-key.pem",
+        )
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the node (all its threads) so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat(5)
+
+    def status(self, field_name: str) -> int:
+        """A ``kB`` figure of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(f"no {field_name!r} in /proc/{self.process.pid}/status")
+
+
+async def wait_ready(node: RunningNode, client: NodeClient, deadline_s: float = 60.0) -> None:
+    """Poll the node's GetState until it answers (bounded by a deadline)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"the node exited with status {node.process.returncode}")
+        try:
+            await client.get_state()
+            return
+        except CertsyncError:  # NodeUnreachable while it starts: not ready yet
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)  # polling a subprocess for readiness, bounded above
+
+
+@contextlib.contextmanager
+def spawn_node(root: Path) -> Iterator[RunningNode]:
+    """``cluster init`` a one-node cluster in ``root/c`` and run its node until the block ends
+    (SIGTERM, then SIGKILL after 30 s). The node's log goes to ``root/node.log``."""
+    base = _free_base_port()
+    req = plan_init(
+        root / "c", site="bench.example", primary="p1=p1.bench.example", base_port=base
+    )
+    init_cluster(req, now=datetime.now(UTC))
+    with (root / "node.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [CERTSYNC, "node", "serve", "--config", str(root / "c" / "p1" / "node.toml")],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield RunningNode(proc, root / "c", grpc_port=base, tls_port=base + 1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _pem_material(i: int, kind: str) -> bytes:
+    """A self-signed certificate and its key as one PEM file (preload input, no KDF)."""
+    key = _key(kind)
+    cert = _cert(f"pre{i}.bench.example", f"pre{i}.bench.example", key, key, ca=False)
+    return cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+async def measure_grpc(
+    blobs: Sequence[bytes], directory: Path, preload: int = 0
+) -> Timing:
+    """``NodeClient.import_files`` per blob against a node subprocess (``preload`` others first)."""
+    with spawn_node(directory) as node:
+        async with NodeClient(node.target(), timeout=120) as client:
+            await wait_ready(node, client)
+            for i in range(preload):
+                await client.import_files([(f"pre{i}.pem", _pem_material(i, "ec-p256"))])
+
+            async def via_grpc(blob: bytes, passphrase: bytes) -> None:
+                await client.import_files([("bench.p12", blob)], passphrase=passphrase)
+
+            return await time_imports(
+                "grpc" if not preload else f"grpc+{preload}",
+                blobs,
+                via_grpc,
+                extra_cpu=node.cpu_seconds,
+            )
+
+
+async def run(count: int, rounds: int, preloads: Sequence[int]) -> None:
+    print(f"{count} imports per row, PBKDF2 rounds {rounds} (both sides), medians per import")
     head = ("key", "path", "wall ms", "cpu ms", "x bare wall", "x bare cpu")
-    print(f"{head[0]:9} {head[1]:6} {head[2]:>9} {head[3]:>9} {head[4]:>12} {head[5]:>11}")
+    print(f"{head[0]:9} {head[1]:9} {head[2]:>9} {head[3]:>9} {head[4]:>12} {head[5]:>11}")
     for kind in KINDS:
         blobs = await asyncio.to_thread(make_p12s, kind, count, rounds)
         with tempfile.TemporaryDirectory() as tmp:
             bare = await measure_bare(blobs, Path(tmp))
             stored = await measure_store(blobs, Path(tmp))  # a database of its own
-        for t in (bare, stored):
+            rows = [bare, stored]
+            for n, preload in enumerate(preloads):
+                sub = Path(tmp) / f"node{n}"
+                sub.mkdir()
+                rows.append(await measure_grpc(blobs, sub, preload))
+        for t in rows:
             print(
-                f"{kind:9} {t.label:6} {t.wall * 1e3:9.2f} {t.cpu * 1e3:9.2f} "
-                f"{t.wall / bare.wall:11.2f}x {t.cpu / bare.cpu:10.2f}x"
+                f"{kind:9} {t.label:9} {t.wall * 1e3:9.2f} {t.cpu * 1e3:9.2f} "
+                f"{t.wall / bare.wall:11.2f}x {t.cpu / bare.cpu:10.2f}x",
+                flush=True,
             )
 
 
@@ -209,8 +363,14 @@ def main() -> None:
         default=formats.ADMIN_PBKDF2_ROUNDS,
         help="PBKDF2 rounds of the PKCS#12 files (default: what certsync's export uses)",
     )
+    parser.add_argument(
+        "--preload",
+        type=int,
+        action="append",
+        help="certificates imported before the timed grpc imports (repeatable; default 0)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.imports, args.rounds))
+    asyncio.run(run(args.imports, args.rounds, args.preload or [0]))
 
 
 if __name__ == "__main__":
