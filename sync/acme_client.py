@@ -26,22 +26,16 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import requests
 import structlog
-from acme import challenges, client, crypto_util, messages
-from acme import errors as acme_errors
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
-from josepy.jwk import JWK, JWKEC, JWKRSA
-from requests.adapters import HTTPAdapter
 
 from node.errors import AcmeError, BadInput
 from node.model import KeyType, PrivateKey
 from node.names import parse_hostname
+from sync.lifecycle import LETS_ENCRYPT_DIRECTORY
 
 __all__ = [
     "ACME_KEY_TYPES",
@@ -53,7 +47,6 @@ __all__ = [
     "start_http01_responder",
 ]
 
-LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 #: key types public ACME CAs issue for (no Ed25519)
 ACME_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
@@ -192,136 +185,6 @@ def generate_key(key_type: KeyType) -> PrivateKey:
     return ec.generate_private_key(curve)
 
 
-def _jwk(account_key: PrivateKey) -> tuple[JWK, JWASignature]:
-    if isinstance(account_key, rsa.RSAPrivateKey):
-        return JWKRSA(key=account_key), RS256
-    if isinstance(account_key, ec.EllipticCurvePrivateKey):
-        algs = {256: ES256, 384: ES384, 521: ES512}
-        return JWKEC(key=account_key), algs[account_key.curve.key_size]
-    raise BadInput("an ACME account key must be RSA or EC; Ed25519 is not accepted by ACME CAs")
-
-
-class _PinnedCAAdapter(HTTPAdapter):
-    """Verify TLS against one CA bundle instead of the system store (e.g. Pebble's test CA).
-
-    ``acme.client.ClientNetwork`` passes ``verify=True`` on every request, which ``requests``
-    may turn into ``$REQUESTS_CA_BUNDLE``; the bundle is substituted at the transport adapter,
-    after both.
-    """
-
-    def __init__(self, ca_bundle: Path) -> None:
-        super().__init__()
-        self._ca_bundle = str(ca_bundle)
-
-    def send(  # type: ignore[override]  # same call, verify narrowed to the pinned bundle
-        self, request: requests.PreparedRequest, **kwargs: Any
-    ) -> requests.Response:
-        if kwargs.get("verify", True) is not False:
-            kwargs["verify"] = self._ca_bundle
-        return super().send(request, **kwargs)
-
-
-def _problem(err: BaseException) -> str:
-    """A one-line description of an ACME failure, from the server's problem document."""
-    if isinstance(err, acme_errors.ValidationError):
-        details = [
-            f"{chall.error.detail or chall.error.typ}"
-            for authzr in err.failed_authzrs
-            for chall in authzr.body.challenges
-            if chall.error is not None
-        ]
-        return "; ".join(details) or "validation failed"
-    if isinstance(err, acme_errors.IssuanceError):
-        return str(err.error.detail or err.error.typ)
-    if isinstance(err, messages.Error):
-        return str(err.detail or err.typ)
-    return str(err) or type(err).__name__
-
-
-def _blocking_order(
-    *,
-    directory_url: str,
-    email: str | None,
-    hostname: str,
-    key: PrivateKey,
-    account_key: PrivateKey,
-    responder: Http01Responder,
-    ca_bundle: Path | None,
-    poll_for: dt.timedelta,
-) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
-    jwk, alg = _jwk(account_key)
-    net = client.ClientNetwork(jwk, alg=alg, user_agent="certsync", timeout=30)
-    if ca_bundle is not None:
-        net.session.mount("https://", _PinnedCAAdapter(ca_bundle))
-    directory = client.ClientV2.get_directory(directory_url, net)
-    acme = client.ClientV2(directory, net)
-    registration = messages.NewRegistration.from_data(email=email, terms_of_service_agreed=True)
-    try:
-        acme.new_account(registration)
-    except acme_errors.ConflictError as err:  # the key has an account already: use it
-        regr = messages.RegistrationResource(uri=err.location, body=messages.Registration())
-        net.account = regr
-        net.account = acme.query_registration(regr)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    order = acme.new_order(crypto_util.make_csr(key_pem, [hostname]))
-    tokens: list[str] = []
-    try:
-        for authzr in order.authorizations:
-            if authzr.body.status == messages.STATUS_VALID:  # reused authorisation
-                continue
-            http01 = [c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)]
-            if not http01:
-                raise AcmeError(
-                    f"the ACME server offers no HTTP-01 challenge for {hostname!r}; "
-                    "use a CA that supports HTTP-01",
-                    hostname=hostname,
-                    retryable=False,
-                )
-            challb = http01[0]
-            response, validation = challb.response_and_validation(jwk)
-            token = challb.chall.encode("token")
-            responder.add(token, validation)
-            tokens.append(token)
-            acme.answer_challenge(challb, response)
-        # the acme library compares its deadlines with naive local time
-        deadline = dt.datetime.now() + poll_for  # noqa: DTZ005
-        finished = acme.poll_and_finalize(order, deadline)
-    finally:
-        for token in tokens:
-            responder.discard(token)
-    certs = x509.load_pem_x509_certificates(finished.fullchain_pem.encode("ascii"))
-    return certs[0], tuple(certs[1:])
-
-
-def _check_issued(
-    cert: x509.Certificate, key: PrivateKey, hostname: str, directory_url: str
-) -> None:
-    if cert.public_key() != key.public_key():
-        raise AcmeError(
-            f"the certificate {directory_url!r} issued for {hostname!r} does not match the "
-            "key certsync sent; report this to the CA",
-            hostname=hostname,
-            retryable=False,
-        )
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names: list[str] = []
-    else:
-        names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
-    if hostname not in names:
-        raise AcmeError(
-            f"the certificate {directory_url!r} issued does not name {hostname!r} "
-            f"(it names {names!r}); report this to the CA",
-            hostname=hostname,
-            retryable=False,
-        )
-
-
 async def request_certificate(
     *,
     directory_url: str,
@@ -357,50 +220,21 @@ async def request_certificate(
     if account_key is None:
         account_key = await asyncio.to_thread(generate_key, "ec-p256")
     _log.info("acme_request_started", hostname=name.value, key_type=key_type, url=directory_url)
-    try:
-        cert, chain = await asyncio.to_thread(
-            _blocking_order,
-            directory_url=directory_url,
-            email=email,
-            hostname=name.value,
-            key=key,
-            account_key=account_key,
-            responder=responder,
-            ca_bundle=ca_bundle,
-            poll_for=poll_for,
-        )
-    except AcmeError:
-        raise
-    except requests.exceptions.SSLError as err:
-        raise AcmeError(
-            f"TLS verification of the ACME directory {directory_url!r} failed; "
-            "check the URL and the CA bundle",
-            hostname=hostname,
-        ) from err
-    except requests.exceptions.RequestException as err:
-        raise AcmeError(
-            f"cannot reach the ACME directory {directory_url!r} ({type(err).__name__}); "
-            "check the URL and the network",
-            hostname=hostname,
-        ) from err
-    except acme_errors.ValidationError as err:
-        raise AcmeError(
-            f"the CA could not validate {hostname!r} over HTTP-01 ({_problem(err)}); check "
-            "that the name points at this node and that the challenge port reaches it",
-            hostname=hostname,
-        ) from err
-    except acme_errors.TimeoutError as err:
-        raise AcmeError(
-            f"the ACME order for {hostname!r} did not finish within {poll_for}; try again later",
-            hostname=hostname,
-        ) from err
-    except (acme_errors.Error, messages.Error) as err:
-        raise AcmeError(
-            f"the ACME server refused the request for {hostname!r} ({_problem(err)}); "
-            "check the account e-mail and the name, then try again",
-            hostname=hostname,
-        ) from err
-    _check_issued(cert, key, name.value, directory_url)
+    from sync import _acme_order  # heavy (acme, josepy, requests): loaded on first use
+
+    cert, chain = await asyncio.to_thread(
+        _acme_order.run_order,
+        directory_url=directory_url,
+        email=email,
+        hostname=name.value,
+        given=hostname,
+        key=key,
+        account_key=account_key,
+        responder=responder,
+        ca_bundle=ca_bundle,
+        poll_for=poll_for,
+    )
+    _acme_order.check_issued(cert, key, name.value, directory_url)
     _log.info(
         "acme_certificate_issued",
         hostname=name.value,

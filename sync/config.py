@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from node.errors import BadInput, ConfigError
-from sync.acme_client import LETS_ENCRYPT_DIRECTORY
 from sync.alerts import AlertConfig, SmtpConfig
+from sync.lifecycle import LETS_ENCRYPT_DIRECTORY
 from sync.topology import (
     NodeSpec,
     Topology,

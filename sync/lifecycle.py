@@ -35,6 +35,7 @@ __all__ = [
     "ALERT_INTERVAL",
     "BACKOFF_BASE",
     "BACKOFF_CAP",
+    "LETS_ENCRYPT_DIRECTORY",
     "MAX_WAIT",
     "RENEW_BEFORE",
     "Action",
@@ -58,6 +59,9 @@ __all__ = [
     "stage_ca_change",
     "supersedes",
 ]
+
+#: the ACME directory of Let's Encrypt production, the default for a node's [acme] table
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
 RENEW_BEFORE = timedelta(days=30)
 ALERT_BEFORE = timedelta(days=25)
