@@ -4,7 +4,8 @@ A shell around the pure SNI index of :mod:`node.selection`. One :class:`ssl.SSLC
 is prepared per certificate; the listening socket's context has an SNI callback that looks
 the requested name up in the index and switches the connection to the chosen context (no
 SNI, or a name nothing covers: the default certificate). :meth:`TlsEndpoint.update` builds a
-whole new set of contexts and index, then swaps it in with one assignment: the next
+new set of contexts (reusing those of certificates whose chain did not change) and index,
+then swaps it in with one assignment: the next
 handshake uses the new set and connections already open are not touched.
 
 Connections are served by a small pool of worker threads that all block in ``accept`` on
@@ -23,6 +24,7 @@ each key is written PKCS#8-encrypted under a random one-time password into a pri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import os
 import secrets
@@ -100,6 +102,17 @@ def _new_server_context() -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def _der_sha(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _public_half(key: PrivateKey) -> bytes:
+    """The key's public half (SubjectPublicKeyInfo DER): which key it is, no secret."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -257,6 +270,8 @@ class TlsEndpoint:
         self._log = get_logger(__name__).bind(node_name=node_name)
         self._page = _http_response("200 OK", _page(node_name), "text/html; charset=utf-8")
         self._snapshot = _Snapshot(SniIndex.build((), None), {}, {})
+        #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
+        self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
         self._trust_bundle: bytes = _NO_BUNDLE
         self._update_lock = threading.Lock()
         self._local = threading.local()
@@ -281,14 +296,33 @@ class TlsEndpoint:
                 "to serve; choose one of them as default"
             )
         with self._update_lock:
+            # a context is reused while its certificate, chain and key stay the same, so an
+            # update costs O(changed), not O(all)
+            previous = self._built
+            built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
             contexts: dict[str, ssl.SSLContext] = {}
-            directory = Path(tempfile.mkdtemp(prefix="certsync-tls-", dir=self._scratch_dir))
+            directory: Path | None = None
             try:
-                directory.chmod(0o700)
                 for i, served in enumerate(by_sha.values()):
-                    contexts[served.sha256] = _load_context(directory, f"c{i}", served)
+                    ident = (
+                        served.sha256,
+                        tuple(_der_sha(c) for c in served.chain),
+                        _public_half(served.key),
+                    )
+                    ctx = previous.get(ident)
+                    if ctx is None:
+                        if directory is None:
+                            directory = Path(
+                                tempfile.mkdtemp(prefix="certsync-tls-", dir=self._scratch_dir)
+                            )
+                            directory.chmod(0o700)
+                        ctx = _load_context(directory, f"c{i}", served)
+                    built[ident] = ctx
+                    contexts[served.sha256] = ctx
             finally:
-                shutil.rmtree(directory, ignore_errors=True)
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
+            self._built = built
             entries = [
                 SniEntry(key=c.sha256, sans=sans_of(c.cert), not_after=c.cert.not_valid_after_utc)
                 for c in by_sha.values()
