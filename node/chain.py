@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from node.formats import public_key_matches
 from node.model import Material, PrivateKey, Role
 
-__all__ = ["ChainReport", "analyze", "build_chain", "classify", "is_self_signed"]
+__all__ = ["ChainIndex", "ChainReport", "analyze", "build_chain", "classify", "is_self_signed"]
 
 #: no real chain is longer; the bound also stops loops of cross-signed certificates
 _MAX_CHAIN_LENGTH = 10
@@ -129,6 +129,38 @@ def build_chain(
 
     walk(())
     return best_path, ((best_problem,) if best_problem else ())
+
+
+class ChainIndex:
+    """:func:`build_chain` over one fixed pool, indexed by subject.
+
+    ``ChainIndex(pool).build(cert)`` returns exactly ``build_chain(cert, pool)``, but hands
+    :func:`build_chain` only the certificates whose subject is an issuer name reachable from
+    ``cert`` (in pool order), so building the chains of all N certificates of a store is
+    O(N), not O(N^2).
+    """
+
+    def __init__(self, pool: Sequence[x509.Certificate]) -> None:
+        self._by_subject: dict[x509.Name, list[tuple[int, x509.Certificate]]] = {}
+        for i, c in enumerate(pool):
+            self._by_subject.setdefault(c.subject, []).append((i, c))
+
+    def build(
+        self, identity: x509.Certificate
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+        seen: set[x509.Name] = set()
+        todo = [identity.issuer]
+        relevant: list[tuple[int, x509.Certificate]] = []
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for i, c in self._by_subject.get(name, ()):
+                relevant.append((i, c))
+                todo.append(c.issuer)
+        relevant.sort(key=lambda pair: pair[0])
+        return build_chain(identity, [c for _, c in relevant])
 
 
 def _find_identity(

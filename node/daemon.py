@@ -23,6 +23,7 @@ from cryptography import x509
 
 from node import chain as chain_mod
 from node.errors import ConfigError
+from node.model import PrivateKey
 from node.selection import Selection
 from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
@@ -68,6 +69,10 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
+        #: caches of served_certs, by sha256 (private keys stay in this process's memory,
+        #: as they do in the TLS endpoint's contexts)
+        self._parsed: dict[str, x509.Certificate] = {}
+        self._keys: dict[str, PrivateKey] = {}
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -130,16 +135,25 @@ class NodeApp:
     async def served_certs(self) -> tuple[list[ServedCert], str | None]:
         """What the endpoint should serve now: every certificate with a key, and the default."""
         stored = await self._store.list_certificates()
-        pool = [x509.load_der_x509_certificate(s.der) for s in stored]
+        # parsed certificates and opened keys are kept by sha256 (a certificate's key is
+        # the one its public key names), so a refresh opens only what is new: O(changed)
+        parsed = {s.sha256: self._parsed.get(s.sha256) or s.certificate() for s in stored}
+        self._parsed = parsed
+        self._keys = {sha: k for sha, k in self._keys.items() if sha in parsed}
+        pool = list(parsed.values())
+        index = chain_mod.ChainIndex(pool)
         served: list[ServedCert] = []
         default: str | None = None
         for s, cert in zip(stored, pool, strict=True):
             if not s.has_key:
                 continue
-            key = await self._store.get_key(s.sha256)
+            key = self._keys.get(s.sha256)
             if key is None:
-                continue
-            chain, _problems = chain_mod.build_chain(cert, pool)
+                key = await self._store.get_key(s.sha256)
+                if key is None:
+                    continue
+                self._keys[s.sha256] = key
+            chain, _problems = index.build(cert)
             served.append(
                 ServedCert(
                     sha256=s.sha256,
