@@ -86,6 +86,8 @@ DEFAULT_RPC_TIMEOUT: Final = 30.0
 _log = structlog.get_logger("sync.replicator")
 #: plan()'s staleness is for status; the replicator never asks it
 _FOREVER: Final = dt.timedelta(days=36500)
+_PROBE_ATTEMPTS: Final = 3
+_PROBE_PAUSE: Final = 0.2  # seconds, doubled on the next attempt
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,23 @@ class Replicator:
                         f"{expected[:16]}")
         return None
 
+    async def _probe_with_retry(self, name: str) -> str | None:
+        """:meth:`_probe`, tried again after a short pause when the handshake fails or the
+        answer differs: a node under load may answer slowly, and the primary's own selection
+        may have moved on meanwhile (the next round settles anything left)."""
+        for attempt in range(_PROBE_ATTEMPTS):
+            try:
+                mismatch = await self._probe(name)
+            except NodeUnreachable:
+                if attempt + 1 == _PROBE_ATTEMPTS:
+                    raise
+                mismatch = "unreachable"
+            if mismatch is None:
+                return None
+            if attempt + 1 < _PROBE_ATTEMPTS:
+                await asyncio.sleep(_PROBE_PAUSE * (attempt + 1))
+        return mismatch
+
     async def _fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
         """``name`` reports a higher epoch: verify and adopt its promotion, step down."""
         try:
@@ -343,7 +362,7 @@ class Replicator:
                     return _progress(name, "in_sync", "in sync", in_sync=True, snap=snap)
                 if decision.push_to:
                     await self._stage_activate(name, snap, force=force)
-                mismatch = await self._probe(name)
+                mismatch = await self._probe_with_retry(name)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
                     return _progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
