@@ -278,7 +278,8 @@ async def wait_ready(node: RunningNode, client: NodeClient, deadline_s: float = 
 @contextlib.contextmanager
 def spawn_node(root: Path) -> Iterator[RunningNode]:
     """``cluster init`` a one-node cluster in ``root/c`` and run its node until the block ends
-    (SIGTERM, then SIGKILL after 30 s). The node's log goes to ``root/node.log``."""
+    (SIGTERM, then SIGKILL after 30 s; ``node.process`` may be replaced by a restart). The
+    node's log goes to ``root/node.log``."""
     base = _free_base_port()
     req = plan_init(
         root / "c", site="bench.example", primary="p1=p1.bench.example", base_port=base
@@ -290,9 +291,11 @@ def spawn_node(root: Path) -> Iterator[RunningNode]:
             stdout=log,
             stderr=log,
         )
+    node = RunningNode(proc, root / "c", grpc_port=base, tls_port=base + 1)
     try:
-        yield RunningNode(proc, root / "c", grpc_port=base, tls_port=base + 1)
+        yield node
     finally:
+        proc = node.process  # the caller may have restarted it
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
