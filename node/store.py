@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.chain import build_chain, classify
+from node.chain import ChainIndex, build_chain, classify
 from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
 from node.model import PrivateKey, Role
 
@@ -808,7 +808,10 @@ class Store:
         key = set_digest(((c.sha256, c.has_key) for c in certs), default)
         if cache is not None and cache[0] == key:
             return cache[1]
-        value = set_digest(replicated_members(certs, build_chain), default)
+        index = ChainIndex([c.certificate() for c in certs])  # O(N), not O(N^2), chains
+        value = set_digest(
+            replicated_members(certs, lambda ident, _pool: index.build(ident)), default
+        )
         self._digest_cache = (key, value)
         return value
 
