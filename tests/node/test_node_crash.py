@@ -172,8 +172,8 @@ def _check_sqlite(db: Path) -> None:
 
 async def _check_store(node: Node, acknowledged: int) -> int:
     """Every generation whole, none acknowledged lost; returns the newest stored."""
-    key = load_store_key(node.node_dir / "store.key")
-    store = await Store.open(node.node_dir / "store.sqlite3", key)
+    store_key = load_store_key(node.node_dir / "store.key")
+    store = await Store.open(node.node_dir / "store.sqlite3", store_key)
     try:
         gens: dict[int, dict[str, str]] = defaultdict(dict)
         for c in await store.list_certificates():
