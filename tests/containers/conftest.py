@@ -43,7 +43,8 @@ def _in_ci() -> bool:
 
 
 def sweep(client: docker.DockerClient) -> tuple[int, int]:
-    """Remove every container and network labelled ``certsync-test=1``; return the counts."""
+    """Remove every container, network and volume labelled ``certsync-test=1``; return the
+    counts of containers and networks."""
     containers = client.containers.list(all=True, filters=LABEL_FILTER)
     for container in containers:
         with contextlib.suppress(docker.errors.NotFound):
@@ -52,6 +53,9 @@ def sweep(client: docker.DockerClient) -> tuple[int, int]:
     for network in networks:
         with contextlib.suppress(docker.errors.NotFound):
             network.remove()
+    for volume in client.volumes.list(filters=LABEL_FILTER):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # in use
+            volume.remove(force=True)
     return len(containers), len(networks)
 
 
@@ -109,12 +113,19 @@ class Tracker:
         self.client = client
         self._containers: list[DockerContainer] = []
         self._networks: list[Network] = []
+        self._volumes: list[str] = []
 
     def network(self) -> Network:
         """A fresh bridge network for one test cluster."""
         net = Network(docker_network_kw={"labels": dict(LABELS)})
         self._networks.append(net)  # tracked before create: a half-made one is swept too
         return net.create()
+
+    def volume(self) -> str:
+        """A fresh labelled named volume (its name); removed at teardown after the containers."""
+        volume = self.client.volumes.create(labels=dict(LABELS))
+        self._volumes.append(str(volume.name))
+        return str(volume.name)
 
     def container(self, image: str, **kwargs: Any) -> DockerContainer:
         """A labelled, not yet started container (call ``.start()``); removed at teardown."""
@@ -144,6 +155,13 @@ class Tracker:
             except docker.errors.NotFound:
                 pass
             except Exception as err:  # keep removing the rest; report after
+                errors.append(err)
+        for name in reversed(self._volumes):
+            try:
+                self.client.volumes.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except Exception as err:
                 errors.append(err)
         for net in reversed(self._networks):
             try:
