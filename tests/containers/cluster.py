@@ -210,6 +210,25 @@ class ContainerCluster(LocalCluster):
         self.tracker.client.networks.get(self.network.name).connect(
             self.containers[name].get_wrapped_container(), aliases=[name])
 
+    def served_inside(self, name: str) -> str | None:
+        """sha256 of what node ``name`` serves (no SNI) asked from inside its own container,
+        through its loopback: works while it is cut off its network. None: no handshake."""
+        port = self.inside_ports[name][1]
+        script = (
+            "import hashlib, socket, ssl\n"
+            "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
+            "ctx.check_hostname = False\n"
+            "ctx.verify_mode = ssl.CERT_NONE\n"
+            f"with socket.create_connection(('127.0.0.1', {port}), timeout=10) as raw, "
+            "ctx.wrap_socket(raw) as tls:\n"
+            "    print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())\n"
+        )
+        result = self.containers[name].get_wrapped_container().exec_run(
+            ["python", "-c", script])
+        output = result.output
+        assert isinstance(output, bytes)  # exec_run without stream=True returns bytes
+        return output.decode().strip() if result.exit_code == 0 else None
+
     def logs(self, name: str) -> str:
         try:
             data: bytes = self.containers[name].get_wrapped_container().logs()

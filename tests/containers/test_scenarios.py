@@ -157,8 +157,10 @@ def test_3_a_partitioned_traffic_node_converges_within_one_period(
     cluster.disconnect("t1")
     second = create_default(cluster, name="second")
     wait_served(cluster, second, ["p1", "b1", "t2"])
-    # negative twin: cut off, t1 neither got the change nor is reachable
+    # negative twin: cut off, t1 is unreachable from outside and still serves the old one
     assert status(cluster)["t1"]["in_sync"] is False
+    assert cluster.served_inside("t1") == first
+    assert cluster.served_inside("t2") == second  # (the probe itself tells them apart)
 
     cluster.connect("t1")
     reconnected = time.monotonic()
