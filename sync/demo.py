@@ -21,7 +21,6 @@ primary's certificate for its hostname, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import shlex
 import shutil
@@ -114,11 +113,13 @@ def _run_demo(directory: Path, *, wait: bool) -> int:
                              backup=BACKUP, traffic=list(TRAFFIC)) as cluster:
         status = _show(cluster)
         if wait:
+            # Block Ctrl-C and SIGTERM before saying so, then wait for one of them: no
+            # window in which a signal could land outside the wait. They stay blocked, so
+            # a second Ctrl-C cannot cut the graceful stop short.
+            stop_signals = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
             print("\nthe cluster runs; press Ctrl-C to stop it", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM ends the wait
-                while True:
-                    signal.pause()
-        # from here on a second Ctrl-C must not cut the graceful stop short
+            signal.sigwait(stop_signals)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nstopping every node ...", flush=True)
     print("stopped: every node shut down cleanly", flush=True)
