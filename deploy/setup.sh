@@ -10,6 +10,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || need+=(pebble)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# the container suite drives `docker-compose` too, where a Docker engine is present
+if command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
+  need+=(docker-compose)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need[*]} from Debian's packages" >&2
