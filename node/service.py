@@ -449,7 +449,11 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         await self._rt.refresh()
-        infos = [await self._info(formats.cert_sha256(e.cert)) for e in entries]
+        statuses = await self._rt.lifecycle.statuses(self._rt.now())  # once, not per entry
+        infos = [
+            _cert_info(await self._rt.store.get(sha), statuses.get(sha))
+            for sha in (formats.cert_sha256(e.cert) for e in entries)
+        ]
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings

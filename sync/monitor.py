@@ -194,6 +194,10 @@ def _pending_from_json(text: str | None) -> StagedCaChange | None:
 # --- the pure part ------------------------------------------------------------------------
 
 
+def _names_key(names: Sequence[str]) -> frozenset[str]:
+    return frozenset(n.lower().rstrip(".") for n in names)
+
+
 def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
@@ -201,11 +205,16 @@ def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     (:func:`sync.lifecycle.supersedes`) and a key too, so it can be served instead.
     """
     keyed = [c for c in certs if c.has_key and c.dns_names]
+    # only certificates with the same names can supersede each other: compare within groups
+    # (O(N) for a store of distinct names, not O(N^2)); supersedes() still decides
+    groups: dict[frozenset[str], list[StoredCert]] = {}
+    for c in keyed:
+        groups.setdefault(_names_key(c.dns_names), []).append(c)
     out: dict[str, str] = {}
     for old in keyed:
         newer = [
             c
-            for c in keyed
+            for c in groups[_names_key(old.dns_names)]
             if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)
         ]
         if newer:
