@@ -148,6 +148,11 @@ class ChainIndex:
     def build(
         self, identity: x509.Certificate
     ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+        return build_chain(identity, self.candidates(identity))
+
+    def candidates(self, identity: x509.Certificate) -> list[x509.Certificate]:
+        """The pool's certificates :func:`build_chain` may consider for ``identity``'s chain
+        (every answer depends on these alone), in pool order."""
         seen: set[x509.Name] = set()
         todo = [identity.issuer]
         relevant: list[tuple[int, x509.Certificate]] = []
@@ -160,7 +165,7 @@ class ChainIndex:
                 relevant.append((i, c))
                 todo.append(c.issuer)
         relevant.sort(key=lambda pair: pair[0])
-        return build_chain(identity, [c for _, c in relevant])
+        return [c for _, c in relevant]
 
 
 def _find_identity(

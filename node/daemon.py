@@ -73,6 +73,7 @@ class NodeApp:
         #: as they do in the TLS endpoint's contexts)
         self._parsed: dict[str, x509.Certificate] = {}
         self._keys: dict[str, PrivateKey] = {}
+        self._chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -142,6 +143,8 @@ class NodeApp:
         self._keys = {sha: k for sha, k in self._keys.items() if sha in parsed}
         pool = list(parsed.values())
         index = chain_mod.ChainIndex(pool)
+        by_id = {id(c): sha for sha, c in parsed.items()}
+        chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
         served: list[ServedCert] = []
         default: str | None = None
         for s, cert in zip(stored, pool, strict=True):
@@ -153,7 +156,15 @@ class NodeApp:
                 if key is None:
                     continue
                 self._keys[s.sha256] = key
-            chain, _problems = index.build(cert)
+            # a chain is rebuilt only when the certificates it could be built from change
+            candidates = index.candidates(cert)
+            memo_key = tuple(by_id[id(c)] for c in candidates)
+            memo = self._chains.get(s.sha256)
+            if memo is not None and memo[0] == memo_key:
+                chain = memo[1]
+            else:
+                chain, _problems = chain_mod.build_chain(cert, candidates)
+            chains[s.sha256] = (memo_key, chain)
             served.append(
                 ServedCert(
                     sha256=s.sha256,
@@ -164,6 +175,7 @@ class NodeApp:
             )
             if s.is_default:
                 default = s.sha256
+        self._chains = chains
         return served, default
 
     async def refresh(self) -> None:
