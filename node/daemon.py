@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -32,7 +33,12 @@ from sync.acme_client import Http01Responder, start_http01_responder
 from sync.alerts import AlertConfig
 from sync.config import AcmeSettings, NodeConfig, load_store_key
 from sync.monitor import Lifecycle, run_monitor
-from sync.replicator import Replication, peers_from_topology, wire_replication
+from sync.replicator import (
+    DEFAULT_CONCURRENCY,
+    Replication,
+    peers_from_topology,
+    wire_replication,
+)
 from sync.topology import Topology, split_address
 
 __all__ = ["GRACE_SECONDS", "NodeApp", "run_node"]
@@ -40,6 +46,20 @@ __all__ = ["GRACE_SECONDS", "NodeApp", "run_node"]
 GRACE_SECONDS: Final = 5.0
 
 _log = structlog.get_logger("node.daemon")
+
+
+def _push_concurrency() -> int:
+    """How many nodes the primary pushes to at once: ``CERTSYNC_PUSH_CONCURRENCY`` (an
+    operator's and the benchmark's knob), else the replicator's default."""
+    text = os.environ.get("CERTSYNC_PUSH_CONCURRENCY", "")
+    if not text:
+        return DEFAULT_CONCURRENCY
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"CERTSYNC_PUSH_CONCURRENCY={text!r} is not a positive whole number; "
+            "unset it or give e.g. 16"
+        )
+    return int(text)
 
 
 def _utcnow() -> dt.datetime:
@@ -253,6 +273,7 @@ async def run_node(
             state=store_service.node_state,
             peers=peers_from_topology(topology),
             interval=float(topology.sync_interval_seconds),
+            concurrency=_push_concurrency(),
         )
         server, grpc_port = await start_grpc_server(
             store_service, address=config.grpc_listen, credentials=creds,

@@ -10,10 +10,12 @@
    (:meth:`~sync.topology.Topology.required_names`) and for no name: which certificate each
    server name should get.
 4. A real TLS handshake with every node whose epoch, revision and digest equal the
-   primary's (the primary included): once per required name with SNI, once without.
+   primary's (the primary included): once with SNI for each name clients reach that node
+   by (the site and its own hostname, :meth:`~sync.topology.Topology.served_names`), once
+   without.
 5. ``in_sync`` and ``stale`` come from :func:`sync.plan.plan`, the rules the replicator
    acts on: in sync means the node reports the primary's epoch, revision and digest *and*
-   its TLS endpoint served, for every name, the certificate the primary names -- served,
+   its TLS endpoint served, for every probed name, the certificate the primary names -- served,
    not merely stored. Stale means its last successful sync is older than
    ``stale_after_seconds`` of ``cluster.toml`` (the primary itself is never stale).
 
@@ -146,7 +148,8 @@ def _serving_ok(node: Observed, expected: Mapping[ServerName, str] | None) -> bo
         return True  # the primary holds no certificate: there is nothing to serve
     if not node.served:
         return None
-    return all(node.served.get(name) == sha for name, sha in expected.items())
+    # each node is probed for the names clients reach it by (Topology.served_names)
+    return all(node.served[name] == sha for name, sha in expected.items() if name in node.served)
 
 
 def _plan_state(node: Observed, serving_ok: bool | None) -> plan_mod.NodeState:
@@ -377,7 +380,7 @@ async def gather(
     if not expected:
         return observed, expected
     probed = list(await asyncio.gather(*(
-        _probe_node(config, o, names, probe_timeout)
+        _probe_node(config, o, [*topology.served_names(o.name), None], probe_timeout)
         if o.reachable and o.same_set(leader) else _done(o)
         for o in observed
     )))
@@ -474,8 +477,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "status",
         help="what every node of the cluster reports and serves",
         description=(
-            "Ask every node for its state and probe each node's TLS endpoint with every "
-            "required name and without SNI. A node is in sync when it reports the primary's "
+            "Ask every node for its state and probe each node's TLS endpoint with the site "
+            "hostname, its own hostname and without SNI. A node is in sync when it reports "
+            "the primary's "
             "epoch, revision and digest and serves, for every name, the certificate the "
             "primary names. Exit 0: this is a report."
         ),

@@ -9,6 +9,7 @@ fingerprints, and the certificate may well be self-signed or not cover the name 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 
@@ -18,7 +19,9 @@ from sync.topology import split_address
 __all__ = ["served_sha256"]
 
 
+@functools.cache
 def _context() -> ssl.SSLContext:
+    """One client context for every probe (no CA store to load, no session reuse needed)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we compare fingerprints; trust is not the question

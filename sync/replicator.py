@@ -79,7 +79,7 @@ __all__ = [
     "wire_replication",
 ]
 
-DEFAULT_CONCURRENCY: Final = 8
+DEFAULT_CONCURRENCY: Final = 16
 DEFAULT_PROBE_TIMEOUT: Final = 5.0
 DEFAULT_RPC_TIMEOUT: Final = 30.0
 
@@ -284,18 +284,24 @@ class Replicator:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def _probe(self, name: str) -> str | None:
-        """None when ``name`` serves what we select for every required name and no SNI;
-        else a sentence saying where it differs."""
+        """None when ``name`` serves what we select for the names clients reach it by (the
+        site and its own hostname) and without SNI; else a sentence saying where it differs.
+        The handshakes run concurrently."""
         peer = self._peers[name]
-        for server_name in (*self.required_names, None):
-            expected = self._served_for(server_name).key
-            if expected is None:
-                continue  # we serve nothing for it: the digest comparison is all there is
-            got = await served_sha256(peer.tls_address, server_name,
-                                      timeout=self._probe_timeout)
-            if got != expected:
+        wanted = [
+            (server_name, expected)
+            for server_name in (*self.replica.topology.served_names(name), None)
+            # we serve nothing for it: the digest comparison is all there is
+            if (expected := self._served_for(server_name).key) is not None
+        ]
+        got = await asyncio.gather(*(
+            served_sha256(peer.tls_address, server_name, timeout=self._probe_timeout)
+            for server_name, _ in wanted
+        ))
+        for (server_name, expected), served in zip(wanted, got, strict=True):
+            if served != expected:
                 what = f"server name {server_name!r}" if server_name else "no SNI"
-                return (f"node {name!r} serves {got[:16]} for {what}, the primary "
+                return (f"node {name!r} serves {served[:16]} for {what}, the primary "
                         f"{expected[:16]}")
         return None
 

@@ -159,6 +159,15 @@ class Topology:
         """The hostnames the default certificate must cover: site + every node, de-duplicated."""
         return tuple(dict.fromkeys((self.site, *(spec.hostname for spec in self.nodes))))
 
+    def served_names(self, name: str) -> tuple[str, ...]:
+        """The hostnames clients use to reach node ``name``: the site and its own hostname.
+
+        These are the names a probe of that node's TLS endpoint asks for (with one handshake
+        without SNI): nobody asks node A for node B's hostname, so probing every required name
+        on every node would cost N x N handshakes for nothing.
+        """
+        return tuple(dict.fromkeys((self.site, self.node(name).hostname)))
+
 
 def validate_nodes(nodes: tuple[NodeSpec, ...]) -> None:
     """Raise :class:`BadInput` unless ``nodes`` is one primary first, at most one backup
