@@ -23,6 +23,7 @@ import structlog
 from cryptography import x509
 
 from node import chain as chain_mod
+from node import names
 from node.errors import ConfigError
 from node.model import PrivateKey
 from node.selection import Selection
@@ -255,6 +256,7 @@ async def run_node(
             responder=responder,
             account_key_path=config.data_dir / "acme-account-key.pem",
         )
+        await asyncio.to_thread(names.preload)
         tls_host, tls_port = split_address(config.tls_listen)
         tls_bound = await asyncio.to_thread(endpoint.start, tls_host, tls_port)
         await app.refresh()

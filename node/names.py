@@ -52,6 +52,7 @@ __all__ = [
     "check_coverage",
     "coverage_json",
     "parse_hostname",
+    "preload",
     "san_rule",
     "sans_of",
 ]
@@ -165,6 +166,12 @@ def parse_hostname(text: str) -> Hostname:
     """Validate a hostname given to certsync and normalise it; raise :class:`HostnameError`."""
     kind, value = _parse(text)
     return Hostname(given=text, kind=kind, value=value)
+
+
+def preload() -> None:
+    """Parse the bundled Public Suffix List now (a few hundred ms, once per process), so
+    that the first coverage check -- often in the middle of a replication -- does not pay it."""
+    _icann_psl()
 
 
 @functools.cache

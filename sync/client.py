@@ -150,7 +150,14 @@ class NodeClient:
         self._channel = grpc.aio.secure_channel(
             target.address,
             creds,
-            options=(("grpc.ssl_target_name_override", target.server_name),),
+            options=(
+                ("grpc.ssl_target_name_override", target.server_name),
+                # a node that was down (or not yet up) is reconnected to within seconds, not
+                # after gRPC's default back-off of up to two minutes
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 3000),
+            ),
         )
         self._stub = certsync_pb2_grpc.CertStoreStub(self._channel)
         self._repl = certsync_pb2_grpc.ReplicationStub(self._channel)

@@ -88,6 +88,7 @@ _log = structlog.get_logger("sync.replicator")
 _FOREVER: Final = dt.timedelta(days=36500)
 _PROBE_ATTEMPTS: Final = 3
 _PROBE_PAUSE: Final = 0.2  # seconds, doubled on the next attempt
+_RETRY_FIRST: Final = 0.5  # seconds until a round retries nodes not in sync; doubles
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,13 @@ class Replicator:
     def trigger(self) -> None:
         """Push soon (after a store change or an adoption); triggers coalesce."""
         self._wake.set()
+
+    def changed(self) -> None:
+        """The store changed: the primary pushes soon. A non-primary does nothing here (an
+        activation is a store change too; asking around for epochs after each one would
+        add 2 RPCs per node and push); it looks for a higher epoch every period."""
+        if self.replica.is_primary:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
@@ -525,16 +533,24 @@ class Replicator:
     async def run(self) -> None:
         """The background loop until :meth:`stop`; never raises (errors are logged)."""
         try:
+            retry = _RETRY_FIRST
             while not self._stopping:
                 self._wake.clear()
+                results: list[certsync_pb2.ReplicateProgress] = []
                 try:
-                    await self.round()
+                    results = await self.round()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     _log.exception("replication.round_failed")
+                # a node that could not be brought in sync (down, starting, busy) is tried
+                # again soon, backing off to the anti-entropy period; all in sync: the period
+                if any(not r.in_sync and r.state != "fenced" for r in results):
+                    pause, retry = min(retry, self.interval), min(retry * 2, self.interval)
+                else:
+                    pause, retry = self.interval, _RETRY_FIRST
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval):
+                    async with asyncio.timeout(pause):
                         await self._wake.wait()
         finally:
             await self.close()
@@ -599,5 +615,5 @@ async def wire_replication(
                             credentials=(ca_pem, cert_pem, key_pem), interval=interval,
                             concurrency=concurrency)
     service = ReplicationService(replica, state, replicator)
-    app.attach_replication(role=lambda: replica.role, on_change=replicator.trigger)
+    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed)
     return Replication(replica=replica, service=service, replicator=replicator)
