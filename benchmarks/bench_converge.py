@@ -23,7 +23,7 @@ Compared in the same run with:
   then one ``openssl pkcs12`` import (parse, decrypt, write PEM) per node, sequentially,
   each a process. Goal: manual >= 3 x converge at N = 64.
 * **conc1** -- our own push with concurrency 1 (the primary restarted with
-  ``CERTSYNC_PUSH_CONCURRENCY=1`` when the replicator reads that variable); shows what the
+  ``CERTSYNC_PUSH_CONCURRENCY=1``, which node/daemon.py reads); shows what the
   fan-out buys (about 2 x is the most 2 cores allow).
 """
 
@@ -317,15 +317,6 @@ def converge_once(cluster: LocalCluster, m: Material) -> tuple[float, float | No
     return done - t0, log_swap_time(cluster, m.sha256, wall0)
 
 
-def concurrency_knob() -> bool:
-    """Whether the replicator reads CERTSYNC_PUSH_CONCURRENCY (else conc1 is not run)."""
-    source = Path(__file__).resolve().parents[1] / "sync" / "replicator.py"
-    try:
-        return CONCURRENCY_ENV in source.read_text()
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -370,17 +361,17 @@ def bench_size(n: int, repeats: int, scratch: Path, serial: list[int]) -> list[R
                   f"{limit.context * 1e3:.2f} ms, commit {limit.commit * 1e3:.2f} ms; export "
                   f"{limit.export * 1e3:.2f} ms; rtt {rtt * 1e3:.2f} ms; runs "
                   f"{', '.join(f'{r[0]:.3f}' for r in runs)} s", flush=True)
-        if concurrency_knob():
-            cluster.stop("p1")
-            cluster.start("p1", env={CONCURRENCY_ENV: "1"})
-            serial[0] += 1
-            converge_once(cluster, make_material("ec-p256", serial[0]))
-            for row in rows:
-                mats = []
-                for _ in range(repeats):
-                    serial[0] += 1
-                    mats.append(make_material(row.key_type, serial[0]))
-                row.conc1 = statistics.median(converge_once(cluster, m)[0] for m in mats)
+        # (c) our push with concurrency 1, same cluster
+        cluster.stop("p1")
+        cluster.start("p1", env={CONCURRENCY_ENV: "1"})
+        serial[0] += 1
+        converge_once(cluster, make_material("ec-p256", serial[0]))
+        for row in rows:
+            mats = []
+            for _ in range(repeats):
+                serial[0] += 1
+                mats.append(make_material(row.key_type, serial[0]))
+            row.conc1 = statistics.median(converge_once(cluster, m)[0] for m in mats)
     return rows
 
 
@@ -401,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(n < 2 for n in sizes):
         parser.error(f"--sizes {args.sizes!r}: every size needs a primary and a backup (>= 2)")
     print(f"# {os.cpu_count()} cores; PKCS#12 transfer rounds {TRANSFER_PKCS12_ROUNDS}; "
-          f"conc1 {'via ' + CONCURRENCY_ENV if concurrency_knob() else 'not available'}",
+          f"conc1 via {CONCURRENCY_ENV}=1",
           flush=True)
     rows: list[Row] = []
     serial = [0]
