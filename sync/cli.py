@@ -58,12 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # command module not written yet
-                continue
-            raise
+        module = importlib.import_module(name)
         register: Callable[[argparse._SubParsersAction[_Parser]], None] = module.register
         register(sub)
     return parser
