@@ -276,17 +276,16 @@ class LocalCluster:
         with self._channel(spec) as channel:
             stub = certsync_pb2_grpc.CertStoreStub(channel)
             while True:
-                proc = self._procs.get(name)
-                if proc is not None and proc.poll() is not None:
+                gone = self._exited(name)
+                if gone is not None:
                     raise NodeProcessError(
-                        f"node {name!r} exited with status {proc.returncode} before it answered;"
-                        f" see {str(self.log_path(name))!r}: {self._log_tail(name)!r}",
+                        f"node {name!r} {gone} before it answered; {self._where(name)}",
                         node=name)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise NodeProcessError(
                         f"node {name!r} did not answer at {spec.grpc_address} within "
-                        f"{timeout:.0f} s; see {str(self.log_path(name))!r}", node=name)
+                        f"{timeout:.0f} s; {self._where(name)}", node=name)
                 try:
                     # wait_for_ready: gRPC itself waits for the connection (an event), we
                     # only wake every _POLL seconds to notice a dead process
@@ -299,8 +298,20 @@ class LocalCluster:
                     if code not in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                     grpc.StatusCode.UNAVAILABLE):
                         raise NodeProcessError(
-                            f"node {name!r} answered GetState with {code}; see "
-                            f"{str(self.log_path(name))!r}", node=name) from err
+                            f"node {name!r} answered GetState with {code}; "
+                            f"{self._where(name)}", node=name) from err
+
+    def _exited(self, name: str) -> str | None:
+        """How node ``name`` is gone (e.g. "exited with status 1"), or None while it runs
+        (or was never started here)."""
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        return None
+
+    def _where(self, name: str) -> str:
+        """Where to look when node ``name`` misbehaves: its log file and its last lines."""
+        return f"see {str(self.log_path(name))!r}: {self._log_tail(name)!r}"
 
     def state(self, name: str, *, timeout: float = 5.0) -> certsync_pb2.NodeState:
         """Node ``name``'s ``GetState`` answer (admin identity); NodeUnreachable if none."""

@@ -29,17 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import docker.errors
-import grpc
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
-from node.api import certsync_pb2, certsync_pb2_grpc
 from sync.config import load_admin_config, load_topology
 from sync.localcluster import (
     DEFAULT_READY_TIMEOUT,
     STOP_GRACE,
     LocalCluster,
-    NodeProcessError,
     free_port_range,
 )
 from sync.topology import split_address
@@ -239,36 +236,8 @@ class ContainerCluster(LocalCluster):
     def _log_tail(self, name: str) -> str:
         return self.logs(name)[-1500:].strip()
 
-    def wait_ready(self, name: str, timeout: float = DEFAULT_READY_TIMEOUT
-                   ) -> certsync_pb2.NodeState:
-        """Wait until node ``name`` answers ``GetState`` through its published gRPC port.
+    def _exited(self, name: str) -> str | None:
+        return None if self.is_running(name) else "stopped (its container)"
 
-        Raises :class:`NodeProcessError` (with the container's log) when its container stops
-        first or the deadline passes.
-        """
-        deadline = time.monotonic() + timeout
-        spec = self.spec(name)
-        with self._channel(spec) as channel:
-            stub = certsync_pb2_grpc.CertStoreStub(channel)
-            while True:
-                if not self.is_running(name):
-                    raise NodeProcessError(
-                        f"container of node {name!r} stopped before it answered: "
-                        f"{self._log_tail(name)!r}", node=name)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise NodeProcessError(
-                        f"node {name!r} did not answer at {spec.grpc_address} within "
-                        f"{timeout:.0f} s: {self._log_tail(name)!r}", node=name)
-                try:
-                    state: certsync_pb2.NodeState = stub.GetState(
-                        certsync_pb2.GetStateRequest(), timeout=min(left, _POLL * 4),
-                        wait_for_ready=True)
-                    return state
-                except grpc.RpcError as err:
-                    code = err.code() if isinstance(err, grpc.Call) else None
-                    if code not in (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    grpc.StatusCode.UNAVAILABLE):
-                        raise NodeProcessError(
-                            f"node {name!r} answered GetState with {code}: "
-                            f"{self._log_tail(name)!r}", node=name) from err
+    def _where(self, name: str) -> str:
+        return f"container log: {self._log_tail(name)!r}"
