@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -59,6 +58,7 @@ from node.model import PrivateKey  # after the sys.path line above
 from node.store import SetEntry, Store, key_aad  # after the sys.path line above
 from sync.client import NodeClient, NodeTarget  # after the sys.path line above
 from sync.cmd_cluster import init_cluster, plan_init  # after the sys.path line above
+from sync.localcluster import free_port_range  # after the sys.path line above
 
 KINDS = ("ec-p256", "rsa-2048")
 PASSPHRASE = b"bench-import-passphrase"
@@ -210,22 +210,6 @@ async def measure_store(blobs: Sequence[bytes], directory: Path) -> Timing:
 # --------------------------------------------------------------------------- a node subprocess
 
 
-def _free_base_port() -> int:
-    """A port p with p and p+1 free on loopback (checked, then released)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base > 65000:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", base))
-                b.bind(("127.0.0.1", base + 1))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no two consecutive free ports on loopback")
 
 
 @dataclass
@@ -280,7 +264,7 @@ def spawn_node(root: Path) -> Iterator[RunningNode]:
     """``cluster init`` a one-node cluster in ``root/c`` and run its node until the block ends
     (SIGTERM, then SIGKILL after 30 s; ``node.process`` may be replaced by a restart). The
     node's log goes to ``root/node.log``."""
-    base = _free_base_port()
+    base = free_port_range(2)
     req = plan_init(
         root / "c", site="bench.example", primary="p1=p1.bench.example", base_port=base
     )

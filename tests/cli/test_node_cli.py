@@ -10,7 +10,6 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,27 +22,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from sync.localcluster import free_port_range
+
 CERTSYNC = str(Path(sys.executable).parent / "certsync")
 CANARY = "canary-cli-passphrase-51c0"
 DEADLINE = 30.0
 
 
-def _free_base_port() -> int:
-    """A port p with p and p+1 free on loopback (checked, then released)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base > 65000:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", base))
-                b.bind(("127.0.0.1", base + 1))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -96,7 +81,7 @@ def _start(directory: Path, log: Path) -> subprocess.Popen[bytes]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cli")
     directory = root / "c"
-    base = _free_base_port()
+    base = free_port_range(2)
     run(
         "cluster", "init", str(directory), "--site", "support.example.com",
         "--primary", "p1=p1.example.com", "--base-port", str(base),
@@ -260,7 +245,7 @@ def test_sigterm_stops_the_node_cleanly_and_then_it_is_unreachable(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "c"
-    base = _free_base_port()
+    base = free_port_range(2)
     run(
         "cluster", "init", str(directory), "--site", "s.example.com",
         "--primary", "p1=p1.example.com", "--base-port", str(base),

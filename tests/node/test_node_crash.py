@@ -36,7 +36,7 @@ from node.store import Store
 from sync.client import NodeClient, NodeTarget
 from sync.cmd_cluster import init_cluster, plan_init
 from sync.config import load_store_key
-from tests.cli.test_node_cli import _free_base_port
+from sync.localcluster import free_port_range
 from tests.pki import make_intermediate, make_key, make_leaf, make_root
 
 CERTSYNC = str(Path(sys.executable).parent / "certsync")
@@ -68,7 +68,7 @@ class Node:
     """The node's cluster directory and its current process."""
 
     def __init__(self, root: Path) -> None:
-        base = _free_base_port()
+        base = free_port_range(2)
         self.directory = root / "c"
         init_cluster(
             plan_init(
