@@ -79,7 +79,7 @@ __all__ = [
     "wire_replication",
 ]
 
-DEFAULT_CONCURRENCY: Final = 16
+DEFAULT_CONCURRENCY: Final = 32
 DEFAULT_PROBE_TIMEOUT: Final = 5.0
 DEFAULT_RPC_TIMEOUT: Final = 30.0
 
@@ -350,32 +350,45 @@ class Replicator:
                    fresh_probe: bool = False) -> certsync_pb2.ReplicateProgress:
         """Bring ``name`` to this primary's set; idempotent. Never raises a CertsyncError:
         the outcome is in the progress message."""
-        async with self._lock(name), self._semaphore:
+        async with self._lock(name):
             snap: Snapshot | None = None
             try:
                 if not self.replica.is_primary:
                     return _progress(name, "fenced", f"{self.name!r} is no longer the primary "
                                      f"(epoch {self.replica.epoch}: {self.replica.primary!r})")
-                snap = await self.snapshot()
                 client = self._client(name)
-                state = await client.get_state()
-                if state.epoch > snap.epoch:
-                    return _progress(name, "fenced", await self._fenced_by(name, state),
-                                     snap=snap, error="StaleEpoch")
-                if state.epoch == snap.epoch and state.revision > snap.revision:
-                    snap = await self._raise_revision(state.revision)
-                seen = (state.epoch, state.revision, state.set_digest)
-                served = None if fresh_probe else (self._served_ok.get(name) == seen or None)
-                decision = plan(
-                    NodeState(self.name, True, snap.epoch, snap.revision, snap.digest),
-                    [NodeState(name, True, state.epoch, state.revision, state.set_digest,
-                               serving_ok=served)],
-                    now=self.replica.now, stale_after=_FOREVER,
-                )
-                if decision.in_sync:
-                    return _progress(name, "in_sync", "in sync", in_sync=True, snap=snap)
-                if decision.push_to:
-                    await self._stage_activate(name, snap, force=force)
+                # the fan-out limit covers the transfer; probing and confirming (cheap
+                # handshakes) do not hold back the next node's activation
+                async with self._semaphore:
+                    snap = await self.snapshot()
+                    known = self._served_ok.get(name)
+                    if (not fresh_probe and known is not None and known[0] == snap.epoch
+                            and known[1] < snap.revision):
+                        # it served our previous revision of this epoch a moment ago: it
+                        # lacks only the new one, so skip asking (Stage refuses anything stale)
+                        pushed = True
+                        await self._stage_activate(name, snap, force=force)
+                    else:
+                        state = await client.get_state()
+                        if state.epoch > snap.epoch:
+                            return _progress(name, "fenced", await self._fenced_by(name, state),
+                                             snap=snap, error="StaleEpoch")
+                        if state.epoch == snap.epoch and state.revision > snap.revision:
+                            snap = await self._raise_revision(state.revision)
+                        seen = (state.epoch, state.revision, state.set_digest)
+                        served = None if fresh_probe else (known == seen or None)
+                        decision = plan(
+                            NodeState(self.name, True, snap.epoch, snap.revision, snap.digest),
+                            [NodeState(name, True, state.epoch, state.revision,
+                                       state.set_digest, serving_ok=served)],
+                            now=self.replica.now, stale_after=_FOREVER,
+                        )
+                        if decision.in_sync:
+                            return _progress(name, "in_sync", "in sync", in_sync=True,
+                                             snap=snap)
+                        pushed = bool(decision.push_to)
+                        if pushed:
+                            await self._stage_activate(name, snap, force=force)
                 mismatch = await self._probe_with_retry(name)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
@@ -383,9 +396,9 @@ class Replicator:
                 await client.confirm(epoch=snap.epoch, revision=snap.revision,
                                      set_digest=snap.digest)
                 self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
-                verb = "pushed, serving" if decision.push_to else "serving"
+                verb = "pushed, serving" if pushed else "serving"
                 _log.info("replication.in_sync", node=name, epoch=snap.epoch,
-                          revision=snap.revision, pushed=bool(decision.push_to))
+                          revision=snap.revision, pushed=pushed)
                 return _progress(name, "in_sync", f"{verb} revision {snap.revision}",
                                  in_sync=True, snap=snap)
             except NodeUnreachable as err:
@@ -393,9 +406,16 @@ class Replicator:
                 return _progress(name, "unreachable", str(err), snap=snap,
                                  error=type(err).__name__)
             except StaleEpoch as err:
+                self._served_ok.pop(name, None)
+                with contextlib.suppress(CertsyncError):  # adopt the epoch it holds now
+                    state = await self._client(name).get_state()
+                    if snap is not None and state.epoch > snap.epoch:
+                        return _progress(name, "fenced", await self._fenced_by(name, state),
+                                         snap=snap, error="StaleEpoch")
                 self.trigger()  # the next round reads its state and adopts the promotion
                 return _progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
             except CertsyncError as err:
+                self._served_ok.pop(name, None)
                 _log.warning("replication.failed", node=name, error=type(err).__name__)
                 return _progress(name, "failed", str(err), snap=snap, error=type(err).__name__)
 
