@@ -571,6 +571,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             last_sync=str(await store.get_meta("last_sync") or ""),
             cluster_id=self._rt.cluster_id,
             primary=str(await store.get_meta("primary") or ""),
+            held_sha256=[c.sha256 for c in certs if c.has_key],
         )
         promotion = await store.get_meta("promotion")
         if promotion:  # written by sync.receiver when the node adopts a promotion

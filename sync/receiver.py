@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from node.api import certsync_pb2, certsync_pb2_grpc
+from node.chain import ChainIndex
 from node.errors import (
     BadInput,
     CertsyncError,
@@ -111,6 +112,16 @@ class Push:
     default_sha256: str | None
     digest: str
     force: bool = False
+    kept: tuple[KeptItem, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeptItem:
+    """A member of the pushed set that the receiver already holds (it does not travel)."""
+
+    sha256: str
+    name: str
+    is_default: bool
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,7 @@ def check_push(
     recipient_key: ec.EllipticCurvePrivateKey,
     required_names: Sequence[str],
     now: dt.datetime,
+    held: Sequence[UnwrappedItem] = (),
 ) -> CheckedSet:
     """Unwrap and check a push (pure and CPU-bound: call it off the event loop).
 
@@ -183,9 +195,13 @@ def check_push(
     keyed: dict[str, SetEntry] = {}
     chain_certs: dict[str, x509.Certificate] = {}
     default_item: UnwrappedItem | None = None
+    # members the receiver already holds (checked when they arrived) and the new ones
+    items: list[UnwrappedItem] = list(held)
     for wrapped in push.items:
         item = unwrap_item(ctx, recipient_key, wrapped)
         _check_links(item, push.sender)
+        items.append(item)
+    for item in items:
         sha = cert_sha256(item.cert)
         keyed[sha] = SetEntry(cert=item.cert, key=item.key, name=item.name)
         for extra in item.chain:
@@ -400,11 +416,12 @@ class Replica:
                 f"this node's {current} at epoch {push.epoch}; it is a replay, push the current "
                 "set"))
         required = (self.topology.site, self.topology.node(self.name).hostname)
+        held = await self._held(push, identity)
         try:
             checked = await asyncio.to_thread(
                 functools.partial(check_push, push, cluster_id=self.topology.cluster_id,
                                   recipient=self.name, recipient_key=self._node_key,
-                                  required_names=required, now=self.now))
+                                  required_names=required, now=self.now, held=held))
         except (TransferRejected, CoverageError) as err:
             await self._refuse(identity, "Stage", err)
         key = (checked.epoch, checked.revision, checked.digest)
@@ -415,6 +432,27 @@ class Replica:
                   digest=checked.digest, certificates=len(checked.entries),
                   forced=checked.forced)
         return checked.digest
+
+    async def _held(self, push: Push, identity: Identity) -> list[UnwrappedItem]:
+        """The members the primary did not resend, from this node's store (with key and
+        chain); refuses the Stage when one is missing, so the primary pushes everything."""
+        if not push.kept:
+            return []
+        stored = {c.sha256: c for c in await self.store.list_certificates()}
+        index = ChainIndex([c.certificate() for c in stored.values()])
+        held = []
+        for kept in push.kept:
+            found = stored.get(kept.sha256)
+            key = await self.store.get_key(kept.sha256) if found and found.has_key else None
+            if found is None or key is None:
+                await self._refuse(identity, "Stage", TransferRejected(
+                    f"this node does not hold certificate {kept.sha256!r} with its key, which "
+                    f"the push from {push.sender!r} did not resend; push the whole set"))
+            cert = found.certificate()
+            chain, _problems = index.build(cert)
+            held.append(UnwrappedItem(name=kept.name, is_default=kept.is_default, cert=cert,
+                                 key=key, chain=tuple(chain)))
+        return held
 
     async def _is_active(self, epoch: int, revision: int, digest: str) -> bool:
         return (int(await self.store.get_meta("revision") or 0) == revision
@@ -565,7 +603,9 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                                     wrapped_passphrase=i.wrapped_passphrase)
                         for i in request.items),
             default_sha256=request.default_sha256 or None, digest=request.set_digest,
-            force=request.force)
+            force=request.force,
+            kept=tuple(KeptItem(sha256=k.sha256, name=k.name, is_default=k.is_default)
+                       for k in request.kept))
         digest = await self._replica.stage(push, identity)
         return certsync_pb2.StageResponse(set_digest=digest)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from node.errors import (
     NotFound,
     PermissionDenied,
     StaleEpoch,
+    TransferRejected,
 )
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
@@ -131,6 +133,10 @@ class SetItem:
     chain: tuple[x509.Certificate, ...]
     is_default: bool
 
+    @functools.cached_property
+    def sha256(self) -> str:
+        return cert_sha256(self.cert)
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -192,6 +198,7 @@ class Replicator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._clients: dict[str, NodeClient] = {}
         self._served_ok: dict[str, tuple[int, int, str]] = {}  # last state seen served
+        self._held: dict[str, frozenset[str]] = {}  # what each node holds with its key
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = asyncio.Lock()
         self._blocked_logged: str | None = None
@@ -280,11 +287,14 @@ class Replicator:
             self._snapshot = snap
             return snap
 
-    def _wrap(self, snap: Snapshot, peer: Peer) -> list[WrappedItem]:
+    def _wrap(self, snap: Snapshot, peer: Peer,
+              held: frozenset[str] = frozenset()) -> list[WrappedItem]:
+        """Every item of ``snap`` the peer does not hold already, wrapped for it."""
         ctx = TransferContext(cluster_id=self.replica.topology.cluster_id, epoch=snap.epoch,
                               revision=snap.revision, sender=self.name, recipient=peer.name)
         return [wrap_item(ctx, peer.public_key, name=i.name, key=i.key, cert=i.cert,
-                          chain=i.chain, is_default=i.is_default) for i in snap.items]
+                          chain=i.chain, is_default=i.is_default)
+                for i in snap.items if i.sha256 not in held]
 
     # -- one target --------------------------------------------------------------------
 
@@ -367,7 +377,8 @@ class Replicator:
                         # it served our previous revision of this epoch a moment ago: it
                         # lacks only the new one, so skip asking (Stage refuses anything stale)
                         pushed = True
-                        await self._stage_activate(name, snap, force=force)
+                        await self._stage_activate(name, snap, force=force,
+                                                   held=self._held.get(name, frozenset()))
                     else:
                         state = await client.get_state()
                         if state.epoch > snap.epoch:
@@ -388,7 +399,8 @@ class Replicator:
                                              snap=snap)
                         pushed = bool(decision.push_to)
                         if pushed:
-                            await self._stage_activate(name, snap, force=force)
+                            await self._stage_activate(name, snap, force=force,
+                                                       held=frozenset(state.held_sha256))
                 mismatch = await self._probe_with_retry(name)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
@@ -403,10 +415,12 @@ class Replicator:
                                  in_sync=True, snap=snap)
             except NodeUnreachable as err:
                 self._served_ok.pop(name, None)
+                self._held.pop(name, None)
                 return _progress(name, "unreachable", str(err), snap=snap,
                                  error=type(err).__name__)
             except StaleEpoch as err:
                 self._served_ok.pop(name, None)
+                self._held.pop(name, None)
                 with contextlib.suppress(CertsyncError):  # adopt the epoch it holds now
                     state = await self._client(name).get_state()
                     if snap is not None and state.epoch > snap.epoch:
@@ -416,6 +430,7 @@ class Replicator:
                 return _progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
             except CertsyncError as err:
                 self._served_ok.pop(name, None)
+                self._held.pop(name, None)  # ask what it holds next time
                 _log.warning("replication.failed", node=name, error=type(err).__name__)
                 return _progress(name, "failed", str(err), snap=snap, error=type(err).__name__)
 
@@ -429,10 +444,11 @@ class Replicator:
                 _log.warning("replication.revision_raised", revision=above + 1)
         return await self.snapshot()
 
-    async def stage_request(self, name: str, snap: Snapshot, *,
-                            force: bool = False) -> certsync_pb2.StageRequest:
-        """The Stage call for ``name``: every item wrapped for its key (off the loop)."""
-        items = await asyncio.to_thread(self._wrap, snap, self._peers[name])
+    async def stage_request(self, name: str, snap: Snapshot, *, force: bool = False,
+                            held: frozenset[str] = frozenset()) -> certsync_pb2.StageRequest:
+        """The Stage call for ``name``: every item it does not ``held`` already wrapped for
+        its key (off the loop); the ones it holds are named, not resent."""
+        items = await asyncio.to_thread(self._wrap, snap, self._peers[name], held)
         return certsync_pb2.StageRequest(
             promotion=promotion_to_msg(snap.promotion), epoch=snap.epoch,
             revision=snap.revision, sender=self.name,
@@ -441,15 +457,27 @@ class Replicator:
                                              wrapped_passphrase=i.wrapped_passphrase)
                    for i in items],
             default_sha256=cert_sha256(snap.default.cert) if snap.default else "",
-            set_digest=snap.digest, force=force)
+            set_digest=snap.digest, force=force,
+            kept=[certsync_pb2.KeptItem(sha256=i.sha256, name=i.name, is_default=i.is_default)
+                  for i in snap.items if i.sha256 in held])
 
-    async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool) -> None:
+    async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool,
+                              held: frozenset[str]) -> None:
         client = self._client(name)
-        staged = await client.stage(await self.stage_request(name, snap, force=force))
+        try:
+            staged = await client.stage(
+                await self.stage_request(name, snap, force=force, held=held))
+        except TransferRejected:
+            if not held:
+                raise
+            # it lacks a member we believed it held (restored, or changed by hand): resend all
+            self._held.pop(name, None)
+            staged = await client.stage(await self.stage_request(name, snap, force=force))
         if staged.set_digest != snap.digest:
             raise Conflict(f"node {name!r} staged digest {staged.set_digest!r}, not "
                            f"{snap.digest!r}; retrying on the next round")
         await client.activate(epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest)
+        self._held[name] = frozenset(i.sha256 for i in snap.items)
         _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
                   digest=snap.digest, certificates=len(snap.items), forced=force)
 

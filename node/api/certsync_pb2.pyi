@@ -136,6 +136,7 @@ class StageRequest(_message.Message):
     DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
     SET_DIGEST_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     revision: _builtins.int
     sender: _builtins.str
@@ -148,6 +149,13 @@ class StageRequest(_message.Message):
     def promotion(self) -> Global___Promotion: ...
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferItem]: ...
+    @_builtins.property
+    def kept(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeptItem]:
+        """Members of the set the receiver already holds with their keys (it reported them in
+        NodeState.held_sha256, or the primary pushed them to it): they do not travel again.
+        A receiver that lacks one refuses the Stage; the primary then pushes everything.
+        """
+
     def __init__(
         self,
         *,
@@ -159,14 +167,40 @@ class StageRequest(_message.Message):
         default_sha256: _builtins.str = ...,
         set_digest: _builtins.str = ...,
         force: _builtins.bool = ...,
+        kept: _abc.Iterable[Global___KeptItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sha256", b"default_sha256", "epoch", b"epoch", "force", b"force", "items", b"items", "promotion", b"promotion", "revision", b"revision", "sender", b"sender", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sha256", b"default_sha256", "epoch", b"epoch", "force", b"force", "items", b"items", "kept", b"kept", "promotion", b"promotion", "revision", b"revision", "sender", b"sender", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StageRequest: _TypeAlias = StageRequest  # noqa: Y015
+
+@_typing.final
+class KeptItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    name: _builtins.str
+    is_default: _builtins.bool
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        name: _builtins.str = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_default", b"is_default", "name", b"name", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeptItem: _TypeAlias = KeptItem  # noqa: Y015
 
 @_typing.final
 class StageResponse(_message.Message):
@@ -973,6 +1007,7 @@ class NodeState(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     PROMOTION_FIELD_NUMBER: _builtins.int
+    HELD_SHA256_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     PENDING_CA_CHANGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -990,6 +1025,10 @@ class NodeState(_message.Message):
     @_builtins.property
     def promotion(self) -> Global___Promotion:
         """proof of epoch and primary, so a stale ex-primary can adopt it"""
+
+    @_builtins.property
+    def held_sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sha256 of every certificate the node holds with its key (what a push need not resend)"""
 
     @_builtins.property
     def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateLifecycle]:
@@ -1012,12 +1051,13 @@ class NodeState(_message.Message):
         cluster_id: _builtins.str = ...,
         primary: _builtins.str = ...,
         promotion: Global___Promotion | None = ...,
+        held_sha256: _abc.Iterable[_builtins.str] | None = ...,
         certificates: _abc.Iterable[Global___CertificateLifecycle] | None = ...,
         pending_ca_change: Global___PendingCaChange | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change", "promotion", b"promotion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "held_sha256", b"held_sha256", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -453,3 +453,38 @@ async def test_a_forged_promotion_is_refused(cluster: Cluster) -> None:
     with pytest.raises(PermissionDenied):
         await cluster.call("t1", lambda cl: cl.announce(promotion))
     assert (await _state(cluster, "t1")).epoch == 1
+
+
+async def test_a_push_resends_only_what_the_node_lacks(cluster: Cluster) -> None:
+    first = await _import(cluster, _chain())
+    assert all(p.in_sync for p in await _replicate(cluster))
+    assert set((await _state(cluster, "t1")).held_sha256) == {first}
+    second = await _import(cluster, _chain())
+    p1 = cluster.nodes["p1"].repl.replicator
+    snap = await p1.snapshot()
+    request = await p1.stage_request("t1", snap, held=frozenset({first}))
+    assert [k.sha256 for k in request.kept] == [first]
+    assert len(request.items) == 1  # only the new certificate travels
+    staged = await cluster.call("t1", lambda cl: cl.stage(request), who="p1")
+    assert staged.set_digest == snap.digest  # the receiver rebuilt the whole set
+    assert all(p.in_sync for p in await _replicate(cluster))
+    assert set((await _state(cluster, "t1")).held_sha256) == {first, second}
+    assert await _served(cluster, "t1") == {second}
+
+
+async def test_a_node_missing_a_kept_item_refuses_and_gets_everything(cluster: Cluster) -> None:
+    # negative twin: the primary believes t1 holds a certificate it does not
+    first = await _import(cluster, _chain())
+    assert all(p.in_sync for p in await _replicate(cluster))
+    p1 = cluster.nodes["p1"].repl.replicator
+    snap = await p1.snapshot()
+    bogus = "0" * 64
+    request = await p1.stage_request("t1", snap, held=frozenset({first}))
+    request.kept.append(certsync_pb2.KeptItem(sha256=bogus, name="ghost"))
+    with pytest.raises(TransferRejected, match="does not hold"):
+        await cluster.call("t1", lambda cl: cl.stage(request), who="p1")
+    # the replicator's own record going wrong is repaired: it asks, then pushes whole
+    second = await _import(cluster, _chain())
+    p1._held["t1"] = frozenset({bogus})  # simulate a stale record of what t1 holds
+    assert all(p.in_sync for p in await _replicate(cluster))
+    assert await _served(cluster, "t1") == {second}
