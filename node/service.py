@@ -188,6 +188,28 @@ _Handler = Callable[["CertStoreService", _Req, _Context, Identity], Awaitable[_R
 _Wrapped = Callable[["CertStoreService", _Req, _Context], Awaitable[_Resp]]
 
 
+async def run_rpc(context: _Context, method: str, call: Callable[[], Awaitable[_Resp]]) -> _Resp:
+    """Run one RPC with its log context bound; the one place (with :func:`abort_for`) where
+    errors become statuses: our errors by :data:`STATUS_TABLE`, anything else INTERNAL with
+    its traceback in the node's log (a bug), never in the status."""
+    with structlog.contextvars.bound_contextvars(method=method, peer=context.peer(), caller=None):
+        try:
+            result = await call()
+            _log.info("rpc.ok")
+            return result
+        except CertsyncError as err:
+            await abort_for(context, err)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if isinstance(err, grpc.aio.AbortError):
+                raise
+            _log.exception("rpc.failed")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {method}; see the node's log"
+            )
+
+
 def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _Resp]]:
     """Authenticate, authorise, bind log context, and turn errors into statuses."""
 
@@ -196,30 +218,13 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
 
         @functools.wraps(fn)
         async def wrapper(self: CertStoreService, request: _Req, context: _Context) -> _Resp:
-            with structlog.contextvars.bound_contextvars(
-                method=method, peer=context.peer(), caller=None
-            ):
-                try:
-                    identity = self._identity(context)
-                    structlog.contextvars.bind_contextvars(
-                        caller=f"{identity.kind}:{identity.name}"
-                    )
-                    await self._authorize(identity, method, change=change)
-                    result = await fn(self, request, context, identity)
-                    _log.info("rpc.ok")
-                    return result
-                except CertsyncError as err:
-                    await abort_for(context, err)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    if isinstance(err, grpc.aio.AbortError):
-                        raise
-                    _log.exception("rpc.failed")
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        f"internal error in {method}; see the node's log",
-                    )
+            async def call() -> _Resp:
+                identity = self._identity(context)
+                structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
+                await self._authorize(identity, method, change=change)
+                return await fn(self, request, context, identity)
+
+            return await run_rpc(context, method, call)
 
         return wrapper
 

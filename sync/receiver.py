@@ -53,7 +53,7 @@ from node.errors import (
     TransferRejected,
 )
 from node.names import check_all, sans_of
-from node.service import abort_for, peer_identity
+from node.service import abort_for, peer_identity, run_rpc
 from node.store import SetEntry, Store, cert_sha256, set_digest
 from sync.promotion import (
     Promotion,
@@ -559,24 +559,12 @@ def _unary(
 
     @functools.wraps(fn)
     async def wrapper(self: ReplicationService, request: _Req, context: _Context) -> _Resp:
-        with structlog.contextvars.bound_contextvars(method=method, peer=context.peer(),
-                                                     caller=None):
-            try:
-                identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
-                structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
-                result = await fn(self, request, identity)
-                _log.info("rpc.ok")
-                return result
-            except CertsyncError as err:
-                await abort_for(context, err)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                if isinstance(err, grpc.aio.AbortError):
-                    raise
-                _log.exception("rpc.failed")
-                await context.abort(grpc.StatusCode.INTERNAL,
-                                    f"internal error in {method}; see the node's log")
+        async def call() -> _Resp:
+            identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
+            structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
+            return await fn(self, request, identity)
+
+        return await run_rpc(context, method, call)
 
     return wrapper
 
