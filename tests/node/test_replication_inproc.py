@@ -469,7 +469,8 @@ async def test_a_push_resends_only_what_the_node_lacks(cluster: Cluster) -> None
     assert staged.set_digest == snap.digest  # the receiver rebuilt the whole set
     assert all(p.in_sync for p in await _replicate(cluster))
     assert set((await _state(cluster, "t1")).held_sha256) == {first, second}
-    assert await _served(cluster, "t1") == {second}
+    assert await _served_map(cluster, "t1") == _primary_map(cluster)
+    assert (await _state(cluster, "t1")).default_sha256 == second
 
 
 async def test_a_node_missing_a_kept_item_refuses_and_gets_everything(cluster: Cluster) -> None:
@@ -487,4 +488,5 @@ async def test_a_node_missing_a_kept_item_refuses_and_gets_everything(cluster: C
     second = await _import(cluster, _chain())
     p1._held["t1"] = frozenset({bogus})  # simulate a stale record of what t1 holds
     assert all(p.in_sync for p in await _replicate(cluster))
-    assert await _served(cluster, "t1") == {second}
+    assert await _served_map(cluster, "t1") == _primary_map(cluster)
+    assert (await _state(cluster, "t1")).default_sha256 == second
