@@ -145,6 +145,35 @@ def wait_in_sync(cluster: LocalCluster, *, timeout: float = CONVERGE
     return wait_until(rows, timeout=timeout, what="status: every node in_sync")
 
 
+def fail_over_and_bring_back_the_old_primary(cluster: LocalCluster) -> str:
+    """The failover scenario, on processes or containers alike: stop p1, promote b1, change
+    the default through b1, start p1 again; p1 must step down and never overwrite a node.
+    Returns the sha256 of the new default, which every node serves afterwards."""
+    old = create_default(cluster, name="old")
+    wait_served(cluster, old)
+    epoch_before = cluster.state("p1").epoch
+    assert cluster.stop("p1") == 0  # a graceful stop (SIGTERM)
+    cli_ok(cluster, "promote", "b1")
+    new = create_default(cluster, name="new", node="b1")
+    survivors = ["b1", "t1", "t2"]
+    wait_served(cluster, new, survivors)
+    assert cluster.state("b1").epoch > epoch_before
+
+    cluster.start("p1")
+
+    def p1_converged() -> bool:
+        # never overwritten: while the old primary comes back, the others keep serving new
+        assert not not_serving(cluster, new, survivors), "the old primary overwrote a node"
+        state = cluster.state("p1")
+        return (state.epoch == cluster.state("b1").epoch and state.role != "primary"
+                and not not_serving(cluster, new, ["p1"]))
+
+    wait_until(p1_converged, what="old primary p1 stepped down and serves the new set")
+    rows = wait_in_sync(cluster)
+    assert rows["b1"]["role"] == "primary" and rows["p1"]["role"] != "primary"
+    return new
+
+
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     """``make_cluster(sync_interval=..., traffic=...)``: a started cluster, stopped at the end
