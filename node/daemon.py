@@ -25,7 +25,6 @@ from cryptography import x509
 from node import chain as chain_mod
 from node import names
 from node.errors import ConfigError
-from node.model import PrivateKey
 from node.selection import Selection
 from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
@@ -90,10 +89,7 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
-        #: caches of served_certs, by sha256 (private keys stay in this process's memory,
-        #: as they do in the TLS endpoint's contexts)
-        self._parsed: dict[str, x509.Certificate] = {}
-        self._keys: dict[str, PrivateKey] = {}
+        #: served_certs' chains, by sha256 (parsed certificates and opened keys are the store's)
         self._chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
@@ -156,28 +152,21 @@ class NodeApp:
 
     async def served_certs(self) -> tuple[list[ServedCert], str | None]:
         """What the endpoint should serve now: every certificate with a key, and the default."""
-        stored = await self._store.list_certificates()
-        # parsed certificates and opened keys are kept by sha256 (a certificate's key is
-        # the one its public key names), so a refresh opens only what is new: O(changed)
-        parsed = {s.sha256: self._parsed.get(s.sha256) or s.certificate() for s in stored}
-        self._parsed = parsed
-        self._keys = {sha: k for sha, k in self._keys.items() if sha in parsed}
-        pool = list(parsed.values())
-        index = chain_mod.ChainIndex(pool)
-        by_id = {id(c): sha for sha, c in parsed.items()}
+        view = await self._store.view()
+        stored = view.certs
+        keys = await self._store.keys(s.sha256 for s in stored if s.has_key)
+        pool = [s.certificate() for s in stored]  # parsed once per sha256 by the store
+        index = view.chain_index
+        by_id = {id(c): s.sha256 for s, c in zip(stored, pool, strict=True)}
         chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
         served: list[ServedCert] = []
         default: str | None = None
         for s, cert in zip(stored, pool, strict=True):
-            if not s.has_key:
-                continue
-            key = self._keys.get(s.sha256)
+            key = keys.get(s.sha256)
             if key is None:
-                key = await self._store.get_key(s.sha256)
-                if key is None:
-                    continue
-                self._keys[s.sha256] = key
-            # a chain is rebuilt only when the certificates it could be built from change
+                continue
+            # a chain is rebuilt only when the certificates it could be built from change:
+            # a refresh costs O(changed), not O(stored)
             candidates = index.candidates(cert)
             memo_key = tuple(by_id[id(c)] for c in candidates)
             memo = self._chains.get(s.sha256)

@@ -563,22 +563,22 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
 
     async def node_state(self) -> certsync_pb2.NodeState:
         """The node's replication state (GetState; also the answer of Activate/Promote)."""
-        store = self._rt.store
-        certs = await store.list_certificates()
-        default = next((c.sha256 for c in certs if c.is_default), "")
+        view = await self._rt.store.view()  # one consistent reading, one trip
+        meta = view.meta
+        keyed = view.keyed
         state = certsync_pb2.NodeState(
             name=self._rt.name,
             role=self._rt.role,
-            epoch=int(await store.get_meta("epoch") or 0),
-            revision=int(await store.get_meta("revision") or 0),
-            set_digest=await store.digest(),
-            default_sha256=default,
-            last_sync=str(await store.get_meta("last_sync") or ""),
+            epoch=int(meta.get("epoch") or 0),
+            revision=int(meta.get("revision") or 0),
+            set_digest=view.digest,
+            default_sha256=meta.get("default_sha256") or "",
+            last_sync=meta.get("last_sync") or "",
             cluster_id=self._rt.cluster_id,
-            primary=str(await store.get_meta("primary") or ""),
-            held_sha256=[c.sha256 for c in certs if c.has_key],
+            primary=meta.get("primary") or "",
+            held_sha256=[str(r[0]) for r in view.rows if str(r[0]) in keyed],
         )
-        promotion = await store.get_meta("promotion")
+        promotion = meta.get("promotion")
         if promotion:  # written by sync.receiver when the node adopts a promotion
             p = decode_promotion(promotion)
             state.promotion.CopyFrom(certsync_pb2.Promotion(

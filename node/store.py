@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 import aiosqlite
@@ -38,7 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.chain import ChainIndex, build_chain, classify
+from node.chain import ChainIndex, classify
 from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
 from node.model import PrivateKey, Role
 
@@ -48,6 +51,7 @@ __all__ = [
     "AuditEvent",
     "SetEntry",
     "Store",
+    "StoreView",
     "StoredCert",
     "StoredCsr",
     "cert_sha256",
@@ -129,9 +133,13 @@ class StoredCert:
     ip_addresses: tuple[str, ...]
     not_after: datetime
     added_at: datetime
+    #: the parsed certificate when the store parsed it already (one parse per sha256)
+    parsed: x509.Certificate | None = field(default=None, repr=False, compare=False)
 
     def certificate(self) -> x509.Certificate:
         """The parsed certificate."""
+        if self.parsed is not None:
+            return self.parsed
         return x509.load_der_x509_certificate(self.der)
 
 
@@ -143,6 +151,131 @@ class StoredCsr:
     name: str
     pem: bytes
     created_at: datetime
+
+
+@dataclass(frozen=True, eq=False)
+class _CertRows:
+    """The certificate rows of a :class:`StoreView` and what is derived from them alone;
+    views whose rows did not change (a meta change) share one."""
+
+    rows: tuple[tuple[Any, ...], ...]
+    load: Callable[[Sequence[Any]], StoredCert]
+
+    @functools.cached_property
+    def _row_of(self) -> dict[str, tuple[Any, ...]]:
+        return {str(r[0]): r for r in self.rows}
+
+    @functools.cached_property
+    def _loaded(self) -> dict[str, StoredCert]:
+        return {}
+
+    @functools.cached_property
+    def _chains(self) -> dict[str, tuple[tuple[x509.Certificate, ...], tuple[str, ...]]]:
+        return {}
+
+    def get(self, sha256: str) -> StoredCert | None:
+        found = self._loaded.get(sha256)
+        if found is None:
+            row = self._row_of.get(sha256)
+            if row is None:
+                return None
+            found = self._loaded[sha256] = self.load(row)
+        return found
+
+    @functools.cached_property
+    def keyed(self) -> frozenset[str]:
+        return frozenset(str(r[0]) for r in self.rows if r[-1])
+
+    @functools.cached_property
+    def chain_index(self) -> ChainIndex:
+        return ChainIndex([c.certificate() for r in self.rows
+                           if (c := self.get(str(r[0]))) is not None])
+
+    def chain(self, sha256: str) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+        found = self._chains.get(sha256)
+        if found is None:
+            stored = self.get(sha256)
+            if stored is None:
+                raise _no_cert(sha256)
+            found = self._chains[sha256] = self.chain_index.build(stored.certificate())
+        return found
+
+    @functools.cached_property
+    def members(self) -> tuple[tuple[str, bool], ...]:
+        """:func:`replicated_members` of these rows."""
+        certs = [c for r in self.rows if (c := self.get(str(r[0]))) is not None]
+        return tuple(replicated_members(
+            certs, lambda ident, _pool: self.chain(cert_sha256(ident))))
+
+
+@dataclass(frozen=True, eq=False)
+class StoreView:
+    """The store's certificates and meta values at one moment.
+
+    Immutable, and the store hands out the same object until its next change, so what is
+    derived from it (the chain index, chains, the set digest) is computed once per change
+    and shared by every reader (the TLS refresh, the replicator, ``GetState``, the
+    lifecycle), instead of once per reader and call; a change of meta values alone keeps
+    the chains. Rows are checked and parsed when first asked for: an altered row raises
+    :class:`IntegrityError` for whoever reads it, and does not keep meta values or other
+    rows from being read.
+    """
+
+    meta: Mapping[str, str]
+    cert_rows: _CertRows = field(repr=False)
+
+    @property
+    def rows(self) -> tuple[tuple[Any, ...], ...]:
+        """The raw rows: sha256, der, name, role, not_after, added_at, has_key."""
+        return self.cert_rows.rows
+
+    @property
+    def default_sha256(self) -> str | None:
+        return self.meta.get("default_sha256") or None
+
+    def get(self, sha256: str) -> StoredCert | None:
+        """One certificate (``None`` when it is not stored)."""
+        found = self.cert_rows.get(sha256)
+        if found is not None and sha256 == self.default_sha256:
+            return dataclasses.replace(found, is_default=True)
+        return found
+
+    def require(self, sha256: str) -> StoredCert:
+        """One certificate; :class:`NotFound` when it is not stored."""
+        found = self.get(sha256)
+        if found is None:
+            raise _no_cert(sha256)
+        return found
+
+    @functools.cached_property
+    def certs(self) -> tuple[StoredCert, ...]:
+        """Every certificate, oldest first."""
+        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
+
+    @property
+    def keyed(self) -> frozenset[str]:
+        """The sha256 of every certificate stored with its key (no row is parsed)."""
+        return self.cert_rows.keyed
+
+    @property
+    def default(self) -> StoredCert | None:
+        sha = self.default_sha256
+        return self.get(sha) if sha else None
+
+    @property
+    def chain_index(self) -> ChainIndex:
+        return self.cert_rows.chain_index
+
+    def chain(self, sha256: str) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+        """:func:`node.chain.build_chain` of a stored certificate over the stored ones
+        (nearest first, and the problems found); :class:`NotFound` when it is not stored."""
+        return self.cert_rows.chain(sha256)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """:func:`set_digest` of the replicated set (every certificate with a key and its
+        chain, and the default)."""
+        return set_digest(self.cert_rows.members, self.default_sha256)
 
 
 @dataclass(frozen=True)
@@ -397,7 +530,16 @@ class Store:
         self._path = path
         self._store_key = store_key
         self._lock = asyncio.Lock()
-        self._digest_cache: tuple[str, str] | None = None
+        # In-memory views of the file, valid while nothing changes it: ``_generation``
+        # counts our own commits, SQLite's ``data_version`` another connection's. Parsed
+        # rows and opened keys are kept by sha256 (a row with that sha256 can only hold
+        # that certificate, and its key row only the key matching it); a change made by
+        # another connection drops them all, so a row altered behind our back is read,
+        # and checked, again.
+        self._generation = 0
+        self._view: tuple[tuple[int, int], StoreView] | None = None
+        self._parsed: dict[str, StoredCert] = {}
+        self._keys: dict[str, PrivateKey] = {}
 
     # ---------------------------------------------------------------- open / close
 
@@ -507,7 +649,8 @@ class Store:
         except BaseException:
             await asyncio.shield(self._rollback())
             raise
-        self._digest_cache = None
+        finally:
+            self._generation += 1
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows = await self._conn.execute_fetchall(sql, params)
@@ -569,42 +712,74 @@ class Store:
                 keyed,
             )
 
-    def _row_to_cert(self, row: Sequence[Any], default: str | None) -> StoredCert:
+    def _row_to_cert(self, row: Sequence[Any]) -> StoredCert:
+        """A row as a :class:`StoredCert` (``is_default`` False: the view sets it)."""
         sha, der, name, role, not_after, added_at, has_key = row
-        if hashlib.sha256(der).hexdigest() != sha:
-            raise IntegrityError(
-                f"the stored certificate {sha!r} does not match its sha256 (the row was altered); "
-                "delete it and import it again"
-            )
-        dns, ips = _sans(x509.load_der_x509_certificate(der))
-        return StoredCert(
-            sha256=sha,
-            name=name,
-            der=bytes(der),
-            role=role,
-            has_key=bool(has_key),
-            is_default=sha == default,
-            dns_names=dns,
-            ip_addresses=ips,
-            not_after=_parse_iso(not_after),
-            added_at=_parse_iso(added_at),
-        )
+        der = bytes(der)
+        seen = self._parsed.get(sha)
+        if seen is None or seen.der != der:
+            if hashlib.sha256(der).hexdigest() != sha:
+                raise IntegrityError(
+                    f"the stored certificate {sha!r} does not match its sha256 (the row was "
+                    "altered); delete it and import it again"
+                )
+            cert = x509.load_der_x509_certificate(der)
+            dns, ips = _sans(cert)
+            seen = StoredCert(sha256=sha, name="", der=der, role="identity", has_key=False,
+                              is_default=False, dns_names=dns, ip_addresses=ips,
+                              not_after=_parse_iso(not_after), added_at=_parse_iso(added_at),
+                              parsed=cert)
+            self._parsed[sha] = seen
+        return dataclasses.replace(
+            seen, name=name, role=role, has_key=bool(has_key),
+            not_after=_parse_iso(not_after), added_at=_parse_iso(added_at))
 
     _CERT_SELECT = (
         "SELECT c.sha256, c.der, c.name, c.role, c.not_after, c.added_at, "
         "k.cert_sha256 IS NOT NULL FROM certificates c LEFT JOIN keys k ON k.cert_sha256 = c.sha256"
     )
 
+    async def _current(self) -> StoreView:
+        """The view of the store now (the caller holds ``self._lock``); one query when
+        nothing changed since the last call."""
+        data_version = await self._scalar_int("PRAGMA data_version")
+        token = (self._generation, data_version)
+        if self._view is not None:
+            if self._view[0] == token:
+                return self._view[1]
+            if self._view[0][1] != data_version:  # another connection wrote: trust nothing
+                self._parsed.clear()
+                self._keys.clear()
+        meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
+        rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
+        if self._view is not None and self._view[1].rows == rows:
+            cert_rows = self._view[1].cert_rows  # only meta changed: keep parsed rows, chains
+        else:
+            present = {str(r[0]) for r in rows}
+            keyed = {str(r[0]) for r in rows if r[-1]}
+            self._parsed = {sha: c for sha, c in self._parsed.items() if sha in present}
+            self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
+            cert_rows = _CertRows(rows=rows, load=self._row_to_cert)
+        view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
+        self._view = (token, view)
+        return view
+
+    async def view(self) -> StoreView:
+        """Every certificate and meta value as of now, as one immutable :class:`StoreView`
+        (the same object until the store changes). The first call after a change works out
+        the chains and the set digest off the event loop (signature checks are CPU work)."""
+        view = await self._locked(self._current)
+        if "members" not in view.cert_rows.__dict__:
+            # an altered row raises for whoever reads it, not for a reader of meta values
+            with contextlib.suppress(IntegrityError):
+                await asyncio.to_thread(lambda: view.cert_rows.members)
+        return view
+
     async def _list(self) -> list[StoredCert]:
-        default = await self._meta("default_sha256")
-        rows = await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256")
-        return [self._row_to_cert(r, default) for r in rows]
+        return list((await self._current()).certs)
 
     async def _get(self, sha256: str) -> StoredCert:
-        rows = await self._fetchall(self._CERT_SELECT + " WHERE c.sha256 = ?", (sha256,))
-        if not rows:
-            raise _no_cert(sha256)
-        return self._row_to_cert(rows[0], await self._meta("default_sha256"))
+        return (await self._current()).require(sha256)
 
     async def _require_key(self, sha256: str, what: str, *, stored: bool = True) -> None:
         if stored:
@@ -679,16 +854,42 @@ class Store:
         return await self._locked(lambda: self._get(sha256))
 
     async def get_key(self, sha256: str) -> PrivateKey | None:
-        """The private key of a certificate (``None`` if stored without one)."""
+        """The private key of a certificate (``None`` if stored without one);
+        :class:`NotFound` when the certificate is not stored."""
         async with self._lock:
-            cert = await self._get(sha256)
-            rows = await self._fetchall(
-                "SELECT nonce, ciphertext FROM keys WHERE cert_sha256 = ?", (sha256,)
-            )
-        if not rows:
-            return None
-        nonce, ct = rows[0]
-        return await asyncio.to_thread(self._open_cert_key, cert, bytes(nonce), bytes(ct))
+            await self._get(sha256)
+        return (await self.keys([sha256])).get(sha256)
+
+    async def keys(self, sha256s: Iterable[str]) -> dict[str, PrivateKey]:
+        """The private keys of those of ``sha256s`` stored with one, by sha256, in one trip.
+
+        A key opened once is kept in memory (the node serves it anyway) until its row goes
+        away or another connection changes the file; only the others are decrypted (off the
+        event loop). :class:`IntegrityError` when a row fails to open.
+        """
+        async with self._lock:
+            view = await self._current()
+            keyed = view.keyed
+            wanted = [s for s in dict.fromkeys(sha256s) if s in keyed]
+            missing = [s for s in wanted if s not in self._keys]
+            sealed: dict[str, tuple[StoredCert, bytes, bytes]] = {}
+            for start in range(0, len(missing), 500):  # SQLite's bound-parameter limit
+                part = missing[start:start + 500]
+                marks = ", ".join("?" * len(part))
+                for sha, nonce, ct in await self._fetchall(
+                    f"SELECT cert_sha256, nonce, ciphertext FROM keys "  # noqa: S608 -- marks only
+                    f"WHERE cert_sha256 IN ({marks})", part,
+                ):
+                    cert = view.get(str(sha))
+                    if cert is not None:
+                        sealed[str(sha)] = (cert, bytes(nonce), bytes(ct))
+        opened = await asyncio.to_thread(
+            lambda: {sha: self._open_cert_key(*row) for sha, row in sealed.items()}
+        ) if sealed else {}
+        current = self._view[1].keyed if self._view is not None else frozenset()
+        self._keys.update((sha, k) for sha, k in opened.items() if sha in current)
+        found = {sha: self._keys.get(sha) or opened.get(sha) for sha in wanted}
+        return {sha: k for sha, k in found.items() if k is not None}
 
     def _open_cert_key(self, cert: StoredCert, nonce: bytes, ct: bytes) -> PrivateKey:
         what = f"certificate {cert.sha256!r}"
@@ -797,28 +998,11 @@ class Store:
     ) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
         """The chain of a stored certificate built from the stored certificates (nearest first)
         and the problems found, as :func:`node.chain.build_chain` returns them."""
-        certs = await self.list_certificates()
-        pool = [c.certificate() for c in certs]
-        target = next((c for c in certs if c.sha256 == sha256), None)
-        if target is None:
-            raise _no_cert(sha256)
-        return build_chain(target.certificate(), pool)
+        return (await self.view()).chain(sha256)
 
     async def digest(self) -> str:
-        """:func:`set_digest` of the replicated set as stored now (cached until the next change)."""
-        async with self._lock:
-            certs = await self._list()
-            default = await self._meta("default_sha256")
-            cache = self._digest_cache
-        key = set_digest(((c.sha256, c.has_key) for c in certs), default)
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        index = ChainIndex([c.certificate() for c in certs])  # O(N), not O(N^2), chains
-        value = set_digest(
-            replicated_members(certs, lambda ident, _pool: index.build(ident)), default
-        )
-        self._digest_cache = (key, value)
-        return value
+        """:func:`set_digest` of the replicated set as stored now (computed once per change)."""
+        return (await self.view()).digest
 
     # ---------------------------------------------------------------- meta
 
@@ -834,7 +1018,7 @@ class Store:
 
     async def get_meta(self, key: str) -> str | None:
         """A meta value, or ``None`` when unset."""
-        return await self._locked(lambda: self._meta(key))
+        return (await self.view()).meta.get(key)
 
     async def set_meta(
         self, values: Mapping[str, str], *, actor: str | None = None, now: datetime | None = None

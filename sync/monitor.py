@@ -210,15 +210,13 @@ def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     groups: dict[frozenset[str], list[StoredCert]] = {}
     for c in keyed:
         groups.setdefault(_names_key(c.dns_names), []).append(c)
+    # the latest of a group (the first of equals) supersedes every member it outlives
+    latest = {k: max(group, key=lambda c: c.not_after) for k, group in groups.items()}
     out: dict[str, str] = {}
     for old in keyed:
-        newer = [
-            c
-            for c in groups[_names_key(old.dns_names)]
-            if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)
-        ]
-        if newer:
-            out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
+        new = latest[_names_key(old.dns_names)]
+        if supersedes(new.dns_names, new.not_after, old.dns_names, old.not_after):
+            out[old.sha256] = new.sha256
     return out
 
 
@@ -332,6 +330,7 @@ class Lifecycle:
         self.responder = responder
         self._account_key_path = account_key_path
         self._acme_lock = asyncio.Lock()
+        self._replaced: tuple[object, dict[str, str]] | None = None
 
     # -- snapshot -------------------------------------------------------------------------
 
@@ -345,9 +344,14 @@ class Lifecycle:
         await self._store.set_meta({state_key(sha256): record.to_json()})
 
     async def _snapshot(self) -> tuple[list[StoredCert], dict[str, _Record], dict[str, str]]:
-        certs = await self._store.list_certificates()
-        records = {c.sha256: await self._record(c.sha256) for c in certs}
-        return certs, records, replaced_by(certs)
+        view = await self._store.view()
+        certs = list(view.certs)
+        records = {c.sha256: _Record.from_json(view.meta.get(state_key(c.sha256)))
+                   for c in certs}
+        memo = self._replaced
+        if memo is None or memo[0] is not view.cert_rows:  # the same rows: the same answer
+            memo = self._replaced = (view.cert_rows, replaced_by(certs))
+        return certs, records, memo[1]
 
     async def pending(self) -> StagedCaChange | None:
         """The staged CA change, if any."""
@@ -373,12 +377,12 @@ class Lifecycle:
     # -- CA change guard and renewed certificates -----------------------------------------
 
     async def _default(self) -> StoredCert | None:
-        return next((c for c in await self._store.list_certificates() if c.is_default), None)
+        return (await self._store.view()).default
 
     async def _chain_of(self, sha256: str) -> tuple[x509.Certificate, ...]:
-        stored = await self._store.get(sha256)
-        cert = stored.certificate()
-        chain, _problems = await self._store.chain(sha256)
+        view = await self._store.view()
+        cert = view.require(sha256).certificate()
+        chain, _problems = view.chain(sha256)
         return (cert, *(c for c in chain if c != cert))
 
     async def check_default_change(

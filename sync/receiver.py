@@ -42,7 +42,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from node.api import certsync_pb2, certsync_pb2_grpc
-from node.chain import ChainIndex
 from node.errors import (
     BadInput,
     CertsyncError,
@@ -408,8 +407,9 @@ class Replica:
                 except PermissionDenied as err:
                     await self._refuse(identity, "Stage", err)
         await self._check_sender(identity, "Stage", push.epoch)
-        current = int(await self.store.get_meta("revision") or 0)
-        same_epoch = await self.store.get_meta("revision_epoch") == str(push.epoch)
+        meta = (await self.store.view()).meta
+        current = int(meta.get("revision") or 0)
+        same_epoch = meta.get("revision_epoch") == str(push.epoch)
         if same_epoch and push.revision < current:
             await self._refuse(identity, "Stage", TransferRejected(
                 f"the push from {push.sender!r} carries revision {push.revision}, older than "
@@ -438,25 +438,25 @@ class Replica:
         chain); refuses the Stage when one is missing, so the primary pushes everything."""
         if not push.kept:
             return []
-        stored = {c.sha256: c for c in await self.store.list_certificates()}
-        index = ChainIndex([c.certificate() for c in stored.values()])
+        view = await self.store.view()
+        keys = await self.store.keys(k.sha256 for k in push.kept)
         held = []
         for kept in push.kept:
-            found = stored.get(kept.sha256)
-            key = await self.store.get_key(kept.sha256) if found and found.has_key else None
+            found = view.get(kept.sha256)
+            key = keys.get(kept.sha256)
             if found is None or key is None:
                 await self._refuse(identity, "Stage", TransferRejected(
                     f"this node does not hold certificate {kept.sha256!r} with its key, which "
                     f"the push from {push.sender!r} did not resend; push the whole set"))
-            cert = found.certificate()
-            chain, _problems = index.build(cert)
-            held.append(UnwrappedItem(name=kept.name, is_default=kept.is_default, cert=cert,
-                                 key=key, chain=tuple(chain)))
+            chain, _problems = view.chain(kept.sha256)
+            held.append(UnwrappedItem(name=kept.name, is_default=kept.is_default,
+                                      cert=found.certificate(), key=key, chain=tuple(chain)))
         return held
 
     async def _is_active(self, epoch: int, revision: int, digest: str) -> bool:
-        return (int(await self.store.get_meta("revision") or 0) == revision
-                and epoch == self.epoch and await self.store.digest() == digest)
+        view = await self.store.view()
+        return (int(view.meta.get("revision") or 0) == revision
+                and epoch == self.epoch and view.digest == digest)
 
     async def activate(self, epoch: int, revision: int, digest: str, identity: Identity) -> None:
         """Phase 2: store and serve the staged set (idempotent)."""

@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api import certsync_pb2
-from node.chain import build_chain
 from node.errors import (
     CertsyncError,
     ConfigError,
@@ -55,7 +54,7 @@ from node.errors import (
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
 from node.selection import Selection
-from node.store import Store, cert_sha256, replicated_members, set_digest
+from node.store import Store, StoreView, cert_sha256
 from sync.client import NodeClient, NodeTarget
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
@@ -200,6 +199,7 @@ class Replicator:
         self._served_ok: dict[str, tuple[int, int, str]] = {}  # last state seen served
         self._held: dict[str, frozenset[str]] = {}  # what each node holds with its key
         self._snapshot: Snapshot | None = None
+        self._snapshot_of: tuple[StoreView, int] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._blocked_logged: str | None = None
         self._wake = asyncio.Event()
@@ -254,37 +254,25 @@ class Replicator:
     # -- the set -----------------------------------------------------------------------
 
     async def snapshot(self) -> Snapshot:
-        """The replicated set now (cached while epoch, revision and digest stay the same)."""
+        """The replicated set now (the same object while epoch and store stay the same)."""
         store = self.replica.store
         async with self._snapshot_lock:
-            revision = int(await store.get_meta("revision") or 0)
-            digest = await store.digest()
+            view = await store.view()
             cached = self._snapshot
-            if cached is not None and (cached.epoch, cached.revision, cached.digest) == (
-                    self.replica.epoch, revision, digest):
+            if cached is not None and self._snapshot_of == (view, self.replica.epoch):
                 return cached
-            certs = await store.list_certificates()
-            keys = {c.sha256: await store.get_key(c.sha256) for c in certs if c.has_key}
-            default_sha = next((c.sha256 for c in certs if c.is_default), None)
-
-            def build() -> tuple[list[SetItem], str]:
-                pool = [c.certificate() for c in certs]
-                items = []
-                for stored, cert in zip(certs, pool, strict=True):
-                    key = keys.get(stored.sha256)
-                    if key is None:
-                        continue
-                    chain, _problems = build_chain(cert, pool)
-                    items.append(SetItem(name=stored.name, cert=cert, key=key, chain=chain,
-                                         is_default=stored.sha256 == default_sha))
-                return items, set_digest(replicated_members(certs, build_chain), default_sha)
-
-            items, digest = await asyncio.to_thread(build)
-            snap = Snapshot(epoch=self.replica.epoch, revision=revision, digest=digest,
-                            items=tuple(items),
+            keys = await store.keys(view.keyed)
+            default_sha = view.meta.get("default_sha256")
+            items = tuple(
+                SetItem(name=c.name, cert=c.certificate(), key=keys[c.sha256],
+                        chain=view.chain(c.sha256)[0], is_default=c.sha256 == default_sha)
+                for c in view.certs if c.sha256 in keys
+            )
+            snap = Snapshot(epoch=self.replica.epoch, revision=int(view.meta.get("revision") or 0),
+                            digest=view.digest, items=items,
                             default=next((i for i in items if i.is_default), None),
                             promotion=self.replica.promotion)
-            self._snapshot = snap
+            self._snapshot, self._snapshot_of = snap, (view, snap.epoch)
             return snap
 
     def _wrap(self, snap: Snapshot, peer: Peer,
