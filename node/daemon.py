@@ -22,7 +22,6 @@ from typing import Final
 import structlog
 from cryptography import x509
 
-from node import chain as chain_mod
 from node import names
 from node.errors import ConfigError
 from node.selection import Selection
@@ -89,8 +88,6 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
-        #: served_certs' chains, by sha256 (parsed certificates and opened keys are the store's)
-        self._chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -153,28 +150,14 @@ class NodeApp:
     async def served_certs(self) -> tuple[list[ServedCert], str | None]:
         """What the endpoint should serve now: every certificate with a key, and the default."""
         view = await self._store.view()
-        stored = view.certs
-        keys = await self._store.keys(s.sha256 for s in stored if s.has_key)
-        pool = [s.certificate() for s in stored]  # parsed once per sha256 by the store
-        index = view.chain_index
-        by_id = {id(c): s.sha256 for s, c in zip(stored, pool, strict=True)}
-        chains: dict[str, tuple[tuple[str, ...], tuple[x509.Certificate, ...]]] = {}
+        keys = await self._store.keys(view.keyed)
         served: list[ServedCert] = []
-        default: str | None = None
-        for s, cert in zip(stored, pool, strict=True):
+        for s in view.certs:
             key = keys.get(s.sha256)
             if key is None:
                 continue
-            # a chain is rebuilt only when the certificates it could be built from change:
-            # a refresh costs O(changed), not O(stored)
-            candidates = index.candidates(cert)
-            memo_key = tuple(by_id[id(c)] for c in candidates)
-            memo = self._chains.get(s.sha256)
-            if memo is not None and memo[0] == memo_key:
-                chain = memo[1]
-            else:
-                chain, _problems = chain_mod.build_chain(cert, candidates)
-            chains[s.sha256] = (memo_key, chain)
+            cert = s.certificate()
+            chain, _problems = view.chain(s.sha256)  # rebuilt only when its issuers change
             served.append(
                 ServedCert(
                     sha256=s.sha256,
@@ -183,10 +166,8 @@ class NodeApp:
                     key=key,
                 )
             )
-            if s.is_default:
-                default = s.sha256
-        self._chains = chains
-        return served, default
+        default = view.default_sha256
+        return served, default if default in keys else None
 
     async def refresh(self) -> None:
         """Serve what the store holds from the next handshake on (serialised)."""

@@ -15,11 +15,12 @@ or a passphrase, and if it did, :func:`redact` would mask it before rendering.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 
@@ -40,12 +41,15 @@ _PEM_SECRET = re.compile(
 )
 _BLOB = re.compile(r"[A-Za-z0-9+/]{32,}={0,2}")
 _HEX_FINGERPRINT = re.compile(r"[0-9a-f]{64}|[0-9A-F]{64}")
+#: no PEM block and no blob run fits in fewer characters than this
+_SHORTEST_SECRET: Final = 32
 
 
 def _words(name: str) -> set[str]:
     return set(re.split(r"[_\-.\s]+", name.lower()))
 
 
+@functools.lru_cache(maxsize=1024)  # field names repeat: decide each once
 def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
     if lowered in _SAFE_NAMES:
@@ -66,6 +70,8 @@ def _looks_like_blob(run: str) -> bool:
 
 
 def _scrub_text(text: str, *, fingerprints_ok: bool) -> str:
+    if len(text) < _SHORTEST_SECRET:  # most values: names, states, short messages
+        return text
     text = _PEM_SECRET.sub(REDACTED, text)
 
     def blob(match: re.Match[str]) -> str:
@@ -92,11 +98,15 @@ def _scrub(value: Any, *, fingerprints_ok: bool) -> Any:
     return _scrub_text(repr(value), fingerprints_ok=fingerprints_ok)
 
 
+@functools.lru_cache(maxsize=1024)
+def _names_fingerprint(name: str) -> bool:
+    return bool(_words(name) & _FINGERPRINT_WORDS)
+
+
 def _scrub_field(name: str, value: Any) -> Any:
     if _is_secret_name(name):
         return REDACTED
-    fingerprints_ok = bool(_words(name) & _FINGERPRINT_WORDS)
-    return _scrub(value, fingerprints_ok=fingerprints_ok)
+    return _scrub(value, fingerprints_ok=_names_fingerprint(name))
 
 
 def redact(

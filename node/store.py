@@ -41,7 +41,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.chain import ChainIndex, classify
+from node.chain import ChainIndex, build_chain, classify
 from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
 from node.model import PrivateKey, Role
 
@@ -153,6 +153,10 @@ class StoredCsr:
     created_at: datetime
 
 
+#: a chain, nearest first, and the problems that keep it from a root (build_chain's answer)
+_Chain = tuple[tuple[x509.Certificate, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True, eq=False)
 class _CertRows:
     """The certificate rows of a :class:`StoreView` and what is derived from them alone;
@@ -160,6 +164,9 @@ class _CertRows:
 
     rows: tuple[tuple[Any, ...], ...]
     load: Callable[[Sequence[Any]], StoredCert]
+    #: chains by sha256, with the sha256s of the candidates they were built from; shared
+    #: with later rows, so a change rebuilds only the chains whose candidates changed
+    chain_memo: dict[str, tuple[tuple[str, ...], _Chain]] = field(default_factory=dict)
 
     @functools.cached_property
     def _row_of(self) -> dict[str, tuple[Any, ...]]:
@@ -170,8 +177,14 @@ class _CertRows:
         return {}
 
     @functools.cached_property
-    def _chains(self) -> dict[str, tuple[tuple[x509.Certificate, ...], tuple[str, ...]]]:
+    def _chains(self) -> dict[str, _Chain]:
         return {}
+
+    @functools.cached_property
+    def _sha_of(self) -> dict[int, str]:
+        """sha256 by ``id`` of the parsed certificates the chain index holds."""
+        return {id(c.certificate()): str(r[0]) for r in self.rows
+                if (c := self.get(str(r[0]))) is not None}
 
     def get(self, sha256: str) -> StoredCert | None:
         found = self._loaded.get(sha256)
@@ -191,13 +204,23 @@ class _CertRows:
         return ChainIndex([c.certificate() for r in self.rows
                            if (c := self.get(str(r[0]))) is not None])
 
-    def chain(self, sha256: str) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
+    def chain(self, sha256: str) -> _Chain:
         found = self._chains.get(sha256)
         if found is None:
             stored = self.get(sha256)
             if stored is None:
                 raise _no_cert(sha256)
-            found = self._chains[sha256] = self.chain_index.build(stored.certificate())
+            cert = stored.certificate()
+            candidates = self.chain_index.candidates(cert)
+            sha_of = self._sha_of
+            basis = tuple(sha_of[id(c)] for c in candidates)
+            memo = self.chain_memo.get(sha256)
+            if memo is not None and memo[0] == basis:
+                found = memo[1]
+            else:
+                found = build_chain(cert, candidates)
+                self.chain_memo[sha256] = (basis, found)
+            self._chains[sha256] = found
         return found
 
     @functools.cached_property
@@ -750,6 +773,7 @@ class Store:
             if self._view[0][1] != data_version:  # another connection wrote: trust nothing
                 self._parsed.clear()
                 self._keys.clear()
+                self._view = None
         meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
         rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
         if self._view is not None and self._view[1].rows == rows:
@@ -759,7 +783,9 @@ class Store:
             keyed = {str(r[0]) for r in rows if r[-1]}
             self._parsed = {sha: c for sha, c in self._parsed.items() if sha in present}
             self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
-            cert_rows = _CertRows(rows=rows, load=self._row_to_cert)
+            memo = self._view[1].cert_rows.chain_memo if self._view is not None else {}
+            cert_rows = _CertRows(rows=rows, load=self._row_to_cert, chain_memo={
+                sha: m for sha, m in memo.items() if sha in present})
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._view = (token, view)
         return view

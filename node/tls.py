@@ -272,6 +272,7 @@ class TlsEndpoint:
         self._snapshot = _Snapshot(SniIndex.build((), None), {}, {})
         #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
         self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
+        self._entries: dict[str, SniEntry] = {}  # by sha256, for the SNI index
         self._trust_bundle: bytes = _NO_BUNDLE
         self._update_lock = threading.Lock()
         self._local = threading.local()
@@ -323,10 +324,14 @@ class TlsEndpoint:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
             self._built = built
-            entries = [
-                SniEntry(key=c.sha256, sans=sans_of(c.cert), not_after=c.cert.not_valid_after_utc)
-                for c in by_sha.values()
-            ]
+            # names are parsed once per certificate (IDNA normalisation is not cheap)
+            known = self._entries
+            self._entries = {
+                sha: known.get(sha) or SniEntry(key=sha, sans=sans_of(c.cert),
+                                                not_after=c.cert.not_valid_after_utc)
+                for sha, c in by_sha.items()
+            }
+            entries = list(self._entries.values())
             self._snapshot = _Snapshot(SniIndex.build(entries, default), contexts, {})
         self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
 

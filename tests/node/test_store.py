@@ -830,3 +830,68 @@ async def test_reads_never_see_half_a_change(store: Store, pki: Pki) -> None:
     await writer
     seen.add(len(await store.list_certificates()))
     assert seen <= {0, 6} and 6 in seen
+
+
+# --------------------------------------------------------------------------- the view
+
+
+async def test_view_is_shared_until_a_change(store: Store, pki: Pki, pki2: Pki) -> None:
+    await store.add(entries(pki), make_default=None, actor=ACTOR, now=T0)
+    first = await store.view()
+    assert await store.view() is first  # nothing changed: the same object, chains kept
+    await store.set_meta({"last_sync": "x"})
+    second = await store.view()
+    assert second is not first and second.meta["last_sync"] == "x"
+    assert second.cert_rows is first.cert_rows  # a meta change keeps the parsed rows
+    await store.add(entries(pki2, "two"), make_default=None, actor=ACTOR, now=T0)
+    third = await store.view()
+    assert third.cert_rows is not second.cert_rows
+    assert {c.sha256 for c in third.certs} >= {cert_sha256(pki2.leaf.cert)}
+    # negative twin: a refused change changes nothing, and the view stays valid
+    with pytest.raises(NotFound):
+        await store.set_default("0" * 64, actor=ACTOR, now=T0)
+    assert (await store.view()).certs == third.certs
+
+
+async def test_view_sees_another_connections_change(store: Store, db: Path, pki: Pki) -> None:
+    await store.add(entries(pki), make_default=None, actor=ACTOR, now=T0)
+    sha = cert_sha256(pki.leaf.cert)
+    assert await store.get_key(sha) is not None  # opened once, kept in memory
+    assert await store.get_meta("note") is None
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('note', 'outside')")
+        # and a key row altered behind the store's back must be read, and refused, again
+        (ct,) = conn.execute("SELECT ciphertext FROM keys WHERE cert_sha256 = ?",
+                             (sha,)).fetchone()
+        flipped = bytearray(ct)
+        flipped[0] ^= 1
+        conn.execute("UPDATE keys SET ciphertext = ? WHERE cert_sha256 = ?",
+                     (bytes(flipped), sha))
+    conn.close()
+    assert await store.get_meta("note") == "outside"
+    with pytest.raises(IntegrityError, match=sha):
+        await store.get_key(sha)
+
+
+async def test_chain_follows_its_issuers(store: Store) -> None:
+    """A chain is rebuilt when an issuer arrives or goes, and kept otherwise."""
+    chain = fresh_chain("chain.example.com", "Chain Root")
+    leaf_sha = cert_sha256(chain.leaf.cert)
+    await store.add([SetEntry(chain.leaf.cert, chain.leaf.key, "leaf")], make_default=None,
+                    actor=ACTOR, now=T0)
+    alone, problems = (await store.view()).chain(leaf_sha)
+    assert alone == () and problems
+    await store.add([SetEntry(chain.intermediate.cert, None, ""),
+                     SetEntry(chain.root.cert, None, "")], make_default=None, actor=ACTOR, now=T0)
+    full, problems = (await store.view()).chain(leaf_sha)
+    assert full == (chain.intermediate.cert, chain.root.cert) and problems == ()
+    other = fresh_chain("other.example.com", "Other Root")
+    await store.add(entries(other, "other"), make_default=None, actor=ACTOR, now=T0)
+    view = await store.view()
+    pool = [c.certificate() for c in view.certs]
+    assert view.chain(leaf_sha) == build_chain(chain.leaf.cert, pool)
+    await store.delete(cert_sha256(chain.intermediate.cert), actor=ACTOR, now=T0)
+    cut, problems = (await store.view()).chain(leaf_sha)
+    assert cut == () and problems
+    assert await store.digest() == (await store.view()).digest

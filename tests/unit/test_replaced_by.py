@@ -1,0 +1,56 @@
+"""``sync.monitor.replaced_by``: which stored certificates a renewal supersedes.
+
+It compares within groups of same-named certificates (O(N)); the property test checks it
+against the rule applied to every pair (O(N^2)), which is the definition.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.store import StoredCert
+from sync.lifecycle import supersedes
+from sync.monitor import replaced_by
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NAME_SETS = (("a.example.com",), ("A.example.com.",), ("a.example.com", "b.example.com"), ())
+
+
+def _cert(i: int, names: tuple[str, ...], days: int, has_key: bool) -> StoredCert:
+    return StoredCert(sha256=f"{i:064x}", name=f"c{i}", der=b"", role="identity",
+                      has_key=has_key, is_default=False, dns_names=names, ip_addresses=(),
+                      not_after=T0 + timedelta(days=days), added_at=T0)
+
+
+def _pairwise(certs: list[StoredCert]) -> dict[str, str]:
+    keyed = [c for c in certs if c.has_key and c.dns_names]
+    out = {}
+    for old in keyed:
+        newer = [c for c in keyed
+                 if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)]
+        if newer:
+            out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(NAME_SETS), st.integers(0, 5), st.booleans()),
+                max_size=12))
+def test_replaced_by_is_the_pairwise_rule(spec: list[tuple[tuple[str, ...], int, bool]]) -> None:
+    certs = [_cert(i, names, days, key) for i, (names, days, key) in enumerate(spec)]
+    assert replaced_by(certs) == _pairwise(certs)
+
+
+def test_replaced_by_examples() -> None:
+    old = _cert(1, ("a.example.com",), 1, True)
+    new = _cert(2, ("A.EXAMPLE.COM",), 2, True)
+    same_day = _cert(3, ("a.example.com",), 1, True)
+    other_names = _cert(4, ("b.example.com",), 9, True)
+    keyless = _cert(5, ("a.example.com",), 9, False)
+    assert replaced_by([old, new, same_day, other_names, keyless]) == {
+        old.sha256: new.sha256, same_day.sha256: new.sha256}
+    # negative twin: nothing later with the same names, nothing replaced
+    assert replaced_by([old, same_day, other_names, keyless]) == {}
