@@ -26,7 +26,7 @@ from node import names
 from node.errors import ConfigError
 from node.selection import Selection
 from node.service import CertStoreService, server_credentials, start_grpc_server
-from node.store import Store
+from node.store import Store, StoreView
 from node.tls import ServedCert, TlsEndpoint
 from sync.acme_client import Http01Responder, start_http01_responder
 from sync.alerts import AlertConfig
@@ -147,10 +147,13 @@ class NodeApp:
     def served_for(self, server_name: str | None) -> Selection:
         return self._endpoint.served_for(server_name)
 
-    async def served_certs(self) -> tuple[list[ServedCert], str | None]:
-        """What the endpoint should serve now: every certificate with a key, and the default."""
-        view = await self._store.view()
-        keys = await self._store.keys(view.keyed)
+    async def served_certs(
+        self, view: StoreView | None = None
+    ) -> tuple[list[ServedCert], str | None]:
+        """What the endpoint should serve now: every certificate with a key, and the default
+        (of ``view``, a view of the store just read, when given)."""
+        view = view or await self._store.view()
+        keys = await self._store.keys(view.keyed, view=view)
         served: list[ServedCert] = []
         for s in view.certs:
             key = keys.get(s.sha256)
@@ -172,9 +175,10 @@ class NodeApp:
     async def refresh(self) -> None:
         """Serve what the store holds from the next handshake on (serialised)."""
         async with self._refresh_lock:
-            served, default = await self.served_certs()
+            view = await self._store.view()  # one reading for the endpoint and the bundle
+            served, default = await self.served_certs(view)
             await asyncio.to_thread(self._endpoint.update, served, default)
-            await self._lifecycle.publish_trust_bundle()
+            await self._lifecycle.publish_trust_bundle(view)
             _log.info("node.refreshed", certificates=len(served), default_sha256=default)
         if self._on_change is not None:
             self._on_change()

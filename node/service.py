@@ -52,7 +52,7 @@ from node.errors import (
 from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
 from node.selection import Selection
-from node.store import SetEntry, Store, StoredCert, StoredCsr
+from node.store import SetEntry, Store, StoredCert, StoredCsr, StoreView
 from sync.lifecycle import StagedCaChange
 from sync.monitor import CertStatus, Lifecycle
 from sync.promotion import decode_promotion
@@ -561,8 +561,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     ) -> certsync_pb2.NodeState:
         return await self.node_state()
 
-    async def node_state(self) -> certsync_pb2.NodeState:
-        """The node's replication state (GetState; also the answer of Activate/Promote)."""
+    async def node_state(self, *, lifecycle: bool = True) -> certsync_pb2.NodeState:
+        """The node's replication state (GetState; also the answer of Activate/Promote).
+        ``lifecycle=False`` leaves out each certificate's renewal state and the pending CA
+        change (Activate's answer: the primary reads the replication fields only)."""
         view = await self._rt.store.view()  # one consistent reading, one trip
         meta = view.meta
         keyed = view.keyed
@@ -585,7 +587,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
                 admin_cert_der=p.admin_cert_der, signature=p.signature,
             ))
-        await self._lifecycle_state(state)
+        if lifecycle:
+            await self._lifecycle_state(state, view)
         return state
 
     # -- changing ----------------------------------------------------------------------
@@ -673,10 +676,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         warnings.extend(notes)
         return renews
 
-    async def _lifecycle_state(self, state: certsync_pb2.NodeState) -> None:
+    async def _lifecycle_state(self, state: certsync_pb2.NodeState, view: StoreView) -> None:
         """Add every certificate's days left and renewal state, and the pending CA change."""
         lifecycle = self._rt.lifecycle
-        for st in (await lifecycle.statuses(self._rt.now())).values():
+        for st in (await lifecycle.statuses(self._rt.now(), view)).values():
             state.certificates.append(
                 certsync_pb2.CertificateLifecycle(
                     sha256=st.sha256,
@@ -685,7 +688,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                     next_attempt=_rfc3339(st.next_attempt),
                 )
             )
-        pending = await lifecycle.pending()
+        pending = await lifecycle.pending(view)
         if pending is not None:
             state.pending_ca_change.CopyFrom(_pending_msg(pending))
 

@@ -659,14 +659,22 @@ class Store:
             await self._conn.execute("ROLLBACK")
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[None]:
+    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[None]:
         """One write transaction; the caller holds ``self._lock``.
+
+        ``durable=False`` commits with ``synchronous=NORMAL`` instead of ``FULL``: still
+        atomic (a crash of the process or the machine leaves the old state or the new one),
+        but a power loss may roll this transaction back. For what the primary can send
+        again (a replicated set, ``last_sync``), not for an admin's change.
 
         aiosqlite runs statements in order on one thread, so a ROLLBACK queued after a
         cancelled statement runs after it; a ROLLBACK with nothing to undo is harmless.
         """
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            else:  # one trip; no transaction is open, so executescript adds no COMMIT
+                await self._conn.executescript("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
             yield
             await asyncio.shield(self._conn.execute("COMMIT"))
         except BaseException:
@@ -674,6 +682,8 @@ class Store:
             raise
         finally:
             self._generation += 1
+            if not durable:
+                await asyncio.shield(self._conn.execute("PRAGMA synchronous = FULL"))
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows = await self._conn.execute_fetchall(sql, params)
@@ -886,17 +896,23 @@ class Store:
             await self._get(sha256)
         return (await self.keys([sha256])).get(sha256)
 
-    async def keys(self, sha256s: Iterable[str]) -> dict[str, PrivateKey]:
-        """The private keys of those of ``sha256s`` stored with one, by sha256, in one trip.
+    async def keys(
+        self, sha256s: Iterable[str], *, view: StoreView | None = None
+    ) -> dict[str, PrivateKey]:
+        """The private keys of those of ``sha256s`` stored with one, by sha256, in one trip
+        (none when every key is open already and ``view``, a view just read, is given).
 
         A key opened once is kept in memory (the node serves it anyway) until its row goes
         away or another connection changes the file; only the others are decrypted (off the
         event loop). :class:`IntegrityError` when a row fails to open.
         """
+        wanted = list(dict.fromkeys(sha256s))
+        if view is not None and all(s in self._keys for s in wanted if s in view.keyed):
+            return {s: self._keys[s] for s in wanted if s in view.keyed}
         async with self._lock:
             view = await self._current()
             keyed = view.keyed
-            wanted = [s for s in dict.fromkeys(sha256s) if s in keyed]
+            wanted = [s for s in wanted if s in keyed]
             missing = [s for s in wanted if s not in self._keys]
             sealed: dict[str, tuple[StoredCert, bytes, bytes]] = {}
             for start in range(0, len(missing), 500):  # SQLite's bound-parameter limit
@@ -975,11 +991,13 @@ class Store:
         meta: Mapping[str, str],
         actor: str,
         now: datetime,
+        durable: bool = True,
     ) -> None:
         """Replace the whole certificate set (replication activation) plus meta, in one transaction.
 
         Certificates in both the old and new set keep their ``added_at``; CSRs are untouched.
-        ``default`` must be an entry with a key (or ``None``).
+        ``default`` must be an entry with a key (or ``None``). ``durable=False``: see
+        :meth:`_transaction` (a replica's set, which its primary pushes again if lost).
         """
         when = _iso(now)
         self._check_meta_keys(meta)
@@ -991,22 +1009,23 @@ class Store:
                 "send its key with it or choose another default"
             )
         new = {p.sha256 for p in prepared}
-        async with self._lock, self._transaction():
+        async with self._lock, self._transaction(durable=durable):
             old = {str(r[0]) for r in await self._fetchall("SELECT sha256 FROM certificates")}
             gone = sorted(old - new)
-            await self._conn.executemany(
-                "DELETE FROM certificates WHERE sha256 = ?", [(s,) for s in gone]
-            )
+            if gone:
+                await self._conn.executemany(
+                    "DELETE FROM certificates WHERE sha256 = ?", [(s,) for s in gone]
+                )
             # a certificate that stays but loses its key in the new set loses it here too
-            await self._conn.executemany(
-                "DELETE FROM keys WHERE cert_sha256 = ?", [(s,) for s in sorted(new - keyed)]
-            )
+            keyless = sorted((new - keyed) & old)
+            if keyless:
+                await self._conn.executemany(
+                    "DELETE FROM keys WHERE cert_sha256 = ?", [(s,) for s in keyless]
+                )
             await self._upsert(prepared, when)
             if default is None:
                 await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
-            else:
-                await self._put_meta({"default_sha256": default})
-            await self._put_meta(meta)
+            await self._put_meta({**meta, **({"default_sha256": default} if default else {})})
             await self._audit(
                 actor,
                 "set.replace",
@@ -1018,6 +1037,8 @@ class Store:
                 },
                 now,
             )
+        # the keys arrived with the set, matched and sealed: no need to open them again
+        self._keys.update((cert_sha256(e.cert), e.key) for e in entries if e.key is not None)
 
     async def chain(
         self, sha256: str
@@ -1047,16 +1068,31 @@ class Store:
         return (await self.view()).meta.get(key)
 
     async def set_meta(
-        self, values: Mapping[str, str], *, actor: str | None = None, now: datetime | None = None
+        self,
+        values: Mapping[str, str],
+        *,
+        actor: str | None = None,
+        now: datetime | None = None,
+        durable: bool = True,
     ) -> None:
-        """Set meta values in one transaction; audited when ``actor`` and ``now`` are given."""
+        """Set meta values in one transaction; audited when ``actor`` and ``now`` are given.
+        ``durable=False``: see :meth:`_transaction` (for values the primary sends again)."""
         self._check_meta_keys(values)
         if (actor is None) != (now is None):
             raise ValueError("set_meta needs both actor and now, or neither")
-        async with self._lock, self._transaction():
-            await self._put_meta(values)
-            if actor is not None and now is not None:
-                await self._audit(actor, "meta.set", dict(values), now)
+        async with self._lock:
+            before = self._view
+            async with self._transaction(durable=durable):
+                await self._put_meta(values)
+                if actor is not None and now is not None:
+                    await self._audit(actor, "meta.set", dict(values), now)
+            if before is not None and before[0][0] + 1 == self._generation:
+                # only meta changed, and only by us: the view of before, with these values,
+                # under the new generation and the data_version seen before (so a change by
+                # another connection meanwhile still shows at the next reading)
+                view = StoreView(meta=MappingProxyType({**before[1].meta, **values}),
+                                 cert_rows=before[1].cert_rows)
+                self._view = ((self._generation, before[0][1]), view)
 
     # ---------------------------------------------------------------- CSRs
 

@@ -16,9 +16,11 @@ answers one plain HTTP/1.1 ``GET`` with a tiny page naming the node, anything el
 with :meth:`TlsEndpoint.set_trust_bundle`, certificates only, or 404); reads are bounded
 in size and time so a slow client cannot hold a worker for long.
 
-Private keys never reach the disk in plaintext: :mod:`ssl` loads keys only from files, so
-each key is written PKCS#8-encrypted under a random one-time password into a private
-(0700) temporary directory, loaded, and removed at once.
+Private keys never reach the disk: :mod:`ssl` loads keys only from files, so on Linux each
+key is handed to OpenSSL through an anonymous in-memory file (``memfd_create``, read back
+through ``/proc/self/fd``) that is closed at once. Where that is missing, the key is written
+PKCS#8-encrypted under a random one-time password into a private (0700) temporary
+directory, loaded, and removed at once.
 """
 
 from __future__ import annotations
@@ -134,26 +136,70 @@ def _write_encrypted_key(directory: Path, stem: str, key: PrivateKey) -> tuple[P
     return path, password
 
 
+#: anonymous in-memory files and a way to open them by path (Linux)
+_MEMFD: Final = hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir()
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding ``data`` (close-on-exec); the caller closes it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _chain_pem(served: ServedCert) -> bytes:
+    return b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (served.cert, *served.chain)
+    )
+
+
+def _load_chain(ctx: ssl.SSLContext, served: ServedCert, cert: str, key: str,
+                password: bytes | None = None) -> None:
+    try:
+        ctx.load_cert_chain(cert, key, password=password)
+    except ssl.SSLError as err:
+        raise BadInput(
+            f"certificate {served.sha256!r} cannot be served with its key "
+            f"({err.reason or 'rejected by OpenSSL'}); import the key that belongs to it"
+        ) from err
+
+
+def _load_in_memory(served: ServedCert) -> ssl.SSLContext:
+    """One server context holding ``served``'s certificate, chain and key, loaded through
+    in-memory files (nothing is written to a file system)."""
+    key_pem = served.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    cert_fd = _memfd("certsync-cert", _chain_pem(served))
+    try:
+        key_fd = _memfd("certsync-key", key_pem)
+        try:
+            ctx = _new_server_context()
+            _load_chain(ctx, served, f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+            return ctx
+        finally:
+            os.close(key_fd)
+    finally:
+        os.close(cert_fd)
+
+
 def _load_context(directory: Path, stem: str, served: ServedCert) -> ssl.SSLContext:
-    """One server context holding ``served``'s certificate, chain and key."""
+    """One server context holding ``served``'s certificate, chain and key (through an
+    encrypted key file in ``directory``: for systems without ``memfd_create``)."""
     cert_path = directory / f"{stem}.crt.pem"
     key_path: Path | None = None
     try:
-        _write_private(
-            cert_path,
-            b"".join(
-                c.public_bytes(serialization.Encoding.PEM) for c in (served.cert, *served.chain)
-            ),
-        )
+        _write_private(cert_path, _chain_pem(served))
         key_path, password = _write_encrypted_key(directory, stem, served.key)
         ctx = _new_server_context()
-        try:
-            ctx.load_cert_chain(cert_path, key_path, password=password)
-        except ssl.SSLError as err:
-            raise BadInput(
-                f"certificate {served.sha256!r} cannot be served with its key "
-                f"({err.reason or 'rejected by OpenSSL'}); import the key that belongs to it"
-            ) from err
+        _load_chain(ctx, served, str(cert_path), str(key_path), password)
         return ctx
     finally:
         cert_path.unlink(missing_ok=True)
@@ -273,6 +319,8 @@ class TlsEndpoint:
         #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
         self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
         self._entries: dict[str, SniEntry] = {}  # by sha256, for the SNI index
+        #: keys reach OpenSSL through memfds (tests turn it off to cover the fallback)
+        self._in_memory = _MEMFD
         self._trust_bundle: bytes = _NO_BUNDLE
         self._update_lock = threading.Lock()
         self._local = threading.local()
@@ -311,7 +359,9 @@ class TlsEndpoint:
                         _public_half(served.key),
                     )
                     ctx = previous.get(ident)
-                    if ctx is None:
+                    if ctx is None and self._in_memory:
+                        ctx = _load_in_memory(served)
+                    elif ctx is None:
                         if directory is None:
                             directory = Path(
                                 tempfile.mkdtemp(prefix="certsync-tls-", dir=self._scratch_dir)

@@ -42,7 +42,7 @@ from node.chain import build_chain
 from node.errors import AcmeError, BadInput, Conflict
 from node.model import KeyType, PrivateKey
 from node.names import sans_of
-from node.store import SetEntry, Store, StoredCert, cert_sha256
+from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
 from sync.acme_client import ACME_KEY_TYPES, Http01Responder, request_certificate
 from sync.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from sync.config import AcmeSettings
@@ -343,8 +343,10 @@ class Lifecycle:
     async def _save(self, sha256: str, record: _Record) -> None:
         await self._store.set_meta({state_key(sha256): record.to_json()})
 
-    async def _snapshot(self) -> tuple[list[StoredCert], dict[str, _Record], dict[str, str]]:
-        view = await self._store.view()
+    async def _snapshot(
+        self, view: StoreView | None = None
+    ) -> tuple[list[StoredCert], dict[str, _Record], dict[str, str]]:
+        view = view or await self._store.view()
         certs = list(view.certs)
         records = {c.sha256: _Record.from_json(view.meta.get(state_key(c.sha256)))
                    for c in certs}
@@ -353,13 +355,17 @@ class Lifecycle:
             memo = self._replaced = (view.cert_rows, replaced_by(certs))
         return certs, records, memo[1]
 
-    async def pending(self) -> StagedCaChange | None:
-        """The staged CA change, if any."""
-        return _pending_from_json(await self._store.get_meta(PENDING_KEY))
+    async def pending(self, view: StoreView | None = None) -> StagedCaChange | None:
+        """The staged CA change, if any (in ``view``, a view of the store just read, when
+        given)."""
+        view = view or await self._store.view()
+        return _pending_from_json(view.meta.get(PENDING_KEY))
 
-    async def statuses(self, now: dt.datetime) -> dict[str, CertStatus]:
+    async def statuses(
+        self, now: dt.datetime, view: StoreView | None = None
+    ) -> dict[str, CertStatus]:
         """Every stored certificate's lifecycle at ``now``, by sha256."""
-        certs, records, replaced = await self._snapshot()
+        certs, records, replaced = await self._snapshot(view)
         out: dict[str, CertStatus] = {}
         for c in certs:
             record = records[c.sha256]
@@ -376,11 +382,13 @@ class Lifecycle:
 
     # -- CA change guard and renewed certificates -----------------------------------------
 
-    async def _default(self) -> StoredCert | None:
-        return (await self._store.view()).default
+    async def _default(self, view: StoreView | None = None) -> StoredCert | None:
+        return (view or await self._store.view()).default
 
-    async def _chain_of(self, sha256: str) -> tuple[x509.Certificate, ...]:
-        view = await self._store.view()
+    async def _chain_of(
+        self, sha256: str, view: StoreView | None = None
+    ) -> tuple[x509.Certificate, ...]:
+        view = view or await self._store.view()
         cert = view.require(sha256).certificate()
         chain, _problems = view.chain(sha256)
         return (cert, *(c for c in chain if c != cert))
@@ -470,22 +478,24 @@ class Lifecycle:
         await self.publish_trust_bundle()
         return staged
 
-    async def trust_bundle(self) -> bytes | None:
+    async def trust_bundle(self, view: StoreView | None = None) -> bytes | None:
         """The chains clients should trust now: the default's and, while a CA change is
         pending, the new certificate's (certificates only, PEM); ``None`` with no default."""
+        view = view or await self._store.view()
         chains: list[tuple[x509.Certificate, ...]] = []
-        current = await self._default()
+        current = view.default
         if current is not None:
-            chains.append(await self._chain_of(current.sha256))
-        staged = await self.pending()
+            chains.append(await self._chain_of(current.sha256, view))
+        staged = await self.pending(view)
         if staged is not None:
             with contextlib.suppress(BadInput):  # deleted meanwhile: nothing to publish
-                chains.append(await self._chain_of(staged.sha256))
+                chains.append(await self._chain_of(staged.sha256, view))
         return _chain_pem(chains) if chains else None
 
-    async def publish_trust_bundle(self) -> None:
+    async def publish_trust_bundle(self, view: StoreView | None = None) -> None:
+        """Hand the trust bundle to the TLS endpoint (of ``view`` when given)."""
         if self._publish is not None:
-            self._publish(await self.trust_bundle())
+            self._publish(await self.trust_bundle(view))
 
     # -- ACME -----------------------------------------------------------------------------
 

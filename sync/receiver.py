@@ -53,7 +53,7 @@ from node.errors import (
 )
 from node.names import check_all, sans_of
 from node.service import abort_for, peer_identity, run_rpc
-from node.store import SetEntry, Store, cert_sha256, set_digest
+from node.store import SetEntry, Store, StoreView, cert_sha256, set_digest
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -66,6 +66,7 @@ from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_it
 
 __all__ = [
     "CheckedSet",
+    "NodeStateFn",
     "Push",
     "Replica",
     "ReplicateHandler",
@@ -407,16 +408,16 @@ class Replica:
                 except PermissionDenied as err:
                     await self._refuse(identity, "Stage", err)
         await self._check_sender(identity, "Stage", push.epoch)
-        meta = (await self.store.view()).meta
-        current = int(meta.get("revision") or 0)
-        same_epoch = meta.get("revision_epoch") == str(push.epoch)
+        view = await self.store.view()  # one reading for the replay check and held items
+        current = int(view.meta.get("revision") or 0)
+        same_epoch = view.meta.get("revision_epoch") == str(push.epoch)
         if same_epoch and push.revision < current:
             await self._refuse(identity, "Stage", TransferRejected(
                 f"the push from {push.sender!r} carries revision {push.revision}, older than "
                 f"this node's {current} at epoch {push.epoch}; it is a replay, push the current "
                 "set"))
         required = (self.topology.site, self.topology.node(self.name).hostname)
-        held = await self._held(push, identity)
+        held = await self._held(push, identity, view)
         try:
             checked = await asyncio.to_thread(
                 functools.partial(check_push, push, cluster_id=self.topology.cluster_id,
@@ -433,13 +434,13 @@ class Replica:
                   forced=checked.forced)
         return checked.digest
 
-    async def _held(self, push: Push, identity: Identity) -> list[UnwrappedItem]:
+    async def _held(self, push: Push, identity: Identity,
+                    view: StoreView) -> list[UnwrappedItem]:
         """The members the primary did not resend, from this node's store (with key and
         chain); refuses the Stage when one is missing, so the primary pushes everything."""
         if not push.kept:
             return []
-        view = await self.store.view()
-        keys = await self.store.keys(k.sha256 for k in push.kept)
+        keys = await self.store.keys((k.sha256 for k in push.kept), view=view)
         held = []
         for kept in push.kept:
             found = view.get(kept.sha256)
@@ -476,9 +477,10 @@ class Replica:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
             meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
+            # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
-                actor=f"node:{identity.name}", now=now)
+                actor=f"node:{identity.name}", now=now, durable=False)
             if staged.forced:
                 await self.store.record_audit(
                     actor=f"node:{identity.name}", action="replication.forced",
@@ -495,7 +497,7 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
-            await self.store.set_meta({"last_sync": rfc3339(self.now)})
+            await self.store.set_meta({"last_sync": rfc3339(self.now)}, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:
         """Adopt a delivered promotion when it is higher than ours."""
@@ -547,6 +549,13 @@ class ReplicateHandler(Protocol):
         ...
 
 
+class NodeStateFn(Protocol):
+    """The node's state as GetState answers it (``node.service.CertStoreService.node_state``);
+    ``lifecycle=False`` leaves out the certificates' renewal states."""
+
+    def __call__(self, *, lifecycle: bool = True) -> Awaitable[certsync_pb2.NodeState]: ...
+
+
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _Context = grpc.aio.ServicerContext[Any, Any]
@@ -572,7 +581,7 @@ def _unary(
 class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     """gRPC ``certsync.v1.Replication`` over a :class:`Replica` (and the replicator)."""
 
-    def __init__(self, replica: Replica, state: Callable[[], Awaitable[certsync_pb2.NodeState]],
+    def __init__(self, replica: Replica, state: NodeStateFn,
                  replicator: ReplicateHandler | None = None) -> None:
         self._replica = replica
         self._state = state
@@ -602,7 +611,7 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                        identity: Identity) -> certsync_pb2.NodeState:
         await self._replica.activate(request.epoch, request.revision, request.set_digest,
                                      identity)
-        return await self._state()
+        return await self._state(lifecycle=False)  # the primary reads the replication fields
 
     @_unary
     async def Confirm(self, request: certsync_pb2.ConfirmRequest,

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -60,6 +60,7 @@ from sync.plan import NodeState, plan
 from sync.probe import served_sha256
 from sync.promotion import Promotion
 from sync.receiver import (
+    NodeStateFn,
     Replica,
     ReplicationService,
     promotion_from_msg,
@@ -533,7 +534,8 @@ class Replicator:
             return [r for r in fenced if r is not None]
         results = list(await asyncio.gather(*(self.push(n) for n in self.targets)))
         if results and all(r.in_sync for r in results):
-            await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)})
+            await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
+                                              durable=False)
         return results
 
     async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:
@@ -627,7 +629,7 @@ async def wire_replication(
     ca_pem: bytes,
     cert_pem: bytes,
     key_pem: bytes,
-    state: Callable[[], Awaitable[certsync_pb2.NodeState]],
+    state: NodeStateFn,
     peers: Mapping[str, Peer],
     interval: float,
     concurrency: int = DEFAULT_CONCURRENCY,

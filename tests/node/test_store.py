@@ -858,6 +858,8 @@ async def test_view_sees_another_connections_change(store: Store, db: Path, pki:
     sha = cert_sha256(pki.leaf.cert)
     assert await store.get_key(sha) is not None  # opened once, kept in memory
     assert await store.get_meta("note") is None
+    await store.set_meta({"mine": "1"})  # the view is patched in place, not read again...
+    assert await store.get_meta("mine") == "1"
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("INSERT INTO meta (key, value) VALUES ('note', 'outside')")
@@ -869,7 +871,8 @@ async def test_view_sees_another_connections_change(store: Store, db: Path, pki:
         conn.execute("UPDATE keys SET ciphertext = ? WHERE cert_sha256 = ?",
                      (bytes(flipped), sha))
     conn.close()
-    assert await store.get_meta("note") == "outside"
+    assert await store.get_meta("note") == "outside"  # ...and still sees other writers
+    assert await store.get_meta("mine") == "1"
     with pytest.raises(IntegrityError, match=sha):
         await store.get_key(sha)
 

@@ -476,3 +476,31 @@ def test_start_on_busy_port_is_bad_input(endpoint: TlsEndpoint, tmp_path: Path) 
     other = TlsEndpoint(node_name=NODE, scratch_dir=tmp_path)
     with pytest.raises(BadInput, match=str(endpoint.address[1])):
         other.start("127.0.0.1", endpoint.address[1])
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["memfd", "encrypted-file"])
+def test_both_ways_to_hand_keys_to_openssl(tmp_path: Path, in_memory: bool) -> None:
+    """Keys reach OpenSSL through memfds (Linux) or, elsewhere, a one-time encrypted file:
+    both serve, both leave no file and no open descriptor, both refuse a mismatched key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    served = _self_signed(key, "keys.example.test")
+    ep = TlsEndpoint(node_name=NODE, workers=2, scratch_dir=tmp_path)
+    ep._in_memory = in_memory
+    fds = set(Path("/proc/self/fd").iterdir())
+    ep.update([served], served.sha256)
+    assert set(Path("/proc/self/fd").iterdir()) <= fds  # every descriptor closed again
+    assert list(tmp_path.iterdir()) == []
+    port = ep.start("127.0.0.1", 0)
+    try:
+        assert _https(port, b"GET / HTTP/1.1\r\n\r\n", "keys.example.test")[0] == 200
+        wrong = ServedCert(sha256=served.sha256, cert=served.cert, chain=(),
+                           key=ec.generate_private_key(ec.SECP256R1()))
+        other = _self_signed(ec.generate_private_key(ec.SECP256R1()), "other.example.test")
+        with pytest.raises(BadInput, match="cannot be served with its key"):
+            ep.update([other, ServedCert(sha256="0" * 64, cert=wrong.cert, chain=(),
+                                         key=wrong.key)], other.sha256)
+        # the refused update changed nothing: the old set is still served
+        assert _https(port, b"GET / HTTP/1.1\r\n\r\n", "keys.example.test")[0] == 200
+    finally:
+        ep.stop()
+    assert list(tmp_path.iterdir()) == []
