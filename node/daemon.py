@@ -179,7 +179,7 @@ class NodeApp:
             served, default = await self.served_certs(view)
             await asyncio.to_thread(self._endpoint.update, served, default)
             await self._lifecycle.publish_trust_bundle(view)
-            _log.info("node.refreshed", certificates=len(served), default_sha256=default)
+            _log.debug("node.refreshed", certificates=len(served), default_sha256=default)
         if self._on_change is not None:
             self._on_change()
 

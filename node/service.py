@@ -125,8 +125,15 @@ def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: st
             "the call carries no client certificate; connect with mutual TLS using the "
             "certificates from 'certsync cluster init'"
         )
+    return _identity_of(bytes(pems[0]), cluster_id)
+
+
+@functools.lru_cache(maxsize=256)  # a peer calls many times with one certificate
+def _identity_of(pem: bytes, cluster_id: str) -> Identity:
+    """The identity a client certificate (PEM, as the TLS layer verified it) names; a
+    refusal is raised, not cached, each time."""
     try:
-        cert = x509.load_pem_x509_certificate(pems[0])
+        cert = x509.load_pem_x509_certificate(pem)
     except ValueError as err:
         raise PermissionDenied(
             "the client certificate cannot be read; use a certificate from the cluster CA"

@@ -394,7 +394,7 @@ class TlsEndpoint:
             if pem is None
             else _http_response("200 OK", pem, "application/x-pem-file")
         )
-        self._log.info("tls.trust_bundle", published=pem is not None)
+        self._log.debug("tls.trust_bundle", published=pem is not None)
 
     def served_for(self, server_name: str | None) -> Selection:
         """What a handshake with this SNI value (None: no SNI) gets now."""

@@ -345,10 +345,11 @@ class Replicator:
         return (f"node {name!r} is at epoch {state.epoch} (primary "
                 f"{self.replica.primary!r}); this node stepped down")
 
-    async def push(self, name: str, *, force: bool = False,
-                   fresh_probe: bool = False) -> certsync_pb2.ReplicateProgress:
+    async def push(self, name: str, *, force: bool = False, fresh_probe: bool = False,
+                   latest: Snapshot | None = None) -> certsync_pb2.ReplicateProgress:
         """Bring ``name`` to this primary's set; idempotent. Never raises a CertsyncError:
-        the outcome is in the progress message."""
+        the outcome is in the progress message. ``latest``: the set as the caller just read
+        it for a whole round (a change after it triggers the next round)."""
         async with self._lock(name):
             snap: Snapshot | None = None
             try:
@@ -359,7 +360,7 @@ class Replicator:
                 # the fan-out limit covers the transfer; probing and confirming (cheap
                 # handshakes) do not hold back the next node's activation
                 async with self._semaphore:
-                    snap = await self.snapshot()
+                    snap = latest if latest is not None else await self.snapshot()
                     known = self._served_ok.get(name)
                     if (not fresh_probe and known is not None and known[0] == snap.epoch
                             and known[1] < snap.revision):
@@ -507,7 +508,7 @@ class Replicator:
         names = self._check_names(nodes)
         snap = await self.snapshot()
         await self._gate(snap, force=force, actor=actor)
-        tasks = [asyncio.create_task(self.push(n, force=force, fresh_probe=True))
+        tasks = [asyncio.create_task(self.push(n, force=force, fresh_probe=True, latest=snap))
                  for n in names]
         try:
             for next_done in asyncio.as_completed(tasks):
@@ -532,7 +533,8 @@ class Replicator:
             # nodes holding this very set (pushed with --force) are still checked
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
             return [r for r in fenced if r is not None]
-        results = list(await asyncio.gather(*(self.push(n) for n in self.targets)))
+        results = list(await asyncio.gather(*(self.push(n, latest=snap)
+                                               for n in self.targets)))
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)
