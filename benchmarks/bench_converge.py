@@ -375,18 +375,16 @@ def bench_size(n: int, repeats: int, scratch: Path, serial: list[int]) -> list[R
         rtt = asyncio.run(_rtt(cluster))
         serial[0] += 1
         converge_once(cluster, make_material("ec-p256", serial[0]))  # warm-up: channels open
-        probe = measure_probe_cost(cluster, "b1")
-        # what the probes DESIGN.md requires cost on their own: the site, the node's own
-        # hostname and no SNI, per node, client and server side
-        probe_floor = n * PROBES_PER_NODE * probe / cores
-        print(f"#   one probe handshake: {probe * 1e3:.2f} ms CPU (client + server); "
-              f"{PROBES_PER_NODE} per node: {probe_floor:.3f} s over {cores} cores", flush=True)
         for key_type in KEY_TYPES:
             mats = []
             for _ in range(repeats):
                 serial[0] += 1
                 mats.append(make_material(key_type, serial[0]))
             runs = [converge_once(cluster, m) for m in mats]
+            # what the probes DESIGN.md requires cost on their own (the site, the node's own
+            # hostname and no SNI, per node, client and server side), with this key type
+            probe = measure_probe_cost(cluster, "b1")
+            probe_floor = n * PROBES_PER_NODE * probe / cores
             converge = statistics.median(r[0] for r in runs)
             logs = [r[1] for r in runs if r[1] is not None]
             limit = measure_limit(mats[0], scratch)
@@ -394,6 +392,9 @@ def bench_size(n: int, repeats: int, scratch: Path, serial: list[int]) -> list[R
             rows.append(Row(n, key_type, converge, statistics.median(logs) if logs else None,
                             limit.total(n, rtt, cores), manual, None,
                             limit.total(n, rtt, cores) + probe_floor))
+            print(f"#   {key_type}: one probe handshake {probe * 1e3:.2f} ms CPU (client + "
+                  f"server), {PROBES_PER_NODE} per node {probe_floor:.3f} s over {cores} cores",
+                  flush=True)
             print(f"#   {key_type}: per node load {limit.load * 1e3:.2f} ms, context "
                   f"{limit.context * 1e3:.2f} ms, commit {limit.commit * 1e3:.2f} ms; export "
                   f"{limit.export * 1e3:.2f} ms; rtt {rtt * 1e3:.2f} ms; runs "
