@@ -491,10 +491,16 @@ class _PreparedCert:
     role: Role
     not_after: str
     sealed: tuple[bytes, bytes] | None
+    #: it has a key: ``sealed`` now, or a key row that is kept as it is
+    keyed: bool
 
 
-def _prepare(store_key: bytes, entries: Sequence[SetEntry]) -> list[_PreparedCert]:
-    """CPU part of a change (run off the event loop): check keys, serialise and seal them."""
+def _prepare(
+    store_key: bytes, entries: Sequence[SetEntry], *, stored_keys: frozenset[str] = frozenset()
+) -> list[_PreparedCert]:
+    """CPU part of a change (run off the event loop): check keys, serialise and seal them.
+    A key of a certificate in ``stored_keys`` (stored with its key already) is checked but
+    not sealed again: its row stays (a certificate has one key)."""
     out: dict[str, _PreparedCert] = {}
     for e in entries:
         der = e.cert.public_bytes(serialization.Encoding.DER)
@@ -506,17 +512,20 @@ def _prepare(store_key: bytes, entries: Sequence[SetEntry]) -> list[_PreparedCer
                     f"the private key given for certificate {sha!r} ({e.name!r}) does not match "
                     "its public key; import the key that belongs to this certificate"
                 )
-            sealed = seal(store_key, key_aad(sha), _key_der(e.key))
+            if sha not in stored_keys:
+                sealed = seal(store_key, key_aad(sha), _key_der(e.key))
         prev = out.get(sha)
         if prev is not None and prev.sealed is not None and sealed is None:
             sealed = prev.sealed
+        keyed = e.key is not None or (prev is not None and prev.keyed)
         out[sha] = _PreparedCert(
             sha256=sha,
             der=der,
             name=e.name or (prev.name if prev else ""),
-            role=role_of(e.cert, sealed is not None),
+            role=role_of(e.cert, keyed),
             not_after=_iso(e.cert.not_valid_after_utc),
             sealed=sealed,
+            keyed=keyed,
         )
     return list(out.values())
 
@@ -727,6 +736,8 @@ class Store:
 
     async def _upsert(self, items: Sequence[_PreparedCert], now: str) -> None:
         # few statements, each a hop to aiosqlite's thread: executemany, no read-then-write
+        if not items:
+            return
         await self._conn.executemany(
             "INSERT INTO certificates (sha256, der, name, role, not_after, added_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET "
@@ -1001,8 +1012,11 @@ class Store:
         """
         when = _iso(now)
         self._check_meta_keys(meta)
-        prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
-        keyed = {p.sha256 for p in prepared if p.sealed is not None}
+        # what is stored with its key already keeps its key row: O(changed) sealing
+        before = await self.view()
+        prepared = await asyncio.to_thread(
+            functools.partial(_prepare, self._store_key, entries, stored_keys=before.keyed))
+        keyed = {p.sha256 for p in prepared if p.keyed}
         if default is not None and default not in keyed:
             raise Conflict(
                 f"the default {default!r} is not a certificate with a key in the new set; "
@@ -1010,6 +1024,9 @@ class Store:
             )
         new = {p.sha256 for p in prepared}
         async with self._lock, self._transaction(durable=durable):
+            current = await self._current()
+            if current.cert_rows is not before.cert_rows:  # rows changed meanwhile: seal all
+                prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
             old = {str(r[0]) for r in await self._fetchall("SELECT sha256 FROM certificates")}
             gone = sorted(old - new)
             if gone:
@@ -1022,7 +1039,10 @@ class Store:
                 await self._conn.executemany(
                     "DELETE FROM keys WHERE cert_sha256 = ?", [(s,) for s in keyless]
                 )
-            await self._upsert(prepared, when)
+            # rows that stay exactly as they are need no statement
+            stored = {str(r[0]): (r[2], r[3], bool(r[-1])) for r in current.rows}
+            await self._upsert([p for p in prepared
+                                if stored.get(p.sha256) != (p.name, p.role, p.keyed)], when)
             if default is None:
                 await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
             await self._put_meta({**meta, **({"default_sha256": default} if default else {})})

@@ -898,3 +898,35 @@ async def test_chain_follows_its_issuers(store: Store) -> None:
     cut, problems = (await store.view()).chain(leaf_sha)
     assert cut == () and problems
     assert await store.digest() == (await store.view()).digest
+
+
+async def test_replace_all_keeps_stored_key_rows(store: Store, db: Path, pki: Pki,
+                                                 pki2: Pki) -> None:
+    """Activation keeps the key row of a certificate stored with its key already (it seals
+    and writes only what changed; that part shows in CPU, not in the rows)."""
+    await store.add(entries(pki), make_default=None, actor=ACTOR, now=T0)
+    a, b = cert_sha256(pki.leaf.cert), cert_sha256(pki2.leaf.cert)
+
+    def key_rows() -> dict[str, tuple[bytes, bytes]]:
+        conn = sqlite3.connect(db)
+        try:
+            return {r[0]: (r[1], r[2]) for r in
+                    conn.execute("SELECT cert_sha256, nonce, ciphertext FROM keys")}
+        finally:
+            conn.close()
+
+    first = key_rows()
+    await store.replace_all(entries(pki) + entries(pki2, "two"), default=b, meta={},
+                            actor=ACTOR, now=T0 + timedelta(hours=1))
+    second = key_rows()
+    assert second[a] == first[a]  # kept as it was
+    assert set(second) == {a, b}
+    assert der(await store.get_key(b) or make_key()) == der(pki2.leaf.key)
+    view = await store.view()
+    assert view.default_sha256 == b and view.keyed == {a, b}
+    # negative twin: the same certificate pushed without its key loses the key row
+    keyless = [SetEntry(pki.leaf.cert, None, "site"), *entries(pki2, "two")]
+    await store.replace_all(keyless, default=b, meta={}, actor=ACTOR,
+                            now=T0 + timedelta(hours=2))
+    assert set(key_rows()) == {b}
+    assert await store.get_key(a) is None
