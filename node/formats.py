@@ -26,7 +26,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -41,8 +41,13 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from node.errors import BadInput, FormatError, PassphraseError
 from node.model import KeyType, Material, PrivateKey
 
+#: what cryptography raises for certificate bytes it cannot read: ValueError, or
+#: InvalidVersion (an Exception, not a ValueError) for a version field other than v1-v3
+BAD_CERTIFICATE: Final = (ValueError, x509.InvalidVersion)
+
 __all__ = [
     "ADMIN_PBKDF2_ROUNDS",
+    "BAD_CERTIFICATE",
     "MAX_KDF_ITERATIONS",
     "cert_sha256",
     "export_certificates",
@@ -445,7 +450,7 @@ def _read_der_object(
 def _load_der_cert(name: str, what: str, der: bytes) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as err:
+    except BAD_CERTIFICATE as err:
         try:
             x509.load_der_x509_csr(der)
         except ValueError:
@@ -501,7 +506,7 @@ def _load_pkcs7(name: str, what: str, der: bytes) -> list[x509.Certificate]:
             # cryptography reads it fine and warns, which would only confuse the admin
             warnings.simplefilter("ignore", UserWarning)
             certs = pkcs7.load_der_pkcs7_certificates(der)
-    except ValueError as err:
+    except BAD_CERTIFICATE as err:
         raise _damaged(name, what, "not a valid PKCS#7 certificate bundle") from err
     except UnsupportedAlgorithm as err:
         raise FormatError(
@@ -569,6 +574,9 @@ def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumula
             loaded = pkcs12.load_pkcs12(der, candidate)
         except (ValueError, TypeError):  # wrong passphrase, damaged bags
             continue
+        except x509.InvalidVersion as err:  # it opened, but a certificate in it is damaged
+            raise _damaged(name, "the PKCS#12 data", "it holds an invalid X.509 certificate"
+                           ) from err
         except UnsupportedAlgorithm as err:
             raise FormatError(
                 f"PKCS#12 file {name!r} uses an algorithm certsync cannot read; "

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.errors import PermissionDenied
+from node.formats import BAD_CERTIFICATE
 from sync.topology import identity_from_certificate
 
 __all__ = [
@@ -126,7 +127,7 @@ def verify_promotion(
         return
     try:
         admin = x509.load_der_x509_certificate(promotion.admin_cert_der)
-    except ValueError as err:
+    except BAD_CERTIFICATE as err:
         raise PermissionDenied(
             f"the promotion to epoch {promotion.epoch} carries no readable admin certificate; "
             "promote with the admin.toml of this cluster"

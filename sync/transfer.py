@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from node.errors import TransferRejected
-from node.formats import export_pkcs12
+from node.formats import BAD_CERTIFICATE, export_pkcs12
 from node.model import PrivateKey
 
 __all__ = [
@@ -210,7 +210,7 @@ def unwrap_item(
         ) from err
     try:
         loaded = pkcs12.load_pkcs12(item.pkcs12, _passphrase(secret))
-    except ValueError as err:
+    except BAD_CERTIFICATE as err:
         raise TransferRejected(
             f"item {item.name!r} from {ctx.sender!r} is not a PKCS#12 that opens with its "
             "wrapped passphrase; push again from the current primary"

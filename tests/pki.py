@@ -30,6 +30,7 @@ __all__ = [
     "Issued",
     "Pki",
     "der_set_mac_iterations",
+    "der_with_bad_version",
     "key_pem",
     "make_chain",
     "make_dsa_key",
@@ -305,3 +306,12 @@ def der_set_mac_iterations(p12: bytes, iterations: int) -> bytes:
     body = p12[hdr:mac_start] + mac
     assert mac_end == len(p12)
     return _header(0x30, len(body)) + body
+
+
+def der_with_bad_version(cert: x509.Certificate) -> bytes:
+    """``cert``'s DER with its version field set to 3 (there are only v1..v3, coded 0..2):
+    what cryptography refuses with ``InvalidVersion``, which is not a ``ValueError``."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    v3 = bytes.fromhex("a003020102")  # [0] EXPLICIT INTEGER 2, first in the TBSCertificate
+    assert der.count(v3) >= 1
+    return der.replace(v3, bytes.fromhex("a003020103"), 1)

@@ -3,6 +3,7 @@ exports read back by openssl, and round-trip / robustness properties."""
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import time
@@ -14,6 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +32,7 @@ from node.model import KEY_TYPES, KeyType, Material
 from tests.pki import (
     Pki,
     der_set_mac_iterations,
+    der_with_bad_version,
     key_pem,
     make_chain,
     make_dsa_key,
@@ -243,6 +246,18 @@ def _rsa1024() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - must be refused
 
 
+def _swap(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in data and len(old) == len(new)
+    return data.replace(old, new, 1)
+
+
+def _pem_block(label: str, der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return b"\n".join([f"-----BEGIN {label}-----".encode(), *lines,
+                       f"-----END {label}-----".encode(), b""])
+
+
 def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
@@ -264,6 +279,13 @@ def _bad_inputs(c: Corpus) -> dict[str, tuple[bytes, bytes | None, type[Exceptio
     dsa_pem = make_dsa_key().private_bytes(
         PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    leaf = x509.load_der_x509_certificate(cert_der)
+    leaf_der = leaf.public_bytes(DER)
+    bad_version = der_with_bad_version(leaf)
+    p7b = pkcs7.serialize_certificates([leaf], DER)
+    # no encryption and no MAC, so the certificate stands in clear and can be altered
+    plain_p12 = openssl(*f"{_P12} -keypbe NONE -certpbe NONE -nomac -passout pass:".format(
+        d=c.dir).split())
     return {
         "empty": (b"", None, FormatError, "empty"),
         "whitespace": (b"  \n\r\n", None, FormatError, "empty"),
@@ -292,6 +314,14 @@ def _bad_inputs(c: Corpus) -> dict[str, tuple[bytes, bytes | None, type[Exceptio
         "dsa-key": (dsa_pem, None, FormatError, "not supported"),
         "nul-passphrase-p12": (p12, b"a\x00b", PassphraseError, "UTF-8"),
         "latin1-passphrase-p12": (p12, "pässwort".encode("latin-1"), PassphraseError, "UTF-8"),
+        # cryptography raises InvalidVersion (not a ValueError) for these (found by hypothesis)
+        "bad-version-der": (bad_version, None, FormatError, "not a valid X.509"),
+        "bad-version-pem": (_pem_block("CERTIFICATE", bad_version), None, FormatError,
+                            "not a valid X.509"),
+        "bad-version-p7b": (_swap(p7b, leaf_der, bad_version), None, FormatError,
+                            "not a valid PKCS#7"),
+        "bad-version-p12": (_swap(plain_p12, leaf_der, bad_version), None, FormatError,
+                            "invalid X.509 certificate"),
     }  # fmt: skip
 
 
@@ -300,7 +330,8 @@ BAD_NAMES = [
     "trailing-garbage", "truncated-p12", "corrupted-p12", "absurd-iterations-p12",
     "huge-iterations-p12", "zero-iterations-p12", "broken-base64", "missing-end",
     "only-public-key", "csr", "ed448-key", "p521-key", "rsa1024-key", "dsa-key",
-    "nul-passphrase-p12", "latin1-passphrase-p12",
+    "nul-passphrase-p12", "latin1-passphrase-p12", "bad-version-der", "bad-version-pem",
+    "bad-version-p7b", "bad-version-p12",
 ]  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from sync.promotion import (
     sign_promotion,
     verify_promotion,
 )
+from tests.pki import der_with_bad_version
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
@@ -80,6 +81,9 @@ _REFUSED: list[tuple[str, Callable[[], Promotion]]] = [
     ("signature-of-other-promotion", lambda: replace(
         _signed(), signature=_signed(primary="t1").signature)),
     ("no-admin-cert", lambda: replace(_signed(), admin_cert_der=b"")),
+    # cryptography raises InvalidVersion, not a ValueError, for this one
+    ("admin-cert-bad-version", lambda: replace(
+        _signed(), admin_cert_der=der_with_bad_version(OURS.admin.cert))),
     ("ca-cert-as-signer", lambda: _signed(OURS.ca)),
     ("epoch-one-other-primary", lambda: initial_promotion(OURS.cluster_id, "b1")),
     ("epoch-one-signed-copy", lambda: replace(_signed(), epoch=1)),

@@ -31,6 +31,7 @@ from sync.transfer import (
     unwrap_item,
     wrap_item,
 )
+from tests.pki import der_with_bad_version
 
 CTX = TransferContext(cluster_id="6f1c1f64-7a0e-4a7e-9d3b-0c4f5f3a9e11", epoch=2, revision=7,
                       sender="p1", recipient="b1")
@@ -241,3 +242,32 @@ def test_round_trip_property(name: str, is_default: bool, epoch: int, revision: 
     _check(unwrap_item(ctx, RECIPIENT, item), EC, name, is_default)
     with pytest.raises(TransferRejected):
         unwrap_item(replace(ctx, revision=revision + 1), RECIPIENT, item)
+
+
+def test_a_blob_with_an_unreadable_certificate_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PKCS#12 that opens but holds a certificate with an invalid version (cryptography's
+    InvalidVersion, not a ValueError) is a TransferRejected, not an internal error."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(EC.cert.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(EC.key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+
+    def bad_export(*, passphrase: bytes, **_: object) -> bytes:
+        # certificate in clear and no MAC, so its version field can be altered
+        blob = subprocess.run(
+            ["openssl", "pkcs12", "-export", "-in", str(cert), "-inkey", str(key),
+             "-certpbe", "NONE", "-nomac", "-passout", f"pass:{passphrase.decode()}"],
+            capture_output=True, check=True, timeout=30).stdout
+        good = EC.cert.public_bytes(serialization.Encoding.DER)
+        assert good in blob
+        return blob.replace(good, der_with_bad_version(EC.cert), 1)
+
+    monkeypatch.setattr("sync.transfer.export_pkcs12", bad_export)
+    item = _wrap()
+    monkeypatch.undo()
+    with pytest.raises(TransferRejected, match="not a PKCS#12 that opens"):
+        unwrap_item(CTX, RECIPIENT, item)
+    # negative twin: the same wrapping around a sound blob opens
+    _check(unwrap_item(CTX, RECIPIENT, _wrap()), EC, "site", True)
