@@ -153,6 +153,14 @@ class ChainIndex:
     def candidates(self, identity: x509.Certificate) -> list[x509.Certificate]:
         """The pool's certificates :func:`build_chain` may consider for ``identity``'s chain
         (every answer depends on these alone), in pool order."""
+        return self.reach(identity)[0]
+
+    def reach(
+        self, identity: x509.Certificate
+    ) -> tuple[list[x509.Certificate], frozenset[x509.Name]]:
+        """:meth:`candidates`, and the issuer names followed to find them: a certificate
+        added to or removed from the pool changes ``identity``'s chain only if its subject
+        is one of these names."""
         seen: set[x509.Name] = set()
         todo = [identity.issuer]
         relevant: list[tuple[int, x509.Certificate]] = []
@@ -165,7 +173,7 @@ class ChainIndex:
                 relevant.append((i, c))
                 todo.append(c.issuer)
         relevant.sort(key=lambda pair: pair[0])
-        return [c for _, c in relevant]
+        return [c for _, c in relevant], frozenset(seen)
 
 
 def _find_identity(

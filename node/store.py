@@ -164,9 +164,10 @@ class _CertRows:
 
     rows: tuple[tuple[Any, ...], ...]
     load: Callable[[Sequence[Any]], StoredCert]
-    #: chains by sha256, with the sha256s of the candidates they were built from; shared
-    #: with later rows, so a change rebuilds only the chains whose candidates changed
-    chain_memo: dict[str, tuple[tuple[str, ...], _Chain]] = field(default_factory=dict)
+    #: chains by sha256, with the issuer names followed to build them; carried over to the
+    #: next rows unless a certificate with one of those names as subject came or went
+    #: (Store._current), so a change rebuilds only the chains it can affect
+    chain_memo: dict[str, tuple[frozenset[x509.Name], _Chain]] = field(default_factory=dict)
 
     @functools.cached_property
     def _row_of(self) -> dict[str, tuple[Any, ...]]:
@@ -207,19 +208,17 @@ class _CertRows:
     def chain(self, sha256: str) -> _Chain:
         found = self._chains.get(sha256)
         if found is None:
-            stored = self.get(sha256)
-            if stored is None:
-                raise _no_cert(sha256)
-            cert = stored.certificate()
-            candidates = self.chain_index.candidates(cert)
-            sha_of = self._sha_of
-            basis = tuple(sha_of[id(c)] for c in candidates)
             memo = self.chain_memo.get(sha256)
-            if memo is not None and memo[0] == basis:
+            if memo is not None:
                 found = memo[1]
             else:
+                stored = self.get(sha256)
+                if stored is None:
+                    raise _no_cert(sha256)
+                cert = stored.certificate()
+                candidates, names = self.chain_index.reach(cert)
                 found = build_chain(cert, candidates)
-                self.chain_memo[sha256] = (basis, found)
+                self.chain_memo[sha256] = (names, found)
             self._chains[sha256] = found
         return found
 
@@ -227,8 +226,13 @@ class _CertRows:
     def members(self) -> tuple[tuple[str, bool], ...]:
         """:func:`replicated_members` of these rows."""
         certs = [c for r in self.rows if (c := self.get(str(r[0]))) is not None]
+        known = self._sha_of  # the pool's certificates by id: no DER hashing per change
+
+        def sha_of(cert: x509.Certificate) -> str:
+            return known.get(id(cert)) or cert_sha256(cert)
+
         return tuple(replicated_members(
-            certs, lambda ident, _pool: self.chain(cert_sha256(ident))))
+            certs, lambda ident, _pool: self.chain(sha_of(ident)), sha_of))
 
 
 @dataclass(frozen=True, eq=False)
@@ -428,9 +432,12 @@ ChainBuilder = Callable[
 
 
 def replicated_members(
-    certs: Sequence[StoredCert], build_chain: ChainBuilder
+    certs: Sequence[StoredCert],
+    build_chain: ChainBuilder,
+    sha_of: Callable[[x509.Certificate], str] = cert_sha256,
 ) -> list[tuple[str, bool]]:
-    """The replicated set: every certificate with a key, plus the certificates of its chain."""
+    """The replicated set: every certificate with a key, plus the certificates of its chain.
+    ``sha_of`` names a chain certificate (a caller that knows them saves the hashing)."""
     parsed = {c.sha256: c.certificate() for c in certs}
     pool = list(parsed.values())
     has_key = {c.sha256: c.has_key for c in certs}
@@ -440,7 +447,7 @@ def replicated_members(
             continue
         members.add(c.sha256)
         chain, _problems = build_chain(parsed[c.sha256], pool)
-        members.update(cert_sha256(x) for x in chain)
+        members.update(sha_of(x) for x in chain)
     return sorted((sha, has_key.get(sha, False)) for sha in members)
 
 
@@ -571,6 +578,7 @@ class Store:
         self._generation = 0
         self._view: tuple[tuple[int, int], StoreView] | None = None
         self._parsed: dict[str, StoredCert] = {}
+        self._rows_seen: dict[str, tuple[tuple[Any, ...], StoredCert]] = {}
         self._keys: dict[str, PrivateKey] = {}
 
     # ---------------------------------------------------------------- open / close
@@ -774,9 +782,15 @@ class Store:
                               not_after=_parse_iso(not_after), added_at=_parse_iso(added_at),
                               parsed=cert)
             self._parsed[sha] = seen
-        return dataclasses.replace(
+        fields = (name, role, not_after, added_at, bool(has_key))
+        last = self._rows_seen.get(sha)
+        if last is not None and last[0] == fields and last[1].der is seen.der:
+            return last[1]  # the same row as last time: the same object
+        stored = dataclasses.replace(
             seen, name=name, role=role, has_key=bool(has_key),
             not_after=_parse_iso(not_after), added_at=_parse_iso(added_at))
+        self._rows_seen[sha] = (fields, stored)
+        return stored
 
     _CERT_SELECT = (
         "SELECT c.sha256, c.der, c.name, c.role, c.not_after, c.added_at, "
@@ -793,6 +807,7 @@ class Store:
                 return self._view[1]
             if self._view[0][1] != data_version:  # another connection wrote: trust nothing
                 self._parsed.clear()
+                self._rows_seen.clear()
                 self._keys.clear()
                 self._view = None
         meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
@@ -802,14 +817,34 @@ class Store:
         else:
             present = {str(r[0]) for r in rows}
             keyed = {str(r[0]) for r in rows if r[-1]}
+            chains = self._carried_chains(rows, present)  # before the caches forget the gone
             self._parsed = {sha: c for sha, c in self._parsed.items() if sha in present}
+            self._rows_seen = {sha: r for sha, r in self._rows_seen.items() if sha in present}
             self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
-            memo = self._view[1].cert_rows.chain_memo if self._view is not None else {}
-            cert_rows = _CertRows(rows=rows, load=self._row_to_cert, chain_memo={
-                sha: m for sha, m in memo.items() if sha in present})
+            cert_rows = _CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._view = (token, view)
         return view
+
+    def _carried_chains(
+        self, rows: Sequence[Sequence[Any]], present: set[str]
+    ) -> dict[str, tuple[frozenset[x509.Name], _Chain]]:
+        """The chains of the last view still valid for ``rows``: those of certificates still
+        present whose issuer names are none of the subjects of what came or went."""
+        if self._view is None:
+            return {}
+        before = self._view[1].cert_rows
+        old = {str(r[0]) for r in before.rows}
+        try:
+            changed = {c.certificate().subject
+                       for r in rows if str(r[0]) not in old
+                       for c in (self._row_to_cert(r),)}
+            changed |= {c.certificate().subject for sha in old - present
+                        if (c := before.get(sha)) is not None}
+        except IntegrityError:  # an altered row: build every chain again (and fail there)
+            return {}
+        return {sha: m for sha, m in before.chain_memo.items()
+                if sha in present and m[0].isdisjoint(changed)}
 
     async def view(self) -> StoreView:
         """Every certificate and meta value as of now, as one immutable :class:`StoreView`

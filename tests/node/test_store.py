@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -930,3 +931,50 @@ async def test_replace_all_keeps_stored_key_rows(store: Store, db: Path, pki: Pk
                             now=T0 + timedelta(hours=2))
     assert set(key_rows()) == {b}
     assert await store.get_key(a) is None
+
+
+def _chain_pool() -> list[tuple[Any, PrivateKey | None]]:
+    """Roots, a cross-signed intermediate (one subject, two issuers), an intermediate whose
+    leaf may arrive first, and leaves: every chain-building case the carry-over must keep."""
+    root_a, root_b = make_root("Memo Root A", slot=11), make_root("Memo Root B", slot=12)
+    inter_a = make_intermediate(root_a, "Memo Inter", slot=13)
+    inter_b = make_intermediate(root_b, "Memo Inter", slot=13)  # the same subject and key
+    other = make_intermediate(root_a, "Memo Other Inter", slot=14)
+    leaves = [make_leaf(inter_a, ["one.memo.example"], slot=15),
+              make_leaf(root_b, ["two.memo.example"], slot=16),
+              make_leaf(other, ["three.memo.example"], slot=17)]
+    return ([(c.cert, None) for c in (root_a, root_b, inter_a, inter_b, other)]
+            + [(leaf.cert, leaf.key) for leaf in leaves])
+
+
+_POOL = _chain_pool()
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, len(_POOL) - 1)), max_size=14))
+def test_chains_kept_across_changes_equal_a_fresh_build(
+    ops: list[tuple[bool, int]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """After any sequence of adds and deletes, every stored chain is what build_chain gives
+    over the stored certificates now (the view carries chains over; this checks it)."""
+    path = tmp_path_factory.mktemp("memo") / "store.sqlite3"
+
+    async def run() -> None:
+        store = await Store.open(path, KEY)
+        try:
+            for add, i in ops:
+                cert, key = _POOL[i]
+                if add:
+                    await store.add([SetEntry(cert, key, "")], make_default=None, actor=ACTOR,
+                                    now=T0)
+                else:
+                    with contextlib.suppress(NotFound, Conflict):
+                        await store.delete(cert_sha256(cert), actor=ACTOR, now=T0)
+                view = await store.view()
+                pool = [c.certificate() for c in view.certs]
+                for c in view.certs:
+                    assert view.chain(c.sha256) == build_chain(c.certificate(), pool), c.name
+        finally:
+            await store.close()
+
+    asyncio.run(run())
