@@ -352,7 +352,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         return await self._rt.store.get(sha)
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
-        statuses = await self._rt.lifecycle.statuses(self._rt.now())
+        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only={sha256})
         return _cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
 
     def _expired(self, stored: StoredCert) -> bool:
@@ -461,11 +461,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         await self._rt.refresh()
-        statuses = await self._rt.lifecycle.statuses(self._rt.now())  # once, not per entry
-        infos = [
-            _cert_info(await self._rt.store.get(sha), statuses.get(sha))
-            for sha in (formats.cert_sha256(e.cert) for e in entries)
-        ]
+        shas = [formats.cert_sha256(e.cert) for e in entries]
+        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only=set(shas))
+        infos = [_cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings

@@ -319,6 +319,9 @@ class TlsEndpoint:
         #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
         self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
         self._entries: dict[str, SniEntry] = {}  # by sha256, for the SNI index
+        # by id of the object, holding it so the id stays its own; pruned on each update
+        self._publics: dict[int, tuple[PrivateKey, bytes]] = {}
+        self._fingerprints: dict[int, tuple[x509.Certificate, str]] = {}
         #: keys reach OpenSSL through memfds (tests turn it off to cover the fallback)
         self._in_memory = _MEMFD
         self._trust_bundle: bytes = _NO_BUNDLE
@@ -331,6 +334,21 @@ class TlsEndpoint:
         self._stopping = threading.Event()
 
     # -- certificate set -------------------------------------------------------------
+
+    def _public(self, key: PrivateKey) -> bytes:
+        """:func:`_public_half` of ``key``, once per key object (an update looks at every
+        served key: serialising each again made updates O(served))."""
+        known = self._publics.get(id(key))
+        if known is None or known[0] is not key:
+            known = self._publics[id(key)] = (key, _public_half(key))
+        return known[1]
+
+    def _fingerprint(self, cert: x509.Certificate) -> str:
+        """:func:`_der_sha` of ``cert``, once per certificate object."""
+        known = self._fingerprints.get(id(cert))
+        if known is None or known[0] is not cert:
+            known = self._fingerprints[id(cert)] = (cert, _der_sha(cert))
+        return known[1]
 
     def update(self, certs: Sequence[ServedCert], default: str | None) -> None:
         """Serve ``certs`` from the next handshake on; ``default`` for no SNI or no match.
@@ -355,8 +373,8 @@ class TlsEndpoint:
                 for i, served in enumerate(by_sha.values()):
                     ident = (
                         served.sha256,
-                        tuple(_der_sha(c) for c in served.chain),
-                        _public_half(served.key),
+                        tuple(self._fingerprint(c) for c in served.chain),
+                        self._public(served.key),
                     )
                     ctx = previous.get(ident)
                     if ctx is None and self._in_memory:
@@ -374,6 +392,10 @@ class TlsEndpoint:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
             self._built = built
+            keep_keys = {id(c.key) for c in by_sha.values()}
+            keep_certs = {id(x) for c in by_sha.values() for x in c.chain}
+            self._publics = {i: v for i, v in self._publics.items() if i in keep_keys}
+            self._fingerprints = {i: v for i, v in self._fingerprints.items() if i in keep_certs}
             # names are parsed once per certificate (IDNA normalisation is not cheap)
             known = self._entries
             self._entries = {

@@ -27,7 +27,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -362,12 +362,15 @@ class Lifecycle:
         return _pending_from_json(view.meta.get(PENDING_KEY))
 
     async def statuses(
-        self, now: dt.datetime, view: StoreView | None = None
+        self, now: dt.datetime, view: StoreView | None = None,
+        only: Collection[str] | None = None,
     ) -> dict[str, CertStatus]:
-        """Every stored certificate's lifecycle at ``now``, by sha256."""
+        """Every stored certificate's lifecycle at ``now``, by sha256 (``only``: just these)."""
         certs, records, replaced = await self._snapshot(view)
         out: dict[str, CertStatus] = {}
         for c in certs:
+            if only is not None and c.sha256 not in only:
+                continue
             record = records[c.sha256]
             decision = renewal_decision(record.state(c, c.sha256 in replaced), now)
             out[c.sha256] = CertStatus(
