@@ -65,6 +65,10 @@ __all__ = [
 ]
 
 STORE_KEY_BYTES: Final = 32
+#: below these, CPU work of a change runs on the event loop: a thread hop costs more
+_INLINE_CHAINS: Final = 4  # chains to build (a signature check or two each)
+_INLINE_SEALS: Final = 4  # keys to seal (AES-GCM over a PKCS#8)
+_INLINE_ENTRIES: Final = 64  # entries to serialise and check against their keys
 _NONCE_BYTES: Final = 12
 _KEY_AAD_PREFIX: Final = b"certsync-key-v1|"
 _CSR_AAD_PREFIX: Final = b"certsync-csr-key-v1|"
@@ -221,6 +225,12 @@ class _CertRows:
                 self.chain_memo[sha256] = (names, found)
             self._chains[sha256] = found
         return found
+
+    def chains_to_build(self) -> int:
+        """How many chains of certificates with keys :attr:`members` would build (not carried
+        over from the last rows)."""
+        return sum(1 for r in self.rows if r[-1] and str(r[0]) not in self.chain_memo
+                   and str(r[0]) not in self._chains)
 
     @functools.cached_property
     def members(self) -> tuple[tuple[str, bool], ...]:
@@ -851,10 +861,14 @@ class Store:
         (the same object until the store changes). The first call after a change works out
         the chains and the set digest off the event loop (signature checks are CPU work)."""
         view = await self._locked(self._current)
-        if "members" not in view.cert_rows.__dict__:
+        rows = view.cert_rows
+        if "members" not in rows.__dict__:
             # an altered row raises for whoever reads it, not for a reader of meta values
             with contextlib.suppress(IntegrityError):
-                await asyncio.to_thread(lambda: view.cert_rows.members)
+                if rows.chains_to_build() <= _INLINE_CHAINS:
+                    rows.members  # noqa: B018 -- a few signature checks: cheaper than a thread hop
+                else:
+                    await asyncio.to_thread(lambda: rows.members)
         return view
 
     async def _list(self) -> list[StoredCert]:
@@ -1049,8 +1063,12 @@ class Store:
         self._check_meta_keys(meta)
         # what is stored with its key already keeps its key row: O(changed) sealing
         before = await self.view()
-        prepared = await asyncio.to_thread(
-            functools.partial(_prepare, self._store_key, entries, stored_keys=before.keyed))
+        prepare = functools.partial(_prepare, self._store_key, entries, stored_keys=before.keyed)
+        to_seal = sum(1 for e in entries
+                      if e.key is not None and cert_sha256(e.cert) not in before.keyed)
+        # a replica's activation usually seals one or two keys: cheaper here than a thread hop
+        prepared = (prepare() if to_seal <= _INLINE_SEALS and len(entries) <= _INLINE_ENTRIES
+                    else await asyncio.to_thread(prepare))
         keyed = {p.sha256 for p in prepared if p.keyed}
         if default is not None and default not in keyed:
             raise Conflict(
