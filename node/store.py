@@ -628,7 +628,8 @@ class Store:
                     f"the store {str(self._path)!r} cannot use WAL journaling; "
                     "put it on a local file system"
                 )
-            await c.execute("PRAGMA synchronous = FULL")
+            # NORMAL between transactions; _transaction raises it to FULL for durable ones
+            await c.execute("PRAGMA synchronous = NORMAL")
             await c.execute("PRAGMA foreign_keys = ON")
             await c.execute("PRAGMA trusted_schema = OFF")
             await self._migrate()
@@ -697,11 +698,13 @@ class Store:
         aiosqlite runs statements in order on one thread, so a ROLLBACK queued after a
         cancelled statement runs after it; a ROLLBACK with nothing to undo is harmless.
         """
+        # The connection stays at NORMAL, the common case on a replica; a durable
+        # transaction raises it to FULL for its commit (which syncs the earlier ones too)
         try:
-            if durable:
+            if durable:  # one trip; no transaction is open, so executescript adds no COMMIT
+                await self._conn.executescript("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
+            else:
                 await self._conn.execute("BEGIN IMMEDIATE")
-            else:  # one trip; no transaction is open, so executescript adds no COMMIT
-                await self._conn.executescript("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")
             yield
             await asyncio.shield(self._conn.execute("COMMIT"))
         except BaseException:
@@ -709,8 +712,8 @@ class Store:
             raise
         finally:
             self._generation += 1
-            if not durable:
-                await asyncio.shield(self._conn.execute("PRAGMA synchronous = FULL"))
+            if durable:
+                await asyncio.shield(self._conn.execute("PRAGMA synchronous = NORMAL"))
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows = await self._conn.execute_fetchall(sql, params)

@@ -978,3 +978,36 @@ def test_chains_kept_across_changes_equal_a_fresh_build(
             await store.close()
 
     asyncio.run(run())
+
+
+async def test_admin_changes_commit_fsynced_replica_sets_do_not(
+        store: Store, pki: Pki, pki2: Pki) -> None:
+    """An admin's change commits with synchronous=FULL; a replica's activated set and
+    last_sync with NORMAL (the primary pushes them again if a power cut loses them)."""
+    statements: list[str] = []
+    assert [tuple(r) for r in await store._conn.execute_fetchall("PRAGMA synchronous")] == [(1,)]
+    await store._conn.set_trace_callback(statements.append)
+
+    level = ["NORMAL"]  # what Store.open leaves the connection at
+
+    def sync_level_at_commit() -> list[str]:
+        out = []
+        for sql in statements:
+            for part in sql.split(";"):
+                part = part.strip().upper()
+                if part.startswith("PRAGMA SYNCHRONOUS"):
+                    level[0] = part.rsplit("=", 1)[1].strip()
+                elif part == "COMMIT":
+                    out.append(level[0])
+        statements.clear()
+        return out
+
+    await store.add(entries(pki), make_default=None, actor=ACTOR, now=T0)
+    assert sync_level_at_commit() == ["FULL"]
+    await store.replace_all(entries(pki2, "two"), default=cert_sha256(pki2.leaf.cert),
+                            meta={"revision": "7"}, actor="node:p1", now=T0, durable=False)
+    assert sync_level_at_commit() == ["NORMAL"]
+    await store.set_meta({"last_sync": "x"}, durable=False)
+    assert sync_level_at_commit() == ["NORMAL"]
+    await store.set_meta({"epoch": "2"})  # e.g. an adopted promotion: durable
+    assert sync_level_at_commit() == ["FULL"]
