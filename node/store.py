@@ -186,10 +186,14 @@ class _CertRows:
         return {}
 
     @functools.cached_property
+    def certs(self) -> tuple[StoredCert, ...]:
+        """Every row as a :class:`StoredCert` (``is_default`` False), in row order."""
+        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
+
+    @functools.cached_property
     def _sha_of(self) -> dict[int, str]:
         """sha256 by ``id`` of the parsed certificates the chain index holds."""
-        return {id(c.certificate()): str(r[0]) for r in self.rows
-                if (c := self.get(str(r[0]))) is not None}
+        return {id(c.certificate()): c.sha256 for c in self.certs}
 
     def get(self, sha256: str) -> StoredCert | None:
         found = self._loaded.get(sha256)
@@ -206,8 +210,7 @@ class _CertRows:
 
     @functools.cached_property
     def chain_index(self) -> ChainIndex:
-        return ChainIndex([c.certificate() for r in self.rows
-                           if (c := self.get(str(r[0]))) is not None])
+        return ChainIndex([c.certificate() for c in self.certs])
 
     def chain(self, sha256: str) -> _Chain:
         found = self._chains.get(sha256)
@@ -235,14 +238,13 @@ class _CertRows:
     @functools.cached_property
     def members(self) -> tuple[tuple[str, bool], ...]:
         """:func:`replicated_members` of these rows."""
-        certs = [c for r in self.rows if (c := self.get(str(r[0]))) is not None]
         known = self._sha_of  # the pool's certificates by id: no DER hashing per change
 
         def sha_of(cert: x509.Certificate) -> str:
             return known.get(id(cert)) or cert_sha256(cert)
 
         return tuple(replicated_members(
-            certs, lambda ident, _pool: self.chain(sha_of(ident)), sha_of))
+            self.certs, lambda ident, _pool: self.chain(sha_of(ident)), sha_of))
 
 
 @dataclass(frozen=True, eq=False)
@@ -587,7 +589,6 @@ class Store:
         # and checked, again.
         self._generation = 0
         self._view: tuple[tuple[int, int], StoreView] | None = None
-        self._parsed: dict[str, StoredCert] = {}
         self._rows_seen: dict[str, tuple[tuple[Any, ...], StoredCert]] = {}
         self._keys: dict[str, PrivateKey] = {}
 
@@ -778,11 +779,20 @@ class Store:
             )
 
     def _row_to_cert(self, row: Sequence[Any]) -> StoredCert:
-        """A row as a :class:`StoredCert` (``is_default`` False: the view sets it)."""
+        """A row as a :class:`StoredCert` (``is_default`` False: the view sets it). The same
+        row as last time gives the same object; other fields over the same DER reuse its
+        parse; new DER is checked against its sha256 and parsed."""
         sha, der, name, role, not_after, added_at, has_key = row
         der = bytes(der)
-        seen = self._parsed.get(sha)
-        if seen is None or seen.der != der:
+        fields = (name, role, not_after, added_at, bool(has_key))
+        last = self._rows_seen.get(sha)
+        if last is not None and last[1].der == der:
+            if last[0] == fields:
+                return last[1]
+            stored = dataclasses.replace(
+                last[1], name=name, role=role, has_key=bool(has_key),
+                not_after=_parse_iso(not_after), added_at=_parse_iso(added_at))
+        else:
             if hashlib.sha256(der).hexdigest() != sha:
                 raise IntegrityError(
                     f"the stored certificate {sha!r} does not match its sha256 (the row was "
@@ -790,18 +800,10 @@ class Store:
                 )
             cert = x509.load_der_x509_certificate(der)
             dns, ips = _sans(cert)
-            seen = StoredCert(sha256=sha, name="", der=der, role="identity", has_key=False,
-                              is_default=False, dns_names=dns, ip_addresses=ips,
-                              not_after=_parse_iso(not_after), added_at=_parse_iso(added_at),
-                              parsed=cert)
-            self._parsed[sha] = seen
-        fields = (name, role, not_after, added_at, bool(has_key))
-        last = self._rows_seen.get(sha)
-        if last is not None and last[0] == fields and last[1].der is seen.der:
-            return last[1]  # the same row as last time: the same object
-        stored = dataclasses.replace(
-            seen, name=name, role=role, has_key=bool(has_key),
-            not_after=_parse_iso(not_after), added_at=_parse_iso(added_at))
+            stored = StoredCert(sha256=sha, name=name, der=der, role=role,
+                                has_key=bool(has_key), is_default=False, dns_names=dns,
+                                ip_addresses=ips, not_after=_parse_iso(not_after),
+                                added_at=_parse_iso(added_at), parsed=cert)
         self._rows_seen[sha] = (fields, stored)
         return stored
 
@@ -819,7 +821,6 @@ class Store:
             if self._view[0] == token:
                 return self._view[1]
             if self._view[0][1] != data_version:  # another connection wrote: trust nothing
-                self._parsed.clear()
                 self._rows_seen.clear()
                 self._keys.clear()
                 self._view = None
@@ -831,7 +832,6 @@ class Store:
             present = {str(r[0]) for r in rows}
             keyed = {str(r[0]) for r in rows if r[-1]}
             chains = self._carried_chains(rows, present)  # before the caches forget the gone
-            self._parsed = {sha: c for sha, c in self._parsed.items() if sha in present}
             self._rows_seen = {sha: r for sha, r in self._rows_seen.items() if sha in present}
             self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
             cert_rows = _CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
@@ -849,9 +849,8 @@ class Store:
         before = self._view[1].cert_rows
         old = {str(r[0]) for r in before.rows}
         try:
-            changed = {c.certificate().subject
-                       for r in rows if str(r[0]) not in old
-                       for c in (self._row_to_cert(r),)}
+            changed = {self._row_to_cert(r).certificate().subject
+                       for r in rows if str(r[0]) not in old}
             changed |= {c.certificate().subject for sha in old - present
                         if (c := before.get(sha)) is not None}
         except IntegrityError:  # an altered row: build every chain again (and fail there)

@@ -36,10 +36,10 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -106,6 +106,10 @@ def _new_server_context() -> ssl.SSLContext:
     return ctx
 
 
+_O = TypeVar("_O")
+_V = TypeVar("_V")
+
+
 def _der_sha(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -115,6 +119,15 @@ def _public_half(key: PrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _once_per_object(cache: dict[int, tuple[_O, _V]], obj: _O, compute: Callable[[_O], _V]) -> _V:
+    """``compute(obj)``, remembered by ``id(obj)``; the entry holds ``obj`` itself, so the id
+    cannot be reused by another object while it is there."""
+    known = cache.get(id(obj))
+    if known is None or known[0] is not obj:
+        known = cache[id(obj)] = (obj, compute(obj))
+    return known[1]
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -338,17 +351,11 @@ class TlsEndpoint:
     def _public(self, key: PrivateKey) -> bytes:
         """:func:`_public_half` of ``key``, once per key object (an update looks at every
         served key: serialising each again made updates O(served))."""
-        known = self._publics.get(id(key))
-        if known is None or known[0] is not key:
-            known = self._publics[id(key)] = (key, _public_half(key))
-        return known[1]
+        return _once_per_object(self._publics, key, _public_half)
 
     def _fingerprint(self, cert: x509.Certificate) -> str:
         """:func:`_der_sha` of ``cert``, once per certificate object."""
-        known = self._fingerprints.get(id(cert))
-        if known is None or known[0] is not cert:
-            known = self._fingerprints[id(cert)] = (cert, _der_sha(cert))
-        return known[1]
+        return _once_per_object(self._fingerprints, cert, _der_sha)
 
     def update(self, certs: Sequence[ServedCert], default: str | None) -> None:
         """Serve ``certs`` from the next handshake on; ``default`` for no SNI or no match.
