@@ -21,13 +21,13 @@ from structlog.testing import capture_logs
 from node.api import certsync_pb2
 from node.daemon import NodeApp
 from node.errors import Conflict
-from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.acme_client import Http01Responder, start_http01_responder
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import AcmeSettings, load_node_config, load_store_key
+from tests.node.helpers import serve_store_api
 
 from .conftest import Pebble
 
@@ -78,14 +78,7 @@ async def _node(
         responder=responder, account_key_path=tmp_path / "acme-account.pem",
     )
     await app.refresh()
-    creds = server_credentials(
-        ca_pem=config.ca_cert_path.read_bytes(),
-        cert_pem=config.cert_path.read_bytes(),
-        key_pem=config.key_path.read_bytes(),
-    )
-    server, port = await start_grpc_server(
-        CertStoreService(app), address="127.0.0.1:0", credentials=creds
-    )
+    server, port = await serve_store_api(app, config)
     client = NodeClient(
         NodeTarget.from_files(
             name="p1", address=f"127.0.0.1:{port}", ca_cert=cluster_dir / "ca.pem",

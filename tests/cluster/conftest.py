@@ -65,6 +65,19 @@ def openssl_served(address: str, server_name: str | None) -> str | None:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def assert_openssl_sees(cluster: LocalCluster, sha: str, nodes: Sequence[str] | None = None
+                        ) -> None:
+    """The final word on what is served: openssl s_client, per node (through its TLS
+    address: a loopback port or a container's published one), per name and without SNI."""
+    wrong = {
+        f"{node}/{name or '(no SNI)'}": got
+        for node in (nodes or list(cluster.names))
+        for name in probe_names(cluster)
+        if (got := openssl_served(cluster.spec(node).tls_address, name)) != sha
+    }
+    assert not wrong, f"openssl saw other certificates than {sha[:12]}: {wrong}"
+
+
 def required_names(cluster: LocalCluster) -> tuple[str, ...]:
     return cluster.config.topology.required_names()
 

@@ -22,28 +22,17 @@ from sync.localcluster import LocalCluster, NodeProcessError, certsync_command, 
 from tests.cluster.conftest import (
     CONVERGE,
     MakeCluster,
+    assert_openssl_sees,
     cli_ok,
     create_default,
     fail_over_and_bring_back_the_old_primary,
     not_serving,
     openssl_served,
-    probe_names,
     served,
     status,
     wait_in_sync,
     wait_served,
 )
-
-
-def _assert_openssl_sees(cluster: LocalCluster, sha: str, nodes: list[str] | None = None) -> None:
-    """The final word on what is served: openssl, per node, per name and without SNI."""
-    wrong = {
-        f"{node}/{name or '(no SNI)'}": got
-        for node in (nodes or list(cluster.names))
-        for name in probe_names(cluster)
-        if (got := openssl_served(cluster.spec(node).tls_address, name)) != sha
-    }
-    assert not wrong, f"openssl saw other certificates than {sha[:12]}: {wrong}"
 
 
 def _replicate(cluster: LocalCluster, *args: str) -> subprocess.Popen[str]:
@@ -114,7 +103,7 @@ def test_a_change_on_the_primary_is_served_by_every_node(cluster: LocalCluster) 
     assert sha not in before.values()
     # pushed at once, without 'replicate'
     wait_served(cluster, sha)
-    _assert_openssl_sees(cluster, sha)
+    assert_openssl_sees(cluster, sha)
     rows = wait_in_sync(cluster)
     assert {row["digest"] for row in rows.values()} == {rows["p1"]["digest"]}
     assert {row["default_sha256"] for row in rows.values()} == {sha}
@@ -138,7 +127,7 @@ def test_a_node_killed_before_a_change_catches_up_by_itself(make_cluster: MakeCl
     cluster.start("t2")
     # no 'replicate': anti-entropy (every 1 s) repairs it
     wait_served(cluster, second, ["t2"])
-    _assert_openssl_sees(cluster, second, ["t2"])
+    assert_openssl_sees(cluster, second, ["t2"])
 
 
 def test_a_node_stopped_mid_push_converges_after_restart(cluster: LocalCluster) -> None:
@@ -160,7 +149,7 @@ def test_a_node_stopped_mid_push_converges_after_restart(cluster: LocalCluster) 
     assert "t1" in out + err
     cluster.start("t1")
     wait_served(cluster, second, ["t1"])
-    _assert_openssl_sees(cluster, second, ["t1"])
+    assert_openssl_sees(cluster, second, ["t1"])
 
 
 # --------------------------------------------------------------------------- failover
@@ -168,7 +157,7 @@ def test_a_node_stopped_mid_push_converges_after_restart(cluster: LocalCluster) 
 
 def test_promoted_backup_wins_and_the_old_primary_steps_down(cluster: LocalCluster) -> None:
     new = fail_over_and_bring_back_the_old_primary(cluster)
-    _assert_openssl_sees(cluster, new, ["p1"])
+    assert_openssl_sees(cluster, new, ["p1"])
 
 
 # --------------------------------------------------------------------------- coverage gate
@@ -302,4 +291,4 @@ def test_stress_fifty_rounds_of_changes_kills_and_restarts(make_cluster: MakeClu
     for name in sorted(down):
         cluster.start(name)
     wait_served(cluster, sha)
-    _assert_openssl_sees(cluster, sha)
+    assert_openssl_sees(cluster, sha)

@@ -21,13 +21,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sync.localcluster import LocalCluster, free_port_range
+from sync.localcluster import free_port_range
 from tests.cluster.conftest import (
     COVERING,
+    assert_openssl_sees,
     cli_ok,
     create_default,
     fail_over_and_bring_back_the_old_primary,
-    openssl_served,
     probe_names,
     served,
     status,
@@ -63,18 +63,6 @@ def cluster(make: MakeCluster) -> ContainerCluster:
     c = make(sync_interval=SYNC_INTERVAL)
     c.start_all()
     return c
-
-
-def assert_openssl_sees(cluster: LocalCluster, sha: str, nodes: list[str] | None = None
-                        ) -> None:
-    """openssl s_client on the host, through each container's published TLS port."""
-    wrong = {
-        f"{node}/{name or '(no SNI)'}": got
-        for node in (nodes or list(cluster.names))
-        for name in probe_names(cluster)
-        if (got := openssl_served(cluster.spec(node).tls_address, name)) != sha
-    }
-    assert not wrong, f"openssl saw other certificates than {sha[:12]}: {wrong}"
 
 
 def time_to_serve(cluster: ContainerCluster, name: str, sha: str, since: float, *,

@@ -23,7 +23,6 @@ from structlog.testing import capture_logs
 from node.api import certsync_pb2
 from node.daemon import NodeApp
 from node.errors import BadInput, ConfigError, Conflict, NotFound
-from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
 from node.tls import TRUST_BUNDLE_PATH, TlsEndpoint
 from sync.acme_client import start_http01_responder
@@ -31,6 +30,7 @@ from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import AcmeSettings, load_node_config, load_store_key
 from sync.monitor import state_key
+from tests.node.helpers import serve_store_api
 from tests.pki import Pki, make_chain, make_leaf, pem_bundle
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -88,14 +88,7 @@ async def _start(cluster_dir: Path, tmp_path: Path, name: str) -> AsyncIterator[
         account_key_path=tmp_path / f"{name}-acme.pem",
     )
     await app.refresh()
-    creds = server_credentials(
-        ca_pem=config.ca_cert_path.read_bytes(),
-        cert_pem=config.cert_path.read_bytes(),
-        key_pem=config.key_path.read_bytes(),
-    )
-    server, port = await start_grpc_server(
-        CertStoreService(app), address="127.0.0.1:0", credentials=creds
-    )
+    server, port = await serve_store_api(app, config)
     target = NodeTarget.from_files(
         name=name, address=f"127.0.0.1:{port}", ca_cert=cluster_dir / "ca.pem",
         cert=cluster_dir / "admin.pem", key=cluster_dir / "admin-key.pem",

@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from sync.client import NodeClient, NodeTarget
 from sync.cmd_cluster import init_cluster, plan_init
 from sync.config import load_store_key
 from sync.localcluster import free_port_range
+from tests.node.helpers import check_sqlite
 from tests.pki import make_intermediate, make_key, make_leaf, make_root
 
 CERTSYNC = str(Path(sys.executable).parent / "certsync")
@@ -161,15 +161,6 @@ async def _round(node: Node, start: int, rng: random.Random) -> int:
     return last
 
 
-def _check_sqlite(db: Path) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    finally:
-        conn.close()
-
-
 async def _check_store(node: Node, acknowledged: int) -> int:
     """Every generation whole, none acknowledged lost; returns the newest stored."""
     store_key = load_store_key(node.node_dir / "store.key")
@@ -210,7 +201,7 @@ async def _rounds(node: Node, rounds: int) -> None:
     for i in range(rounds):
         acknowledged = await _round(node, start, rng)
         try:
-            _check_sqlite(node.node_dir / "store.sqlite3")
+            check_sqlite(node.node_dir / "store.sqlite3")
             newest = await _check_store(node, acknowledged)
         except AssertionError as err:
             raise AssertionError(f"{err} (seed {seed}, round {i}; node log {node.log})") from err

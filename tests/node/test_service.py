@@ -38,12 +38,12 @@ from node.errors import (
     PassphraseError,
     PermissionDenied,
 )
-from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import load_node_config, load_store_key
+from tests.node.helpers import serve_store_api
 
 CANARY_PASSPHRASE = b"canary-pass-9d41e7"
 NOW = dt.datetime.now(dt.UTC)
@@ -112,14 +112,7 @@ async def node(cluster_dir: Path, tmp_path: Path) -> AsyncIterator[Node]:
     tls_port = endpoint.start("127.0.0.1", 0)
     app = NodeApp(name="p1", topology=config.topology, store=store, endpoint=endpoint)
     await app.refresh()
-    creds = server_credentials(
-        ca_pem=config.ca_cert_path.read_bytes(),
-        cert_pem=config.cert_path.read_bytes(),
-        key_pem=config.key_path.read_bytes(),
-    )
-    server, port = await start_grpc_server(
-        CertStoreService(app), address="127.0.0.1:0", credentials=creds
-    )
+    server, port = await serve_store_api(app, config)
     try:
         yield Node(app, port, tls_port, store_path, cluster_dir)
     finally:

@@ -18,7 +18,6 @@ import os
 import random
 import select
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from node.store import SetEntry, Store, cert_sha256
+from tests.node.helpers import check_sqlite
 from tests.pki import make_intermediate, make_key, make_leaf, make_root
 
 STORE_KEY = bytes.fromhex("5e" * 32)
@@ -106,15 +106,6 @@ def _kill_at_random(mode: str, db: Path, start: int, rng: random.Random) -> int:
     return last
 
 
-def _check_sqlite(db: Path) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    finally:
-        conn.close()
-
-
 async def _check_store(mode: str, db: Path, reported: int) -> int:
     """The store's invariants; returns the newest generation stored."""
     store = await Store.open(db, STORE_KEY)
@@ -153,7 +144,7 @@ async def _rounds(mode: str, db: Path, rounds: int) -> None:
         reported = await asyncio.to_thread(_kill_at_random, mode, db, start, rng)
         context = f"(mode {mode}, seed {seed}, round {i})"
         try:
-            _check_sqlite(db)
+            check_sqlite(db)
             newest = await _check_store(mode, db, reported)
         except AssertionError as err:
             raise AssertionError(f"{err} {context}") from err
