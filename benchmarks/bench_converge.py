@@ -24,7 +24,7 @@ Compared in the same run with:
   then one ``openssl pkcs12`` import (parse, decrypt, write PEM) per node, sequentially,
   each a process. Goal: manual >= 3 x converge at N = 64.
 * **conc1** -- our own push with concurrency 1 (the primary restarted with
-  ``CERTSYNC_PUSH_CONCURRENCY=1``, which node/daemon.py reads); shows what the
+  ``CERTSYNC_PUSH_CONCURRENCY=1``, which sync/daemon.py reads); shows what the
   fan-out buys (about 2 x is the most 2 cores allow).
 * **floor** -- the limit plus what the probes DESIGN.md requires cost by themselves: N x 3
   handshakes (the site, the node's own hostname, no SNI) x the CPU of one handshake, client

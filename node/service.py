@@ -21,7 +21,7 @@ import asyncio
 import datetime as dt
 import functools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -49,20 +49,20 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.identity import Identity, identity_from_certificate
+from node.lifecycle import StagedCaChange
 from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
+from node.renewal import CertStatus, Lifecycle
 from node.selection import Selection
 from node.store import SetEntry, Store, StoredCert, StoredCsr, StoreView
-from sync.lifecycle import StagedCaChange
-from sync.monitor import CertStatus, Lifecycle
-from sync.promotion import decode_promotion
-from sync.topology import Identity, identity_from_certificate
 
 __all__ = [
     "ERROR_DATA_KEY",
     "ERROR_KIND_KEY",
     "STATUS_TABLE",
     "CertStoreService",
+    "DescribeState",
     "NodeRuntime",
     "abort_for",
     "peer_identity",
@@ -156,7 +156,7 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], err: CertsyncEr
 
 
 class NodeRuntime(Protocol):
-    """What the servicer needs from the running node (``node.daemon.NodeApp``).
+    """The running node (``node.app.NodeApp``), as the servicer and the cluster layer see it.
 
     ``refresh`` is awaited after every change to the store: it rebuilds what the TLS
     endpoint serves (off the event loop) and must not raise for a store that holds no
@@ -187,6 +187,13 @@ class NodeRuntime(Protocol):
     @property
     def lifecycle(self) -> Lifecycle: ...
 
+    def attach_replication(self, *, role: Callable[[], str],
+                           on_change: Callable[[], None]) -> None: ...
+
+
+#: fills the cluster layer's fields of a node's state (the promotion that proves its epoch)
+#: from the store's meta values; given by the composition root
+DescribeState = Callable[[certsync_pb2.NodeState, Mapping[str, str]], None]
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -307,8 +314,9 @@ def _common_name(cert: x509.Certificate) -> str:
 class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     """The servicer; see the module docstring."""
 
-    def __init__(self, runtime: NodeRuntime) -> None:
+    def __init__(self, runtime: NodeRuntime, *, describe: DescribeState | None = None) -> None:
         self._rt = runtime
+        self._describe = describe
 
     # -- authentication and authorisation ----------------------------------------------
 
@@ -585,13 +593,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             primary=meta.get("primary") or "",
             held_sha256=[str(r[0]) for r in view.rows if str(r[0]) in keyed],
         )
-        promotion = meta.get("promotion")
-        if promotion:  # written by sync.receiver when the node adopts a promotion
-            p = decode_promotion(promotion)
-            state.promotion.CopyFrom(certsync_pb2.Promotion(
-                cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
-                admin_cert_der=p.admin_cert_der, signature=p.signature,
-            ))
+        if self._describe is not None:  # the cluster layer's fields (the promotion)
+            self._describe(state, meta)
         if lifecycle:
             await self._lifecycle_state(state, view)
         return state
@@ -649,7 +652,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.refresh()
         return certsync_pb2.DeleteResponse()
 
-    # -- certificate lifecycle (issue 6; the rules live in sync.monitor) -----------------
+    # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------
 
     async def _lifecycle_import(
         self,

@@ -14,9 +14,9 @@ import argparse
 import sys
 from typing import Any
 
+from node.acme_client import ACME_KEY_TYPES
 from node.api import certsync_pb2
 from sync._io import print_json
-from sync.acme_client import ACME_KEY_TYPES
 from sync.client import admin_config, call_node
 from sync.cmd_cert import cert_json
 

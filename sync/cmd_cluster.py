@@ -31,6 +31,7 @@ from typing import Any
 import tomli_w
 
 from node.errors import BadInput
+from node.identity import check_node_name
 from sync import pki
 from sync.topology import (
     DEFAULT_STALE_AFTER_SECONDS,
@@ -38,7 +39,6 @@ from sync.topology import (
     NodeRole,
     NodeSpec,
     Topology,
-    check_node_name,
     format_address,
     normalise_hostname,
     topology_to_dict,

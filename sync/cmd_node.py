@@ -15,8 +15,8 @@ __all__ = ["register"]
 
 
 async def _serve(config_path: Path) -> None:
-    from node.daemon import run_node  # the daemon pulls in grpc; only this command needs it
     from sync.config import load_node_config
+    from sync.daemon import run_node  # the daemon pulls in grpc; only this command needs it
 
     config = load_node_config(config_path)
     configure_logging(config.log_format)

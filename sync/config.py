@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
+from node.acme_client import LETS_ENCRYPT_DIRECTORY, AcmeSettings
+from node.alerts import AlertConfig, SmtpConfig
 from node.errors import BadInput, ConfigError
-from sync.alerts import AlertConfig, SmtpConfig
-from sync.lifecycle import LETS_ENCRYPT_DIRECTORY
-from sync.topology import (
-    NodeSpec,
-    Topology,
-    _Table,
-    check_node_name,
-    split_address,
-    topology_from_dict,
-)
+from node.identity import check_node_name
+from sync.topology import NodeSpec, Topology, _Table, split_address, topology_from_dict
 
 __all__ = [
     "DEFAULT_MONITOR_INTERVAL",
@@ -46,18 +40,6 @@ STORE_KEY_LEN = 32
 _MAX_CONFIG_BYTES = 1024 * 1024
 #: seconds between two rounds of the lifecycle monitor (renewal, alerts, staged CA change)
 DEFAULT_MONITOR_INTERVAL = 3600
-
-
-@dataclass(frozen=True)
-class AcmeSettings:
-    """The node's optional ``[acme]`` table: where to order certificates and where the
-    HTTP-01 responder listens. ``ca_bundle`` replaces the system trust store for the
-    directory's TLS (a private ACME CA, or Pebble in tests)."""
-
-    directory_url: str = LETS_ENCRYPT_DIRECTORY
-    email: str | None = None
-    http_listen: str = "0.0.0.0:80"
-    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)

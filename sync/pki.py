@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sync.topology import admin_uri, check_node_name, node_dns_name, node_uri
+from node.identity import admin_uri, check_node_name, node_dns_name, node_uri
 
 __all__ = [
     "CA_VALIDITY",

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.errors import PermissionDenied
 from node.formats import BAD_CERTIFICATE
-from sync.topology import identity_from_certificate
+from node.identity import identity_from_certificate
 
 __all__ = [
     "INITIAL_EPOCH",

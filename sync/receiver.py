@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
@@ -51,6 +51,7 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.identity import Identity
 from node.names import check_all, sans_of
 from node.service import abort_for, peer_identity, run_rpc
 from node.store import SetEntry, Store, StoreView, cert_sha256, set_digest
@@ -61,7 +62,7 @@ from sync.promotion import (
     initial_promotion,
     verify_promotion,
 )
-from sync.topology import Identity, Topology
+from sync.topology import Topology
 from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_item
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "ReplicateHandler",
     "ReplicationService",
     "check_push",
+    "describe_promotion",
     "promotion_from_msg",
     "promotion_to_msg",
     "rfc3339",
@@ -90,6 +92,14 @@ def rfc3339(when: dt.datetime) -> str:
 def promotion_to_msg(p: Promotion) -> certsync_pb2.Promotion:
     return certsync_pb2.Promotion(cluster_id=p.cluster_id, epoch=p.epoch, primary=p.primary,
                                   admin_cert_der=p.admin_cert_der, signature=p.signature)
+
+
+def describe_promotion(state: certsync_pb2.NodeState, meta: Mapping[str, str]) -> None:
+    """Add the promotion this node adopted (store meta ``promotion``) to its reported state
+    (the servicer's ``describe`` hook)."""
+    text = meta.get("promotion")
+    if text:
+        state.promotion.CopyFrom(promotion_to_msg(decode_promotion(text)))
 
 
 def promotion_from_msg(msg: certsync_pb2.Promotion) -> Promotion:

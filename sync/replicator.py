@@ -32,7 +32,7 @@ import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 import structlog
 from cryptography import x509
@@ -54,7 +54,8 @@ from node.errors import (
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
 from node.selection import Selection
-from node.store import Store, StoreView, cert_sha256
+from node.service import NodeRuntime
+from node.store import StoreView, cert_sha256
 from sync.client import NodeClient, NodeTarget
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
@@ -596,25 +597,6 @@ class Replicator:
             await self.close()
 
 
-class NodeRuntimeLike(Protocol):
-    """What :func:`wire_replication` needs of ``node.daemon.NodeApp``."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def store(self) -> Store: ...
-
-    def now(self) -> dt.datetime: ...
-
-    async def refresh(self) -> None: ...
-
-    def served_for(self, server_name: str | None) -> Selection: ...
-
-    def attach_replication(self, *, role: Callable[[], str],
-                           on_change: Callable[[], None]) -> None: ...
-
-
 @dataclass(frozen=True)
 class Replication:
     """The three replication parts of one node, wired together."""
@@ -625,7 +607,7 @@ class Replication:
 
 
 async def wire_replication(
-    app: NodeRuntimeLike,
+    app: NodeRuntime,
     *,
     topology: Topology,
     ca_pem: bytes,

@@ -11,34 +11,26 @@ what it may *do* comes from the topology, never from the certificate.
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, cast
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeAlias
 
-from cryptography import x509
-
-from node.errors import BadInput, ConfigError, NotFound, PermissionDenied
+from node.errors import BadInput, ConfigError, NotFound
+from node.identity import (
+    check_node_name,
+    is_uuid,
+)
 from node.names import parse_hostname
 
 __all__ = [
     "DEFAULT_STALE_AFTER_SECONDS",
     "DEFAULT_SYNC_INTERVAL_SECONDS",
     "ROLES",
-    "Identity",
-    "IdentityKind",
     "NodeRole",
     "NodeSpec",
     "Topology",
-    "admin_uri",
-    "check_node_name",
     "format_address",
-    "identity_from_certificate",
-    "node_dns_name",
-    "node_uri",
     "normalise_hostname",
     "split_address",
     "topology_from_dict",
@@ -47,45 +39,17 @@ __all__ = [
 ]
 
 NodeRole: TypeAlias = Literal["primary", "backup", "traffic"]
-IdentityKind: TypeAlias = Literal["node", "admin"]
 ROLES: tuple[NodeRole, ...] = ("primary", "backup", "traffic")
 
 DEFAULT_SYNC_INTERVAL_SECONDS = 30
 DEFAULT_STALE_AFTER_SECONDS = 300
 
-#: a DNS label in lower case: 1..63 of [a-z0-9-], not starting or ending with '-'
-_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_URI_SCHEME = "certsync"
-_NODE_DNS_SUFFIX = ".node.certsync"
-
-
-def check_node_name(name: str) -> str:
-    """Return ``name`` if it is a valid node (or admin) name, else raise :class:`BadInput`."""
-    if not _NAME_RE.fullmatch(name):
-        raise BadInput(
-            f"node name {name!r} is not valid; use 1 to 63 lower-case letters, digits and "
-            "'-', not starting or ending with '-' (e.g. 'p1' or 'traffic-2')"
-        )
-    return name
 
 
 def normalise_hostname(text: str) -> str:
     """A node or site hostname as stored in the topology: validated (HostnameError, exit 2)
     and normalised (lower-case A-labels, no trailing dot; IPs in compressed form)."""
     return parse_hostname(text).value
-
-
-def node_dns_name(name: str) -> str:
-    """The SAN DNS name of node ``name``'s mTLS certificate (gRPC target name override)."""
-    return f"{name}{_NODE_DNS_SUFFIX}"
-
-
-def node_uri(cluster_id: str, name: str) -> str:
-    return f"{_URI_SCHEME}://{cluster_id}/node/{name}"
-
-
-def admin_uri(cluster_id: str, name: str) -> str:
-    return f"{_URI_SCHEME}://{cluster_id}/admin/{name}"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -198,68 +162,6 @@ def validate_nodes(nodes: tuple[NodeSpec, ...]) -> None:
 # --------------------------------------------------------------------------- identities
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who an mTLS peer is, read from its certificate's SAN URI."""
-
-    kind: IdentityKind
-    name: str
-    cluster_id: str
-
-
-def identity_from_certificate(
-    cert: x509.Certificate, *, cluster_id: str | None = None
-) -> Identity:
-    """Read the peer identity from ``cert``'s one ``certsync://`` SAN URI.
-
-    Raises :class:`PermissionDenied` when the URI is absent, malformed, or (with
-    ``cluster_id``) names another cluster. The certificate's chain is the TLS layer's job.
-    """
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-                if u.lower().startswith(f"{_URI_SCHEME}:")]
-    except x509.ExtensionNotFound:
-        uris = []
-    subject = cert.subject.rfc4514_string()
-    if len(uris) != 1:
-        raise PermissionDenied(
-            f"certificate {subject!r} carries {len(uris)} certsync identity URIs, not one; "
-            "use a certificate made by 'certsync cluster init'"
-        )
-    parts = urlsplit(uris[0])
-    segments = parts.path.split("/")
-    if (
-        parts.scheme != _URI_SCHEME
-        or parts.query
-        or parts.fragment
-        or len(segments) != 3
-        or segments[0] != ""
-        or segments[1] not in ("node", "admin")
-        or not _NAME_RE.fullmatch(segments[2])
-        or not _is_uuid(parts.netloc)
-    ):
-        raise PermissionDenied(
-            f"certificate {subject!r} has a malformed identity URI {uris[0]!r}; expected "
-            "'certsync://<cluster_id>/node|admin/<name>'"
-        )
-    identity = Identity(kind=cast(IdentityKind, segments[1]), name=segments[2],
-                        cluster_id=parts.netloc)
-    if cluster_id is not None and identity.cluster_id != cluster_id:
-        raise PermissionDenied(
-            f"certificate {subject!r} belongs to cluster {identity.cluster_id!r}, not "
-            f"{cluster_id!r}; use this cluster's certificates"
-        )
-    return identity
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
-
-
 # --------------------------------------------------------------------------- (de)serialise
 
 
@@ -306,7 +208,7 @@ def topology_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> T
     table = _Table(data, source, "")
     table.reject_unknown(_TOP_KEYS)
     cluster_id = table.text("cluster_id")
-    if not _is_uuid(cluster_id):
+    if not is_uuid(cluster_id):
         raise ConfigError(f"{source}: cluster_id {cluster_id!r} is not a lower-case UUID")
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list) or not all(isinstance(n, dict) for n in raw_nodes):

@@ -34,7 +34,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from sync.acme_client import Http01Responder, start_http01_responder
+from node.acme_client import Http01Responder, start_http01_responder
 
 _START_DEADLINE = 20.0
 

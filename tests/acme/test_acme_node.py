@@ -18,15 +18,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
+from node.acme_client import Http01Responder, start_http01_responder
 from node.api import certsync_pb2
-from node.daemon import NodeApp
+from node.app import NodeApp
 from node.errors import Conflict
 from node.store import Store
 from node.tls import TlsEndpoint
-from sync.acme_client import Http01Responder, start_http01_responder
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import AcmeSettings, load_node_config, load_store_key
+from sync.daemon import cluster_of
 from tests.node.helpers import serve_store_api
 
 from .conftest import Pebble
@@ -69,7 +70,7 @@ async def _node(
     tls_port = endpoint.start("127.0.0.1", 0)
     clock: list[dt.datetime] = []
     app = NodeApp(
-        name="p1", topology=config.topology, store=store, endpoint=endpoint,
+        name="p1", cluster=cluster_of(config.topology, "p1"), store=store, endpoint=endpoint,
         clock=lambda: clock[0] if clock else dt.datetime.now(dt.UTC),
         acme=AcmeSettings(
             directory_url=pebble.directory_url, email="admin@example.com",

@@ -13,17 +13,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from structlog.testing import capture_logs
 
-from node.errors import AcmeError, BadInput, HostnameError
-from node.model import KeyType
-from sync.acme_client import (
+from node.acme_client import (
     CHALLENGE_PREFIX,
     Http01Responder,
     generate_key,
     request_certificate,
     start_http01_responder,
 )
-from sync.alerts import AlertConfig, ExpiryAlert, deliver_alert
-from sync.lifecycle import CertState, record_alert, record_failure, renewal_decision
+from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
+from node.errors import AcmeError, BadInput, HostnameError
+from node.lifecycle import CertState, record_alert, record_failure, renewal_decision
+from node.model import KeyType
 
 from .conftest import Pebble
 

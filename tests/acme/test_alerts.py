@@ -19,8 +19,8 @@ from aiosmtpd.controller import Controller
 from cryptography import x509
 from structlog.testing import capture_logs
 
+from node.alerts import AlertConfig, ExpiryAlert, SmtpConfig, deliver_alert
 from node.errors import ConfigError
-from sync.alerts import AlertConfig, ExpiryAlert, SmtpConfig, deliver_alert
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -16,9 +16,9 @@ import pytest
 from cryptography import x509
 
 from node.errors import PermissionDenied
+from node.identity import Identity, identity_from_certificate
 from sync.cli import main
 from sync.config import load_admin_config, load_node_config, load_store_key, load_topology
-from sync.topology import Identity, identity_from_certificate
 
 BASE = ["--site", "support.example.com", "--primary", "p1=p1.example.com",
         "--backup", "b1=b1.example.com", "--traffic", "t1=t1.example.com",

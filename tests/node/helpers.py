@@ -7,9 +7,10 @@ from pathlib import Path
 
 import grpc
 
-from node.daemon import NodeApp
+from node.app import NodeApp
 from node.service import CertStoreService, server_credentials, start_grpc_server
 from sync.config import NodeConfig
+from sync.receiver import describe_promotion
 
 __all__ = ["check_sqlite", "serve_store_api"]
 
@@ -22,7 +23,8 @@ async def serve_store_api(app: NodeApp, config: NodeConfig) -> tuple[grpc.aio.Se
         cert_pem=config.cert_path.read_bytes(),
         key_pem=config.key_path.read_bytes(),
     )
-    return await start_grpc_server(CertStoreService(app), address="127.0.0.1:0",
+    service = CertStoreService(app, describe=describe_promotion)
+    return await start_grpc_server(service, address="127.0.0.1:0",
                                    credentials=creds)
 
 

@@ -20,16 +20,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
+from node.acme_client import start_http01_responder
 from node.api import certsync_pb2
-from node.daemon import NodeApp
+from node.app import NodeApp
 from node.errors import BadInput, ConfigError, Conflict, NotFound
+from node.renewal import state_key
 from node.store import Store
 from node.tls import TRUST_BUNDLE_PATH, TlsEndpoint
-from sync.acme_client import start_http01_responder
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import AcmeSettings, load_node_config, load_store_key
-from sync.monitor import state_key
+from sync.daemon import cluster_of
 from tests.node.helpers import serve_store_api
 from tests.pki import Pki, make_chain, make_leaf, pem_bundle
 
@@ -83,7 +84,7 @@ async def _start(cluster_dir: Path, tmp_path: Path, name: str) -> AsyncIterator[
     # an ACME directory nobody listens on: every order fails for real, quickly
     acme = AcmeSettings(directory_url=f"http://127.0.0.1:{_free_port()}/dir")
     app = NodeApp(
-        name=name, topology=config.topology, store=store, endpoint=endpoint,
+        name=name, cluster=cluster_of(config.topology, name), store=store, endpoint=endpoint,
         clock=lambda: clock.now, acme=acme, responder=responder,
         account_key_path=tmp_path / f"{name}-acme.pem",
     )

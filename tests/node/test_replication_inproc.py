@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api import certsync_pb2
-from node.daemon import NodeApp
+from node.app import NodeApp
 from node.errors import (
     CoverageError,
     NodeUnreachable,
@@ -35,9 +35,10 @@ from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
 from sync.cmd_cluster import init_cluster, plan_init
 from sync.config import NodeConfig, load_node_config, load_store_key
+from sync.daemon import cluster_of
 from sync.probe import served_sha256
 from sync.promotion import sign_promotion
-from sync.receiver import promotion_to_msg
+from sync.receiver import describe_promotion, promotion_to_msg
 from sync.replicator import Peer, Replication, wire_replication
 from tests import pki
 
@@ -123,13 +124,13 @@ async def cluster(cluster_dir: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
             stores.append(store)
             endpoint = TlsEndpoint(node_name=name, workers=2)
             clock = Clock()
-            app = NodeApp(name=name, topology=config.topology, store=store, endpoint=endpoint,
-                          clock=clock)
+            app = NodeApp(name=name, cluster=cluster_of(config.topology, name), store=store,
+                          endpoint=endpoint, clock=clock)
             tls_port = endpoint.start("127.0.0.1", 0)
             await app.refresh()
             ca, cert, key = (config.ca_cert_path.read_bytes(), config.cert_path.read_bytes(),
                              config.key_path.read_bytes())
-            store_service = CertStoreService(app)
+            store_service = CertStoreService(app, describe=describe_promotion)
             repl = await wire_replication(app, topology=config.topology, ca_pem=ca,
                                           cert_pem=cert, key_pem=key,
                                           state=store_service.node_state, peers=peers,

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node.api import certsync_pb2
-from node.daemon import NodeApp
+from node.app import NodeApp
 from node.errors import (
     BadInput,
     CertsyncError,
@@ -43,6 +43,7 @@ from node.tls import TlsEndpoint
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import load_node_config, load_store_key
+from sync.daemon import cluster_of
 from tests.node.helpers import serve_store_api
 
 CANARY_PASSPHRASE = b"canary-pass-9d41e7"
@@ -110,7 +111,8 @@ async def node(cluster_dir: Path, tmp_path: Path) -> AsyncIterator[Node]:
     store = await Store.open(store_path, load_store_key(config.store_key_path))
     endpoint = TlsEndpoint(node_name="p1", workers=2)
     tls_port = endpoint.start("127.0.0.1", 0)
-    app = NodeApp(name="p1", topology=config.topology, store=store, endpoint=endpoint)
+    app = NodeApp(name="p1", cluster=cluster_of(config.topology, "p1"), store=store,
+                  endpoint=endpoint)
     await app.refresh()
     server, port = await serve_store_api(app, config)
     try:

@@ -26,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CORE = [
     "node.formats", "node.chain", "node.create", "node.names", "node.selection", "node.model",
-    "node.errors", "sync.topology", "sync.plan", "sync.transfer", "sync.lifecycle",
+    "node.errors", "sync.topology", "sync.plan", "sync.transfer", "node.lifecycle",
 ]  # fmt: skip
 FORBIDDEN = {"asyncio", "grpc", "sqlite3", "aiosqlite", "socket"}
 CLOCK_ATTRS = {"now", "utcnow", "today"}

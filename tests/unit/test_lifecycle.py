@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.errors import BadInput, Conflict
-from sync.lifecycle import (
+from node.lifecycle import (
     ALERT_INTERVAL,
     BACKOFF_CAP,
     CertState,

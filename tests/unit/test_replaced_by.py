@@ -1,4 +1,4 @@
-"""``sync.monitor.replaced_by``: which stored certificates a renewal supersedes.
+"""``node.renewal.replaced_by``: which stored certificates a renewal supersedes.
 
 It compares within groups of same-named certificates (O(N)); the property test checks it
 against the rule applied to every pair (O(N^2)), which is the definition.
@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from node.lifecycle import supersedes
+from node.renewal import replaced_by
 from node.store import StoredCert
-from sync.lifecycle import supersedes
-from sync.monitor import replaced_by
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME_SETS = (("a.example.com",), ("A.example.com.",), ("a.example.com", "b.example.com"), ())

@@ -16,14 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.errors import BadInput, ConfigError, HostnameError, NotFound, PermissionDenied
+from node.identity import Identity, check_node_name, identity_from_certificate
 from sync import pki
 from sync.topology import (
-    Identity,
     NodeSpec,
     Topology,
-    check_node_name,
     format_address,
-    identity_from_certificate,
     split_address,
     topology_from_dict,
     topology_to_dict,

@@ -1,6 +1,6 @@
 """The blocking ACME order flow with certbot's ``acme`` library (loaded on first use).
 
-Split from :mod:`sync.acme_client` so that importing the node or the CLI does not pull in
+Split from :mod:`node.acme_client` so that importing the node or the CLI does not pull in
 ``acme``, ``josepy`` and ``requests`` (about half a second) unless an order is placed.
 """
 
@@ -24,7 +24,7 @@ from node.errors import AcmeError, BadInput
 from node.model import PrivateKey
 
 if TYPE_CHECKING:
-    from sync.acme_client import Http01Responder
+    from node.acme_client import Http01Responder
 
 __all__ = ["check_issued", "run_order"]
 

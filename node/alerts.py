@@ -1,6 +1,6 @@
 """[shell] Deliver an expiry alert: a structlog event always, e-mail and a webhook when set.
 
-:func:`sync.lifecycle.renewal_decision` decides *whether* to alert (once within 25 days of
+:func:`node.lifecycle.renewal_decision` decides *whether* to alert (once within 25 days of
 ``not_after``, at most once a day); this module only delivers. Channels:
 
 * a structlog event ``expiry_alert`` with ``sha256``, ``names``, ``days_left``, ``not_after``
@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from node.errors import ConfigError
-from sync.lifecycle import days_left
+from node.lifecycle import days_left
 
 __all__ = [
     "AlertConfig",
@@ -42,7 +42,7 @@ __all__ = [
     "deliver_alert",
 ]
 
-_log = structlog.get_logger("certsync.alerts")
+_log = structlog.get_logger("certnode.alerts")
 
 
 @dataclass(frozen=True)

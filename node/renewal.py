@@ -1,6 +1,6 @@
 """[shell] The node's certificate lifecycle: ACME orders, renewal, expiry alerts, CA changes.
 
-:class:`Lifecycle` wires the pure rules of :mod:`sync.lifecycle` to one node's store:
+:class:`Lifecycle` wires the pure rules of :mod:`node.lifecycle` to one node's store:
 
 * **State** per certificate lives in the store's meta as ``lifecycle:<sha256>`` -> JSON
   (``acme``, ``hostname``, ``key_type``, ``failures``, ``last_failure_at``,
@@ -11,7 +11,7 @@
   (:func:`replaced_by`). That holds on every node after replication.
 * :meth:`Lifecycle.tick` is one round of the monitor, "decide, then act": it takes a
   snapshot, plans with :func:`plan_tick` (pure), then renews due ACME certificates (primary
-  only, back-off through :func:`~sync.lifecycle.record_failure`), delivers expiry alerts
+  only, back-off through :func:`~node.lifecycle.record_failure`), delivers expiry alerts
   (every node, every certificate, once a day) and switches a staged CA change whose wait is
   over (primary only). The daemon calls it on an interval; tests call it with a fixed ``now``.
 * Every change to the certificate set goes through ``on_change`` -- the same post-change
@@ -38,15 +38,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
+from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
 from node.errors import AcmeError, BadInput, Conflict
-from node.model import KeyType, PrivateKey
-from node.names import sans_of
-from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
-from sync.acme_client import ACME_KEY_TYPES, Http01Responder, request_certificate
-from sync.alerts import AlertConfig, ExpiryAlert, deliver_alert
-from sync.config import AcmeSettings
-from sync.lifecycle import (
+from node.lifecycle import (
     CertState,
     RenewalDecision,
     StagedCaChange,
@@ -60,7 +56,9 @@ from sync.lifecycle import (
     stage_ca_change,
     supersedes,
 )
-from sync.topology import Topology
+from node.model import KeyType, PrivateKey
+from node.names import sans_of
+from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
 
 __all__ = [
     "ACTOR",
@@ -80,7 +78,7 @@ ACTOR: Final = "node:lifecycle"
 PENDING_KEY: Final = "pending_ca_change"
 _STATE_PREFIX: Final = "lifecycle:"
 
-_log = structlog.get_logger("certsync.monitor")
+_log = structlog.get_logger("certnode.renewal")
 
 
 def state_key(sha256: str) -> str:
@@ -202,7 +200,7 @@ def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
     A renewal has the same DNS names and a strictly later ``not_after``
-    (:func:`sync.lifecycle.supersedes`) and a key too, so it can be served instead.
+    (:func:`node.lifecycle.supersedes`) and a key too, so it can be served instead.
     """
     keyed = [c for c in certs if c.has_key and c.dns_names]
     # only certificates with the same names can supersede each other: compare within groups
@@ -310,7 +308,7 @@ class Lifecycle:
         *,
         node: str,
         role: Callable[[], str],
-        topology: Topology,
+        failover_pair: tuple[str, str] | None = None,
         store: Store,
         on_change: Callable[[], Awaitable[None]],
         publish_trust_bundle: Callable[[bytes | None], None] | None = None,
@@ -321,7 +319,7 @@ class Lifecycle:
     ) -> None:
         self._node = node
         self._role = role
-        self._topology = topology
+        self._failover_pair = failover_pair
         self._store = store
         self._on_change = on_change
         self._publish = publish_trust_bundle
@@ -503,11 +501,11 @@ class Lifecycle:
     # -- ACME -----------------------------------------------------------------------------
 
     def _failover_warning(self) -> str | None:
-        backup = self._topology.backup
-        if backup is None:
+        if self._failover_pair is None:
             return None
+        primary, backup = self._failover_pair
         return (
-            f"this cluster is a failover pair ({self._topology.primary.name} + {backup.name}); "
+            f"this cluster is a failover pair ({primary} + {backup}); "
             "DNS can point at one appliance only, so HTTP-01 renewal can fail after a failover"
         )
 

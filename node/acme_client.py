@@ -33,14 +33,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from node.errors import AcmeError, BadInput
+from node.lifecycle import LETS_ENCRYPT_DIRECTORY
 from node.model import KeyType, PrivateKey
 from node.names import parse_hostname
-from sync.lifecycle import LETS_ENCRYPT_DIRECTORY
 
 __all__ = [
     "ACME_KEY_TYPES",
     "LETS_ENCRYPT_DIRECTORY",
     "AcmeResult",
+    "AcmeSettings",
     "Http01Responder",
     "generate_key",
     "request_certificate",
@@ -50,6 +51,19 @@ __all__ = [
 #: key types public ACME CAs issue for (no Ed25519)
 ACME_KEY_TYPES: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    """The node's optional ``[acme]`` table: where to order certificates and where the
+    HTTP-01 responder listens. ``ca_bundle`` replaces the system trust store for the
+    directory's TLS (a private ACME CA, or Pebble in tests)."""
+
+    directory_url: str = LETS_ENCRYPT_DIRECTORY
+    email: str | None = None
+    http_listen: str = "0.0.0.0:80"
+    ca_bundle: Path | None = None
+
+
 
 _log = structlog.get_logger("certsync.acme")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -220,7 +234,7 @@ async def request_certificate(
     if account_key is None:
         account_key = await asyncio.to_thread(generate_key, "ec-p256")
     _log.info("acme_request_started", hostname=name.value, key_type=key_type, url=directory_url)
-    from sync import _acme_order  # heavy (acme, josepy, requests): loaded on first use
+    from node import _acme_order  # heavy (acme, josepy, requests): loaded on first use
 
     cert, chain = await asyncio.to_thread(
         _acme_order.run_order,

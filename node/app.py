@@ -1,0 +1,172 @@
+"""[shell] The running node as its gRPC servicer sees it: store + TLS endpoint + lifecycle.
+
+:class:`NodeApp` implements :class:`node.service.NodeRuntime`: after every change it calls
+:meth:`NodeApp.refresh`, which reads the store, builds the list of certificates to serve
+(each with its key and chain) and hands it to the TLS endpoint off the event loop, so the
+next handshake serves the change without a restart.
+
+What the node knows of its cluster arrives as plain values (:class:`NodeCluster`); the
+cluster layer (``sync.daemon``) builds them from the topology and wires replication in
+through :meth:`NodeApp.attach_replication`. Nothing here imports ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+
+from node.acme_client import AcmeSettings, Http01Responder
+from node.alerts import AlertConfig
+from node.renewal import Lifecycle
+from node.selection import Selection
+from node.store import Store, StoreView
+from node.tls import ServedCert, TlsEndpoint
+
+__all__ = ["NodeApp", "NodeCluster"]
+
+_log = structlog.get_logger("node.app")
+
+
+@dataclass(frozen=True)
+class NodeCluster:
+    """What one node knows of its cluster: the cluster's id, every node's name, this node's
+    configured role, and ``(primary, backup)`` when the cluster is a failover pair."""
+
+    cluster_id: str
+    node_names: tuple[str, ...]
+    role: str
+    failover_pair: tuple[str, str] | None = None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class NodeApp:
+    """The running node as the servicer sees it; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        cluster: NodeCluster,
+        store: Store,
+        endpoint: TlsEndpoint,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        alerts: AlertConfig | None = None,
+        acme: AcmeSettings | None = None,
+        responder: Http01Responder | None = None,
+        account_key_path: Path | None = None,
+    ) -> None:
+        self._name = name
+        self._cluster = cluster
+        self._role = cluster.role
+        self._store = store
+        self._endpoint = endpoint
+        self._clock = clock
+        self._refresh_lock = asyncio.Lock()
+        # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
+        self._runtime_role: Callable[[], str] | None = None
+        self._on_change: Callable[[], None] | None = None
+        # --- lifecycle (issue 6): renewal, alerts, CA changes; see node.renewal ---
+        self._lifecycle = Lifecycle(
+            node=name,
+            role=lambda: self.role,
+            failover_pair=cluster.failover_pair,
+            store=store,
+            on_change=self.refresh,
+            publish_trust_bundle=endpoint.set_trust_bundle,
+            alerts=alerts,
+            acme=acme,
+            responder=responder,
+            account_key_path=account_key_path,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def role(self) -> str:
+        """At run time: ``primary`` while this node is the primary of its epoch (see
+        the cluster layer's replica); the topology role until replication is attached."""
+        return self._runtime_role() if self._runtime_role is not None else self._role
+
+    def attach_replication(self, *, role: Callable[[], str], on_change: Callable[[], None]) -> None:
+        """``role`` answers the runtime role; ``on_change`` is called after every refresh
+        (that is, after every store change) -- the replicator's trigger, which coalesces."""
+        self._runtime_role = role
+        self._on_change = on_change
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster.cluster_id
+
+    @property
+    def node_names(self) -> Sequence[str]:
+        return self._cluster.node_names
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def endpoint(self) -> TlsEndpoint:
+        return self._endpoint
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self._lifecycle
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    def served_for(self, server_name: str | None) -> Selection:
+        return self._endpoint.served_for(server_name)
+
+    async def served_certs(
+        self, view: StoreView | None = None
+    ) -> tuple[list[ServedCert], str | None]:
+        """What the endpoint should serve now: every certificate with a key, and the default
+        (of ``view``, a view of the store just read, when given)."""
+        view = view or await self._store.view()
+        keys = await self._store.keys(view.keyed, view=view)
+        served: list[ServedCert] = []
+        for s in view.certs:
+            key = keys.get(s.sha256)
+            if key is None:
+                continue
+            cert = s.certificate()
+            chain, _problems = view.chain(s.sha256)  # rebuilt only when its issuers change
+            served.append(
+                ServedCert(
+                    sha256=s.sha256,
+                    cert=cert,
+                    chain=tuple(c for c in chain if c != cert and not _self_signed(c)),
+                    key=key,
+                )
+            )
+        default = view.default_sha256
+        return served, default if default in keys else None
+
+    async def refresh(self) -> None:
+        """Serve what the store holds from the next handshake on (serialised)."""
+        async with self._refresh_lock:
+            view = await self._store.view()  # one reading for the endpoint and the bundle
+            served, default = await self.served_certs(view)
+            await asyncio.to_thread(self._endpoint.update, served, default)
+            await self._lifecycle.publish_trust_bundle(view)
+            _log.debug("node.refreshed", certificates=len(served), default_sha256=default)
+        if self._on_change is not None:
+            self._on_change()
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    """Roots are not sent in a handshake (the client has them or it does not)."""
+    return cert.issuer == cert.subject

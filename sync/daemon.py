@@ -1,0 +1,171 @@
+"""[shell] The composition root: one node (``node.app.NodeApp``) wired into its cluster role.
+
+It opens the store, starts the TLS endpoint, the gRPC server (store operations from
+:mod:`node.service`, replication from :mod:`sync.receiver`) and the replicator, and the
+node's renewal/alert monitor; :func:`cluster_of` turns the topology into the plain
+:class:`~node.app.NodeCluster` facts the node needs.
+
+:func:`run_node` runs until ``stop`` is set (``certsync node serve`` sets it on SIGTERM or
+SIGINT), then stops gRPC with a grace period, the TLS endpoint and the store, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from node import names
+from node.acme_client import Http01Responder, start_http01_responder
+from node.app import NodeApp, NodeCluster
+from node.errors import ConfigError
+from node.renewal import run_monitor
+from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.store import Store
+from node.tls import TlsEndpoint
+from sync.config import NodeConfig, load_store_key
+from sync.receiver import describe_promotion
+from sync.replicator import (
+    DEFAULT_CONCURRENCY,
+    Replication,
+    peers_from_topology,
+    wire_replication,
+)
+from sync.topology import Topology, split_address
+
+__all__ = ["GRACE_SECONDS", "cluster_of", "run_node"]
+
+GRACE_SECONDS: Final = 5.0
+
+_log = structlog.get_logger("sync.daemon")
+
+
+def _push_concurrency() -> int:
+    """How many nodes the primary pushes to at once: ``CERTSYNC_PUSH_CONCURRENCY`` (an
+    operator's and the benchmark's knob), else the replicator's default."""
+    text = os.environ.get("CERTSYNC_PUSH_CONCURRENCY", "")
+    if not text:
+        return DEFAULT_CONCURRENCY
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"CERTSYNC_PUSH_CONCURRENCY={text!r} is not a positive whole number; "
+            "unset it or give e.g. 16"
+        )
+    return int(text)
+
+
+def cluster_of(topology: Topology, name: str) -> NodeCluster:
+    """What node ``name`` needs to know of the cluster ``topology`` describes."""
+    backup = topology.backup
+    return NodeCluster(
+        cluster_id=topology.cluster_id,
+        node_names=tuple(topology.names),
+        role=topology.node(name).role,
+        failover_pair=None if backup is None else (topology.primary.name, backup.name),
+    )
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the {what} {str(path)!r}: {err.strerror}; check node.toml"
+        ) from err
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    stop: asyncio.Event,
+    started: Callable[[NodeApp, int, int], None] | None = None,
+) -> None:
+    """Run the node of ``config`` (a ``NodeConfig``) until ``stop`` is set.
+
+    ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0).
+    """
+    topology: Topology = config.topology
+    store = await Store.open(config.store_path, load_store_key(config.store_key_path))
+    endpoint = TlsEndpoint(node_name=config.name)
+    server = None
+    responder: Http01Responder | None = None
+    monitor: asyncio.Task[None] | None = None
+    replication: Replication | None = None
+    pusher: asyncio.Task[None] | None = None
+    try:
+        if config.acme is not None:
+            http_host, http_port = split_address(config.acme.http_listen)
+            responder, _ = await start_http01_responder(http_host, http_port)
+        app = NodeApp(
+            name=config.name,
+            cluster=cluster_of(topology, config.name),
+            store=store,
+            endpoint=endpoint,
+            alerts=config.alerts,
+            acme=config.acme,
+            responder=responder,
+            account_key_path=config.data_dir / "acme-account-key.pem",
+        )
+        await asyncio.to_thread(names.preload)
+        tls_host, tls_port = split_address(config.tls_listen)
+        tls_bound = await asyncio.to_thread(endpoint.start, tls_host, tls_port)
+        await app.refresh()
+        creds = server_credentials(
+            ca_pem=_read(config.ca_cert_path, "CA certificate"),
+            cert_pem=_read(config.cert_path, "node certificate"),
+            key_pem=_read(config.key_path, "node key"),
+        )
+        store_service = CertStoreService(app, describe=describe_promotion)
+        replication = await wire_replication(
+            app,
+            topology=topology,
+            ca_pem=_read(config.ca_cert_path, "CA certificate"),
+            cert_pem=_read(config.cert_path, "node certificate"),
+            key_pem=_read(config.key_path, "node key"),
+            state=store_service.node_state,
+            peers=peers_from_topology(topology),
+            interval=float(topology.sync_interval_seconds),
+            concurrency=_push_concurrency(),
+        )
+        server, grpc_port = await start_grpc_server(
+            store_service, address=config.grpc_listen, credentials=creds,
+            replication=replication.service,
+        )
+        pusher = asyncio.create_task(replication.replicator.run())
+        _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
+        if started is not None:
+            started(app, grpc_port, tls_bound)
+        monitor = asyncio.create_task(
+            run_monitor(
+                app.lifecycle, clock=app.now, interval=config.monitor_interval, stop=stop
+            )
+        )
+        await stop.wait()
+        _log.info("node.stopping", node=config.name)
+    finally:
+        if replication is not None:
+            replication.replicator.stop()
+        if pusher is not None:
+            try:
+                async with asyncio.timeout(GRACE_SECONDS):
+                    await pusher
+            except TimeoutError:
+                pusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pusher
+        if monitor is not None:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+        if responder is not None:
+            await responder.close()
+        if server is not None:
+            await server.stop(GRACE_SECONDS)
+        await asyncio.to_thread(endpoint.stop)
+        await store.close()
+        _log.info("node.stopped", node=config.name)
