@@ -30,8 +30,8 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from node import keygen
 from node.errors import AcmeError, BadInput
 from node.lifecycle import LETS_ENCRYPT_DIRECTORY
 from node.model import KeyType, PrivateKey
@@ -193,10 +193,7 @@ def generate_key(key_type: KeyType) -> PrivateKey:
             f"key type {key_type!r} cannot be requested through ACME; "
             f"use one of {', '.join(ACME_KEY_TYPES)}"
         )
-    if key_type.startswith("rsa-"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
-    curve = ec.SECP256R1() if key_type == "ec-p256" else ec.SECP384R1()
-    return ec.generate_private_key(curve)
+    return keygen.generate_key(key_type)
 
 
 async def request_certificate(

@@ -1,7 +1,8 @@
-"""Create keys, self-signed certificates and CSRs from a subject and SANs.
+"""[core] Build self-signed certificates and CSRs from a key, a subject and SANs.
 
-Pure apart from the randomness key generation needs: no I/O, and the time is a parameter.
-RSA generation blocks for a while; the shell calls these with ``asyncio.to_thread``.
+Pure: no I/O, and the time, the key and the serial number are parameters (the shell draws
+them with :mod:`node.keygen`). Signing with RSA takes a moment; the shell calls these with
+``asyncio.to_thread``.
 
 As the appliance guide requires, when the common name is a hostname it is also the first
 SAN. SAN hostnames are validated with :func:`node.names.parse_hostname` (IP literals become
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from node.errors import BadInput, HostnameError
-from node.model import CREATABLE_KEY_TYPES, KEY_TYPES, KeyType, PrivateKey
+from node.model import PrivateKey
 from node.names import parse_hostname, san_rule
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "Subject",
     "create_csr",
     "create_self_signed",
-    "generate_key",
     "subject_name",
     "subject_sans",
 ]
@@ -52,21 +52,6 @@ class Subject:
     city: str | None = None
     org: str | None = None
     unit: str | None = None
-
-
-def generate_key(key_type: KeyType) -> PrivateKey:
-    """A new private key: rsa-2048/3072/4096, ec-p256/p384, or ed25519."""
-    if key_type not in KEY_TYPES:
-        raise BadInput(
-            f"key type {key_type!r} is unknown; use one of {', '.join(CREATABLE_KEY_TYPES)}"
-        )
-    if key_type.startswith("rsa-"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
-    if key_type == "ec-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ec-p384":
-        return ec.generate_private_key(ec.SECP384R1())
-    return ed25519.Ed25519PrivateKey.generate()
 
 
 def _country(code: str) -> str:
@@ -193,9 +178,11 @@ def create_self_signed(
     sans: Sequence[str],
     *,
     now: datetime,
+    serial: int,
     days: int = 365,
 ) -> x509.Certificate:
-    """A self-signed server certificate valid from ``now`` for ``days`` days."""
+    """A self-signed server certificate valid from ``now`` for ``days`` days, with the
+    serial number ``serial`` (random, from :func:`node.keygen.random_serial`)."""
     if now.tzinfo is None:
         raise BadInput(f"time {now!r} has no time zone; pass an aware datetime")
     if not 1 <= days <= MAX_DAYS:
@@ -208,7 +195,7 @@ def create_self_signed(
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(start)
         .not_valid_after(start + timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)

@@ -34,7 +34,7 @@ from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from node import chain as chain_mod
-from node import create, formats
+from node import create, formats, keygen
 from node.api import SERVICE_NAME, certsync_pb2, certsync_pb2_grpc
 from node.errors import (
     AlreadyExists,
@@ -386,9 +386,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         sans = _sans(request.sans)
         days = request.days or 365
         now = self._rt.now()
-        key = await asyncio.to_thread(create.generate_key, key_type)
+        key = await asyncio.to_thread(keygen.generate_key, key_type)
         cert = await asyncio.to_thread(
-            create.create_self_signed, key, subject, sans, now=now, days=days
+            create.create_self_signed, key, subject, sans, now=now, days=days,
+            serial=keygen.random_serial(),
         )
         name = request.name or subject.common_name
         sha = formats.cert_sha256(cert)
@@ -412,7 +413,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         key_type = _key_type(request.key_type)
         subject = _subject(request.subject)
         sans = _sans(request.sans)
-        key = await asyncio.to_thread(create.generate_key, key_type)
+        key = await asyncio.to_thread(keygen.generate_key, key_type)
         csr = await asyncio.to_thread(create.create_csr, key, subject, sans)
         stored = await self._rt.store.add_csr(
             name=request.name or subject.common_name,

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,7 +284,7 @@ class Replicator:
         ctx = TransferContext(cluster_id=self.replica.topology.cluster_id, epoch=snap.epoch,
                               revision=snap.revision, sender=self.name, recipient=peer.name)
         return [wrap_item(ctx, peer.public_key, name=i.name, key=i.key, cert=i.cert,
-                          chain=i.chain, is_default=i.is_default)
+                          chain=i.chain, is_default=i.is_default, rng_bytes=os.urandom)
                 for i in snap.items if i.sha256 not in held]
 
     # -- one target --------------------------------------------------------------------

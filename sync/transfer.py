@@ -5,35 +5,37 @@ What travels for each certificate of the replicated set (DESIGN.md, "What travel
 * ``pkcs12``: certificate, key and chain as PKCS#12 (AES-256-CBC, PBKDF2-HMAC-SHA256),
   protected by a fresh random passphrase made for this one transfer;
 * ``wrapped_passphrase``: that passphrase encrypted for the recipient node's identity key
-  (EC P-256, from its ``node.pem``): ephemeral ECDH -> HKDF-SHA256 -> AES-256-GCM. The
-  associated data binds cluster id, epoch, revision, sender, recipient, the item's name
-  and default flag and the SHA-256 of ``pkcs12``; so a blob replayed at another
+  (EC P-256, from its ``node.pem``) with HPKE (RFC 9180, base mode:
+  DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM; ``cryptography``'s ``hpke``). HPKE's
+  ``info`` binds the format version, cluster id, epoch, revision, sender, recipient, the
+  item's name and default flag and the SHA-256 of ``pkcs12``; so a blob replayed at another
   revision or epoch, delivered to another node, altered, or swapped with another item of
   the same push fails to open, before any PKCS#12 parsing happens.
 
-Layout of ``wrapped_passphrase``: ephemeral public key (65 bytes, uncompressed X9.62
-point) || nonce (12 bytes) || ciphertext of the 32 secret bytes with the 16-byte GCM tag.
+Layout of ``wrapped_passphrase`` (format version 2): one version byte (``0x02``) || HPKE's
+encapsulated key (65 bytes) || the ciphertext of the 32 secret bytes with its 16-byte tag.
+Version 1 (a hand-assembled ECDH + HKDF + AES-GCM wrap) is no longer accepted: every node of
+a cluster runs the same release, and a refused push says to upgrade.
 
-Pure: randomness comes from ``rng_bytes`` (default :func:`os.urandom`), so tests can fix
-it; nothing here touches files, sockets or the clock. The PKCS#12 work is CPU-bound: call
-these from ``asyncio.to_thread`` in the shell.
+Pure: the passphrase's randomness comes from ``rng_bytes`` (the shell passes
+:func:`os.urandom`), so tests can fix it; HPKE draws its ephemeral key inside the library
+(it takes no randomness from its caller), and OpenSSL the PKCS#12 salts. Nothing here
+touches files, sockets or the clock. The PKCS#12 work is CPU-bound: call these from
+``asyncio.to_thread`` in the shell.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from node.errors import TransferRejected
@@ -41,6 +43,7 @@ from node.formats import BAD_CERTIFICATE, export_pkcs12
 from node.model import PrivateKey
 
 __all__ = [
+    "TRANSFER_FORMAT",
     "TRANSFER_PKCS12_ROUNDS",
     "TransferContext",
     "UnwrappedItem",
@@ -57,13 +60,14 @@ __all__ = [
 #: exports with human passphrases keep strong rounds (``node.formats``' default).
 TRANSFER_PKCS12_ROUNDS = 1
 
+#: the version byte that starts every wrapped passphrase
+TRANSFER_FORMAT = 2
+
 _SECRET_LEN = 32
-_NONCE_LEN = 12
-_POINT_LEN = 65  # uncompressed P-256 point: 0x04 || X || Y
+_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+_ENC_LEN = 65  # DHKEM(P-256) encapsulated key: an uncompressed point
 _TAG_LEN = 16
-_WRAPPED_LEN = _POINT_LEN + _NONCE_LEN + _SECRET_LEN + _TAG_LEN
-_HKDF_INFO = b"certsync transfer v1 passphrase wrap"
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_WRAPPED_LEN = 1 + _ENC_LEN + _SECRET_LEN + _TAG_LEN
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class WrappedItem:
     name: str
     is_default: bool
     pkcs12: bytes
-    wrapped_passphrase: bytes  # ephemeral public key || nonce || AES-GCM ciphertext+tag
+    wrapped_passphrase: bytes  # version byte || HPKE encapsulated key || ciphertext+tag
 
     def __repr__(self) -> str:  # blobs are large and opaque; keep reprs (and logs) short
         return (f"WrappedItem(name={self.name!r}, is_default={self.is_default!r}, "
@@ -107,33 +111,14 @@ class UnwrappedItem:
                 f"cert={self.cert.subject.rfc4514_string()!r}, chain={len(self.chain)})")
 
 
-def _associated_data(ctx: TransferContext, name: str, is_default: bool, blob: bytes) -> bytes:
-    # JSON of a fixed-order list: unambiguous (strings are quoted and escaped)
+def _info(ctx: TransferContext, name: str, is_default: bool, blob: bytes) -> bytes:
+    """HPKE's ``info``: JSON of a fixed-order list (strings quoted and escaped, so the
+    encoding is unambiguous)."""
     fields = [
-        "certsync-transfer-v1", ctx.cluster_id, ctx.epoch, ctx.revision, ctx.sender,
-        ctx.recipient, name, is_default, hashlib.sha256(blob).hexdigest(),
+        f"certsync-transfer-v{TRANSFER_FORMAT}", ctx.cluster_id, ctx.epoch, ctx.revision,
+        ctx.sender, ctx.recipient, name, is_default, hashlib.sha256(blob).hexdigest(),
     ]
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _wrap_key(shared: bytes, ephemeral_point: bytes, recipient_point: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None,
-        info=_HKDF_INFO + ephemeral_point + recipient_point,
-    ).derive(shared)
-
-
-def _point(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.X962,
-                            serialization.PublicFormat.UncompressedPoint)
-
-
-def _ephemeral_key(rng_bytes: Callable[[int], bytes]) -> ec.EllipticCurvePrivateKey:
-    """A P-256 key drawn from ``rng_bytes`` (rejection sampling keeps it uniform)."""
-    while True:
-        value = int.from_bytes(rng_bytes(32), "big")
-        if 0 < value < _P256_ORDER:
-            return ec.derive_private_key(value, ec.SECP256R1())
 
 
 def _passphrase(secret: bytes) -> bytes:
@@ -150,9 +135,10 @@ def wrap_item(
     cert: x509.Certificate,
     chain: Sequence[x509.Certificate],
     is_default: bool,
-    rng_bytes: Callable[[int], bytes] = os.urandom,
+    rng_bytes: Callable[[int], bytes],
 ) -> WrappedItem:
-    """Export one certificate with its key and chain for ``ctx.recipient``."""
+    """Export one certificate with its key and chain for ``ctx.recipient``; ``rng_bytes``
+    (``os.urandom`` in the shell) draws the one-time passphrase."""
     if not isinstance(recipient_public_key.curve, ec.SECP256R1):
         raise TransferRejected(
             f"recipient {ctx.recipient!r} has a {recipient_public_key.curve.name!r} identity "
@@ -163,15 +149,10 @@ def wrap_item(
         name=name, key=key, cert=cert, chain=list(chain),
         passphrase=_passphrase(secret), rounds=TRANSFER_PKCS12_ROUNDS,
     )
-    ephemeral = _ephemeral_key(rng_bytes)
-    ephemeral_point = _point(ephemeral.public_key())
-    shared = ephemeral.exchange(ec.ECDH(), recipient_public_key)
-    wrap_key = _wrap_key(shared, ephemeral_point, _point(recipient_public_key))
-    nonce = rng_bytes(_NONCE_LEN)
-    sealed = AESGCM(wrap_key).encrypt(nonce, secret,
-                                      _associated_data(ctx, name, is_default, blob))
+    sealed = _SUITE.encrypt(secret, recipient_public_key,
+                            info=_info(ctx, name, is_default, blob))
     return WrappedItem(name=name, is_default=is_default, pkcs12=blob,
-                       wrapped_passphrase=ephemeral_point + nonce + sealed)
+                       wrapped_passphrase=bytes([TRANSFER_FORMAT]) + sealed)
 
 
 def unwrap_item(
@@ -192,16 +173,14 @@ def unwrap_item(
             f"item {item.name!r} from {ctx.sender!r} has a wrapped passphrase of "
             f"{len(wrapped)} bytes, not {_WRAPPED_LEN}; it is damaged, push again"
         )
-    ephemeral_point = wrapped[:_POINT_LEN]
-    nonce = wrapped[_POINT_LEN:_POINT_LEN + _NONCE_LEN]
-    sealed = wrapped[_POINT_LEN + _NONCE_LEN:]
+    if wrapped[0] != TRANSFER_FORMAT:
+        raise TransferRejected(
+            f"item {item.name!r} from {ctx.sender!r} is in transfer format {wrapped[0]}, "
+            f"not {TRANSFER_FORMAT}; run the same certsync release on every node"
+        )
     try:
-        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
-                                                                 ephemeral_point)
-        shared = recipient_private_key.exchange(ec.ECDH(), ephemeral)
-        wrap_key = _wrap_key(shared, ephemeral_point, _point(recipient_private_key.public_key()))
-        secret = AESGCM(wrap_key).decrypt(
-            nonce, sealed, _associated_data(ctx, item.name, item.is_default, item.pkcs12))
+        secret = _SUITE.decrypt(wrapped[1:], recipient_private_key,
+                                info=_info(ctx, item.name, item.is_default, item.pkcs12))
     except (InvalidTag, ValueError) as err:
         raise TransferRejected(
             f"item {item.name!r} from {ctx.sender!r} does not open for node "

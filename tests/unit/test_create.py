@@ -19,13 +19,16 @@ from node.create import (
     Subject,
     create_csr,
     create_self_signed,
-    generate_key,
     subject_name,
 )
 from node.errors import BadInput, HostnameError
 from node.formats import key_type_of, public_key_matches
+from node.keygen import generate_key
 from node.model import CREATABLE_KEY_TYPES, KEY_TYPES, KeyType, Material
 from tests.pki import NOW, make_key
+
+#: the serial is a parameter, drawn by node.keygen in the shell; any fixed one will do here
+SERIAL = 0x5EED_C0DE
 
 
 def _sans(obj: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
@@ -55,7 +58,9 @@ def test_self_signed_certificate(key_type: KeyType) -> None:
     subject = Subject(
         "support.example.com", country="de", state="Berlin", city="Berlin", org="Ex", unit="IT"
     )
-    cert = create_self_signed(key, subject, ["*.example.com", "10.0.0.7"], now=NOW, days=30)
+    cert = create_self_signed(
+        key, subject, ["*.example.com", "10.0.0.7"], now=NOW, serial=SERIAL, days=30
+    )
     assert cert.not_valid_before_utc == NOW
     assert cert.not_valid_after_utc == NOW + timedelta(days=30)
     assert _sans(cert) == ["support.example.com", "*.example.com", "10.0.0.7"]
@@ -90,14 +95,16 @@ def test_self_signed_certificate(key_type: KeyType) -> None:
 )
 def test_cn_hostname_is_the_first_san(cn: str, sans: list[str], expected: list[str]) -> None:
     key = make_key("ec-p256")
-    cert = create_self_signed(key, Subject(cn), sans, now=NOW)
+    cert = create_self_signed(key, Subject(cn), sans, now=NOW, serial=SERIAL)
     assert _sans(cert) == expected
     csr = create_csr(key, Subject(cn), sans)
     assert _sans(csr) == expected
 
 
 def test_certificate_without_any_hostname_has_no_san_extension() -> None:
-    cert = create_self_signed(make_key("ec-p256"), Subject("Support Portal"), [], now=NOW)
+    cert = create_self_signed(
+        make_key("ec-p256"), Subject("Support Portal"), [], now=NOW, serial=SERIAL
+    )
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
@@ -148,12 +155,16 @@ def test_iso_country_codes_accepted(code: str) -> None:
 )
 def test_bad_validity_is_refused(now: datetime, days: int, fragment: str) -> None:
     with pytest.raises(BadInput, match=fragment):
-        create_self_signed(make_key("ec-p256"), Subject("a.example.com"), [], now=now, days=days)
+        create_self_signed(
+            make_key("ec-p256"), Subject("a.example.com"), [], now=now, serial=SERIAL, days=days
+        )
 
 
 def test_time_is_a_parameter_and_kept_in_utc() -> None:
     berlin = datetime(2026, 6, 1, 12, 30, 45, 999, tzinfo=UTC).astimezone()
-    cert = create_self_signed(make_key("ec-p256"), Subject("a.example.com"), [], now=berlin, days=1)
+    cert = create_self_signed(
+        make_key("ec-p256"), Subject("a.example.com"), [], now=berlin, serial=SERIAL, days=1
+    )
     assert cert.not_valid_before_utc == datetime(2026, 6, 1, 12, 30, 45, tzinfo=UTC)
 
 
@@ -164,7 +175,9 @@ def test_openssl_verifies_our_csr_and_reads_our_certificate(
     key = make_key(key_type)
     subject = Subject("support.example.com", country="US", org="Example")
     csr = create_csr(key, subject, ["www.example.com", "198.51.100.4"])
-    cert = create_self_signed(key, subject, ["www.example.com"], now=datetime.now(UTC))
+    cert = create_self_signed(
+        key, subject, ["www.example.com"], now=datetime.now(UTC), serial=SERIAL
+    )
     (tmp_path / "r.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     done = subprocess.run(
@@ -180,7 +193,9 @@ def test_openssl_verifies_our_csr_and_reads_our_certificate(
     )  # fmt: skip
     assert verified.returncode == 0, verified.stderr + verified.stdout
     # negative twin: a certificate made with another key does not verify against this one
-    other = create_self_signed(make_key(key_type, slot=3), subject, [], now=datetime.now(UTC))
+    other = create_self_signed(
+        make_key(key_type, slot=3), subject, [], now=datetime.now(UTC), serial=SERIAL
+    )
     (tmp_path / "o.pem").write_bytes(other.public_bytes(serialization.Encoding.PEM))
     refused = subprocess.run(
         ["openssl", "verify", "-CAfile", tmp_path / "c.pem", tmp_path / "o.pem"],

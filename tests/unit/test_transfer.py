@@ -8,6 +8,7 @@ show up in what travels or in an error.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,12 +19,14 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.errors import TransferRejected
 from node.model import PrivateKey
 from sync.transfer import (
+    TRANSFER_FORMAT,
     TRANSFER_PKCS12_ROUNDS,
     TransferContext,
     UnwrappedItem,
@@ -78,9 +81,8 @@ def deterministic_rng(seed: bytes) -> Callable[[int], bytes]:
 def _wrap(m: Material = EC, *, ctx: TransferContext = CTX, name: str = "site",
           is_default: bool = True, rng: Callable[[int], bytes] | None = None,
           recipient: ec.EllipticCurvePrivateKey = RECIPIENT) -> WrappedItem:
-    kwargs = {"rng_bytes": rng} if rng is not None else {}
     return wrap_item(ctx, recipient.public_key(), name=name, key=m.key, cert=m.cert,
-                     chain=m.chain, is_default=is_default, **kwargs)
+                     chain=m.chain, is_default=is_default, rng_bytes=rng or os.urandom)
 
 
 def _same_key(a: PrivateKey, b: PrivateKey) -> bool:
@@ -179,11 +181,15 @@ def test_randomness_is_injected_and_the_passphrase_never_travels(tmp_path: Path)
     secret = rng.given[0]  # type: ignore[attr-defined]  # first draw: the 32 secret bytes
     assert len(secret) == 32
     passphrase = secret.hex().encode()
-    # same rng, same ephemeral key, nonce and ciphertext: the wrapping takes no randomness
-    # from elsewhere (only the GCM tag differs: it covers the blob's hash, and the PKCS#12
-    # salts and IVs come from OpenSSL)
+    # the passphrase is the one draw taken from rng_bytes, and it is what opens the blob
+    # (HPKE's ephemeral key and the PKCS#12 salts are drawn inside the libraries)
+    assert rng.given == [secret]  # type: ignore[attr-defined]
+    opened = pkcs12.load_pkcs12(item.pkcs12, passphrase)
+    assert opened.cert is not None and opened.cert.certificate == EC.cert
+    with pytest.raises(ValueError):  # negative twin: another passphrase does not open it
+        pkcs12.load_pkcs12(item.pkcs12, passphrase.upper())
     again = _wrap(rng=deterministic_rng(b"canary"))
-    assert again.wrapped_passphrase[:-16] == item.wrapped_passphrase[:-16]
+    assert again.wrapped_passphrase != item.wrapped_passphrase  # a fresh HPKE ephemeral
     assert again.pkcs12 != item.pkcs12
     # canaries: neither form of the passphrase is in anything that travels or is printed
     travelling = [item.pkcs12, item.wrapped_passphrase, repr(item).encode(),
@@ -271,3 +277,13 @@ def test_a_blob_with_an_unreadable_certificate_is_refused(
         unwrap_item(CTX, RECIPIENT, item)
     # negative twin: the same wrapping around a sound blob opens
     _check(unwrap_item(CTX, RECIPIENT, _wrap()), EC, "site", True)
+
+
+def test_wrapped_passphrase_starts_with_the_format_version() -> None:
+    item = _wrap()
+    assert item.wrapped_passphrase[0] == TRANSFER_FORMAT == 2
+    _check(unwrap_item(CTX, RECIPIENT, item), EC, "site", True)
+    # negative twin: the same bytes under another version byte are refused, saying why
+    old = replace(item, wrapped_passphrase=b"\x01" + item.wrapped_passphrase[1:])
+    with pytest.raises(TransferRejected, match="transfer format 1, not 2"):
+        unwrap_item(CTX, RECIPIENT, old)
