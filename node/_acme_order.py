@@ -1,4 +1,4 @@
-"""The blocking ACME order flow with certbot's ``acme`` library (loaded on first use).
+"""[shell] The blocking ACME order flow with certbot's ``acme`` library (loaded on first use).
 
 Split from :mod:`node.acme_client` so that importing the node or the CLI does not pull in
 ``acme``, ``josepy`` and ``requests`` (about half a second) unless an order is placed.

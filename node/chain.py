@@ -1,4 +1,4 @@
-"""Classify certificates, find the identity, build and judge its chain.
+"""[core] Classify certificates, find the identity, build and judge its chain.
 
 Pure: no I/O and no clock. Completeness is about names and signatures only; dates never
 affect it (DESIGN.md), they are reported beside it.

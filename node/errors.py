@@ -1,4 +1,4 @@
-"""The one exception hierarchy of certsync.
+"""[core] The one exception hierarchy of certsync.
 
 Errors carry their data as attributes and a message that is one sentence: what was wrong
 (the bad value shown with ``!r``) and what to do. Messages never contain key material or a

@@ -1,4 +1,4 @@
-"""Read every accepted certificate/key format by content; export PEM, DER, P7B and PKCS#12.
+"""[core] Read every accepted certificate/key format by content; export PEM, DER, P7B and PKCS#12.
 
 Pure: bytes in, values out. No I/O, no clock. The shell reads the files (bounded in size,
 ``sync._io.read_input_file``) and passes ``(display name, content)`` pairs.

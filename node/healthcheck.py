@@ -1,4 +1,4 @@
-"""Container health check: ask a node's standard gRPC health service whether it serves.
+"""[shell] Container health check: ask a node's standard gRPC health service whether it serves.
 
 Docker's HEALTHCHECK runs ``python -m node.healthcheck --config /etc/certsync/node.toml``
 inside the node's container. It reads the node's own config (keys ``name``, ``grpc_listen``,

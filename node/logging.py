@@ -1,4 +1,4 @@
-"""structlog set-up for a node: JSON or console output and a redaction processor.
+"""[shell] structlog set-up for a node: JSON or console output and a redaction processor.
 
 The redaction processor is the last line of defence: certsync code never logs key material
 or a passphrase, and if it did, :func:`redact` would mask it before rendering.

@@ -1,4 +1,4 @@
-"""Plain values shared by the core and the shell: frozen dataclasses and literal types."""
+"""[core] Plain values shared by the core and the shell: frozen dataclasses and literal types."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostname normalisation and certificate coverage (pure core).
+"""[core] Hostname normalisation and certificate coverage (pure core).
 
 The rules are DESIGN.md's "Coverage" section, one by one (RFC 6125 §6.4 with the CA/Browser
 Forum rules, as browsers apply them):

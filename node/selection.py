@@ -1,4 +1,4 @@
-"""The SNI selection index (pure core): which certificate a TLS server name gets.
+"""[core] The SNI selection index (pure core): which certificate a TLS server name gets.
 
 Built once from the store's certificates; each lookup is a few dictionary probes:
 

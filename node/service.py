@@ -1,4 +1,4 @@
-"""The node's gRPC servicer (``certsync.v1.CertStore``): errors -> status codes in one table.
+"""[shell] The node's gRPC servicer (``certsync.v1.CertStore``): errors -> status codes.
 
 Every call is mutually authenticated (the server factory requires a client certificate from
 the cluster CA). The caller's identity is read from its certificate's SAN URI; an admin may

@@ -1,4 +1,4 @@
-"""The node's certificate store: aiosqlite, schema migrations, keys encrypted at rest, audit log.
+"""[shell] The node's certificate store: aiosqlite, migrations, keys sealed at rest, audit.
 
 Layout of the database (schema version in ``PRAGMA user_version``, see ``_MIGRATIONS``):
 

@@ -1,4 +1,4 @@
-"""The node's public TLS endpoint: serves the right certificate by SNI.
+"""[shell] The node's public TLS endpoint: serves the right certificate by SNI.
 
 A shell around the pure SNI index of :mod:`node.selection`. One :class:`ssl.SSLContext`
 is prepared per certificate; the listening socket's context has an SNI callback that looks

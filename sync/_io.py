@@ -1,4 +1,4 @@
-"""Small shell helpers for the CLI: bounded file reads, passphrase files, JSON output."""
+"""[shell] Small shell helpers for the CLI: bounded file reads, passphrase files, JSON output."""
 
 from __future__ import annotations
 

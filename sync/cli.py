@@ -1,4 +1,4 @@
-"""The ``certsync`` command line: argparse commands; errors -> one stderr line + exit code.
+"""[shell] The ``certsync`` command line: argparse commands; errors -> one stderr line + exit code.
 
 This module only wires sub-commands together. Each command lives in a ``sync.cmd_*``
 module exposing ``register(subparsers)``; the parser it adds sets ``func`` to a callable

@@ -1,4 +1,4 @@
-"""gRPC client for one node: mutual TLS, and status codes -> :mod:`node.errors` (one table).
+"""[shell] gRPC client for one node: mutual TLS, and status codes -> :mod:`node.errors` (one table).
 
 The node sends its error's class name in the trailing metadata ``certsync-error`` (and
 its scalar attributes as JSON in ``certsync-error-data``); the client rebuilds that error

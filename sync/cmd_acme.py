@@ -1,4 +1,4 @@
-"""``certsync acme request --hostname H [--key ec-p256|rsa-2048] [--default]
+"""[shell] ``certsync acme request --hostname H [--key ec-p256|rsa-2048] [--default]
 [--accept-failover-risk]``: order a Let's Encrypt (ACME) certificate on the primary.
 
 The node runs the order with its HTTP-01 responder (``[acme]`` in its node.toml), stores the

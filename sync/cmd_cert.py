@@ -1,4 +1,4 @@
-"""``certsync cert create-self-signed|import|list|export|default|delete|stage-ca-change``
+"""[shell] ``certsync cert create-self-signed|import|list|export|default|delete|stage-ca-change``
 against one node."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``certsync node serve --config DIR/NAME/node.toml``: run one node until SIGTERM/SIGINT."""
+"""[shell] ``certsync node serve --config DIR/NAME/node.toml``: one node until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``certsync sni [HOSTNAME]`` and ``certsync status``: what the cluster *serves*.
+"""[shell] ``certsync sni [HOSTNAME]`` and ``certsync status``: what the cluster *serves*.
 
 ``status`` gathers (shell), then reports (pure core, :func:`status_report`):
 

@@ -1,4 +1,4 @@
-"""``certsync replicate`` and ``certsync promote``.
+"""[shell] ``certsync replicate`` and ``certsync promote``.
 
 ``replicate [--node NAME]... [--force] [--json]`` asks the current primary (the node that
 reports role ``primary`` at the highest epoch; the topology's primary when none answers so)

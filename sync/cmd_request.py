@@ -1,4 +1,4 @@
-"""``certsync request create|list|show``: certificate signing requests on a node."""
+"""[shell] ``certsync request create|list|show``: certificate signing requests on a node."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""[core] The cluster PKI: a CA and the mTLS identities of nodes and admins.
+"""[shell] The cluster PKI: a CA and the mTLS identities of nodes and admins.
 
-Pure functions: the validity window starts at the ``now`` you pass, and keys are passed in
-(:func:`new_key` makes one) so tests can fix every input. All keys are EC P-256 and every
-certificate is signed with ECDSA-SHA256. The identity format (CN, O, SAN DNS and SAN URI,
-EKU) is the contract :mod:`sync.topology` reads back with ``identity_from_certificate``.
+Shell only because it draws serial numbers (and :func:`new_key` keys); otherwise pure: the
+validity window starts at the ``now`` you pass, and keys are passed in so tests can fix
+every input. All keys are EC P-256 and every certificate is signed with ECDSA-SHA256. The
+identity format (CN, O, SAN DNS and SAN URI, EKU) is the contract :mod:`node.identity` reads
+back with ``identity_from_certificate``.
 """
 
 from __future__ import annotations

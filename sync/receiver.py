@@ -1,4 +1,4 @@
-"""The receiving side of replication, and each node's view of who the primary is.
+"""[shell] The receiving side of replication, and each node's view of who the primary is.
 
 :class:`Replica` holds one node's replication state -- epoch, primary and the promotion that
 proves them (kept in store meta ``epoch``, ``primary``, ``promotion``) -- and implements the
