@@ -25,18 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
@@ -44,9 +41,7 @@ from node.chain import build_chain
 from node.errors import AcmeError, BadInput, Conflict
 from node.lifecycle import (
     CertState,
-    RenewalDecision,
     StagedCaChange,
-    ca_change_due,
     changes_ca,
     check_default_change,
     record_alert,
@@ -58,233 +53,42 @@ from node.lifecycle import (
 )
 from node.model import KeyType, PrivateKey
 from node.names import sans_of
+from node.renewal_plan import (
+    ACTOR,
+    PENDING_KEY,
+    CertStatus,
+    LifecycleRecord,
+    TickReport,
+    chain_pem,
+    common_name,
+    format_time,
+    pending_from_json,
+    pending_to_json,
+    plan_tick,
+    replaced_by,
+    state_key,
+)
 from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
 
-__all__ = [
-    "ACTOR",
-    "PENDING_KEY",
-    "CertStatus",
-    "Lifecycle",
-    "TickPlan",
-    "TickReport",
-    "plan_tick",
-    "replaced_by",
-    "run_monitor",
-    "state_key",
-]
-
-#: the audit actor of changes the monitor makes by itself
-ACTOR: Final = "node:lifecycle"
-PENDING_KEY: Final = "pending_ca_change"
-_STATE_PREFIX: Final = "lifecycle:"
+__all__ = ["Lifecycle", "run_monitor"]
 
 _log = structlog.get_logger("certnode.renewal")
 
 
-def state_key(sha256: str) -> str:
-    """The meta key of a certificate's lifecycle state."""
-    return _STATE_PREFIX + sha256
-
-
-def _iso(when: dt.datetime | None) -> str | None:
-    if when is None:
-        return None
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: Any) -> dt.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-
-
-# --- stored state (plain values <-> JSON) -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Record:
-    """What the meta row of one certificate holds."""
-
-    acme: bool = False
-    hostname: str | None = None
-    key_type: str | None = None
-    failures: int = 0
-    last_failure_at: dt.datetime | None = None
-    last_alert_at: dt.datetime | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "acme": self.acme,
-                "hostname": self.hostname,
-                "key_type": self.key_type,
-                "failures": self.failures,
-                "last_failure_at": _iso(self.last_failure_at),
-                "last_alert_at": _iso(self.last_alert_at),
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str | None) -> _Record:
-        if not text:
-            return cls()
-        try:
-            data = json.loads(text)
-            return cls(
-                acme=bool(data.get("acme", False)),
-                hostname=data.get("hostname") or None,
-                key_type=data.get("key_type") or None,
-                failures=max(int(data.get("failures", 0)), 0),
-                last_failure_at=_parse(data.get("last_failure_at")),
-                last_alert_at=_parse(data.get("last_alert_at")),
-            )
-        except (ValueError, TypeError, AttributeError):
-            _log.warning("lifecycle.state_unreadable")  # start over rather than stop the monitor
-            return cls()
-
-    def state(self, stored: StoredCert, superseded: bool) -> CertState:
-        return CertState(
-            sha256=stored.sha256,
-            names=stored.dns_names,
-            not_after=stored.not_after,
-            acme=self.acme and self.hostname is not None,
-            failures=self.failures,
-            last_failure_at=self.last_failure_at,
-            last_alert_at=self.last_alert_at,
-            superseded=superseded,
-        )
-
-    def with_state(self, state: CertState) -> _Record:
-        return replace(
-            self,
-            failures=state.failures,
-            last_failure_at=state.last_failure_at,
-            last_alert_at=state.last_alert_at,
-        )
-
-
-def _pending_to_json(staged: StagedCaChange) -> str:
-    return json.dumps(
-        {
-            "sha256": staged.sha256,
-            "staged_at": _iso(staged.staged_at),
-            "switch_at": _iso(staged.switch_at),
-        },
-        sort_keys=True,
-    )
-
-
-def _pending_from_json(text: str | None) -> StagedCaChange | None:
-    if not text:
-        return None
+def _read_record(text: str | None) -> LifecycleRecord:
     try:
-        data = json.loads(text)
-        staged_at, switch_at = _parse(data["staged_at"]), _parse(data["switch_at"])
-        if staged_at is None or switch_at is None:
-            return None
-        return StagedCaChange(str(data["sha256"]), staged_at, switch_at)
-    except (ValueError, TypeError, KeyError):
+        return LifecycleRecord.from_json(text)
+    except ValueError:
+        _log.warning("lifecycle.state_unreadable")  # start over rather than stop the monitor
+        return LifecycleRecord()
+
+
+def _read_pending(text: str | None) -> StagedCaChange | None:
+    try:
+        return pending_from_json(text)
+    except ValueError:
         _log.warning("lifecycle.pending_unreadable")
         return None
-
-
-# --- the pure part ------------------------------------------------------------------------
-
-
-def _names_key(names: Sequence[str]) -> frozenset[str]:
-    return frozenset(n.lower().rstrip(".") for n in names)
-
-
-def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
-    """Which certificates with a key are superseded, and by which (the latest renewal).
-
-    A renewal has the same DNS names and a strictly later ``not_after``
-    (:func:`node.lifecycle.supersedes`) and a key too, so it can be served instead.
-    """
-    keyed = [c for c in certs if c.has_key and c.dns_names]
-    # only certificates with the same names can supersede each other: compare within groups
-    # (O(N) for a store of distinct names, not O(N^2)); supersedes() still decides
-    groups: dict[frozenset[str], list[StoredCert]] = {}
-    for c in keyed:
-        groups.setdefault(_names_key(c.dns_names), []).append(c)
-    # the latest of a group (the first of equals) supersedes every member it outlives
-    latest = {k: max(group, key=lambda c: c.not_after) for k, group in groups.items()}
-    out: dict[str, str] = {}
-    for old in keyed:
-        new = latest[_names_key(old.dns_names)]
-        if supersedes(new.dns_names, new.not_after, old.dns_names, old.not_after):
-            out[old.sha256] = new.sha256
-    return out
-
-
-@dataclass(frozen=True)
-class CertStatus:
-    """One certificate's lifecycle as ``status`` and ``cert list`` show it."""
-
-    sha256: str
-    days_left: int
-    renewal_state: str
-    next_attempt: dt.datetime | None
-    replaceable: bool
-    acme: bool
-
-
-@dataclass(frozen=True)
-class TickPlan:
-    """What one monitor round will do, decided from a snapshot."""
-
-    renew: tuple[str, ...]
-    alert: tuple[str, ...]
-    switch: StagedCaChange | None
-    decisions: dict[str, RenewalDecision] = field(default_factory=dict)
-
-
-def plan_tick(
-    states: Iterable[CertState],
-    staged: StagedCaChange | None,
-    *,
-    primary: bool,
-    can_renew: bool,
-    now: dt.datetime,
-) -> TickPlan:
-    """Decide one round: which ACME certificates to renew (on a primary that can order),
-    which certificates to alert about (any node), and whether the staged switch is due."""
-    decisions = {s.sha256: renewal_decision(s, now) for s in states}
-    renew = tuple(
-        sha for sha, d in decisions.items() if d.action == "renew" and primary and can_renew
-    )
-    alert = tuple(sha for sha, d in decisions.items() if d.alert)
-    switch = staged if staged is not None and primary and ca_change_due(staged, now) else None
-    return TickPlan(renew, alert, switch, decisions)
-
-
-@dataclass(frozen=True)
-class TickReport:
-    """What one round did (for logs and tests)."""
-
-    renewed: dict[str, str] = field(default_factory=dict)  # old sha256 -> new sha256
-    failed: tuple[str, ...] = ()
-    alerted: tuple[str, ...] = ()
-    switched: str | None = None
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = attrs[0].value if attrs else ""
-    return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def _chain_pem(chains: Iterable[Sequence[x509.Certificate]]) -> bytes:
-    seen: set[bytes] = set()
-    out: list[bytes] = []
-    for chain in chains:
-        for cert in chain:
-            der = cert.public_bytes(serialization.Encoding.DER)
-            if der not in seen:
-                seen.add(der)
-                out.append(cert.public_bytes(serialization.Encoding.PEM))
-    return b"".join(out)
 
 
 # --- the shell ----------------------------------------------------------------------------
@@ -335,18 +139,18 @@ class Lifecycle:
     async def _is_primary(self) -> bool:
         return self._role() == "primary"
 
-    async def _record(self, sha256: str) -> _Record:
-        return _Record.from_json(await self._store.get_meta(state_key(sha256)))
+    async def _record(self, sha256: str) -> LifecycleRecord:
+        return _read_record(await self._store.get_meta(state_key(sha256)))
 
-    async def _save(self, sha256: str, record: _Record) -> None:
+    async def _save(self, sha256: str, record: LifecycleRecord) -> None:
         await self._store.set_meta({state_key(sha256): record.to_json()})
 
     async def _snapshot(
         self, view: StoreView | None = None
-    ) -> tuple[list[StoredCert], dict[str, _Record], dict[str, str]]:
+    ) -> tuple[list[StoredCert], dict[str, LifecycleRecord], dict[str, str]]:
         view = view or await self._store.view()
         certs = list(view.certs)
-        records = {c.sha256: _Record.from_json(view.meta.get(state_key(c.sha256)))
+        records = {c.sha256: _read_record(view.meta.get(state_key(c.sha256)))
                    for c in certs}
         memo = self._replaced
         if memo is None or memo[0] is not view.cert_rows:  # the same rows: the same answer
@@ -357,7 +161,7 @@ class Lifecycle:
         """The staged CA change, if any (in ``view``, a view of the store just read, when
         given)."""
         view = view or await self._store.view()
-        return _pending_from_json(view.meta.get(PENDING_KEY))
+        return _read_pending(view.meta.get(PENDING_KEY))
 
     async def statuses(
         self, now: dt.datetime, view: StoreView | None = None,
@@ -469,12 +273,13 @@ class Lifecycle:
         staged = stage_ca_change(sha256, after, now)
         if stored.not_after <= staged.switch_at:
             raise BadInput(
-                f"certificate {sha256!r} expires before the switch at {_iso(staged.switch_at)}; "
+                f"certificate {sha256!r} expires before the switch at "
+                f"{format_time(staged.switch_at)}; "
                 "give a shorter wait or a newer certificate"
             )
-        await self._store.set_meta({PENDING_KEY: _pending_to_json(staged)}, actor=actor, now=now)
+        await self._store.set_meta({PENDING_KEY: pending_to_json(staged)}, actor=actor, now=now)
         _log.info(
-            "lifecycle.ca_change_staged", sha256=sha256, switch_at=_iso(staged.switch_at)
+            "lifecycle.ca_change_staged", sha256=sha256, switch_at=format_time(staged.switch_at)
         )
         await self.publish_trust_bundle()
         return staged
@@ -491,7 +296,7 @@ class Lifecycle:
         if staged is not None:
             with contextlib.suppress(BadInput):  # deleted meanwhile: nothing to publish
                 chains.append(await self._chain_of(staged.sha256, view))
-        return _chain_pem(chains) if chains else None
+        return chain_pem(chains) if chains else None
 
     async def publish_trust_bundle(self, view: StoreView | None = None) -> None:
         """Hand the trust bundle to the TLS endpoint (of ``view`` when given)."""
@@ -611,7 +416,7 @@ class Lifecycle:
                 cert, chain, key, name=name or hostname, make_default=default, actor=actor,
                 now=now,
             )
-            await self._save(sha, _Record(acme=True, hostname=hostname, key_type=kt))
+            await self._save(sha, LifecycleRecord(acme=True, hostname=hostname, key_type=kt))
         await self._on_change()
         return sha, warnings
 
@@ -628,7 +433,7 @@ class Lifecycle:
     ) -> None:
         entries = [SetEntry(cert=cert, key=key, name=name)]
         entries += [
-            SetEntry(cert=c, key=None, name=_common_name(c) or cert_sha256(c)[:16]) for c in chain
+            SetEntry(cert=c, key=None, name=common_name(c) or cert_sha256(c)[:16]) for c in chain
         ]
         await self._store.add(
             entries,
@@ -680,7 +485,7 @@ class Lifecycle:
         return TickReport(renewed, tuple(failed), tuple(alerted), switched)
 
     async def _renew(
-        self, old: StoredCert, record: _Record, state: CertState, now: dt.datetime
+        self, old: StoredCert, record: LifecycleRecord, state: CertState, now: dt.datetime
     ) -> str | None:
         assert record.hostname is not None  # plan_tick renews ACME certificates only
         kt: KeyType = next((k for k in ACME_KEY_TYPES if k == record.key_type), "ec-p256")
@@ -694,7 +499,8 @@ class Lifecycle:
                     make_default=current is not None and current.sha256 == old.sha256,
                     actor=ACTOR, now=now,
                 )
-                await self._save(sha, _Record(acme=True, hostname=record.hostname, key_type=kt))
+                await self._save(
+                    sha, LifecycleRecord(acme=True, hostname=record.hostname, key_type=kt))
                 await self._save(old.sha256, replace(record, failures=0, last_failure_at=None))
         except AcmeError as err:
             failed = record_failure(state, now)
@@ -705,7 +511,7 @@ class Lifecycle:
                 sha256=old.sha256,
                 hostname=record.hostname,
                 failures=failed.failures,
-                next_attempt=_iso(retry),
+                next_attempt=format_time(retry),
                 error=err.message,
             )
             return None

@@ -53,7 +53,8 @@ from node.identity import Identity, identity_from_certificate
 from node.lifecycle import StagedCaChange
 from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
-from node.renewal import CertStatus, Lifecycle
+from node.renewal import Lifecycle
+from node.renewal_plan import CertStatus
 from node.selection import Selection
 from node.store import SetEntry, Store, StoredCert, StoredCsr, StoreView
 

@@ -14,31 +14,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from node import names
 from node.acme_client import Http01Responder, start_http01_responder
 from node.app import NodeApp, NodeCluster
 from node.errors import ConfigError
 from node.renewal import run_monitor
-from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.service import CertStoreService, NodeRuntime, server_credentials, start_grpc_server
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.config import NodeConfig, load_store_key
-from sync.receiver import describe_promotion
-from sync.replicator import (
-    DEFAULT_CONCURRENCY,
-    Replication,
-    peers_from_topology,
-    wire_replication,
-)
+from sync.receiver import NodeStateFn, Replica, ReplicationService, describe_promotion
+from sync.replicator import DEFAULT_CONCURRENCY, Peer, Replicator, peers_from_topology
 from sync.topology import Topology, split_address
 
-__all__ = ["GRACE_SECONDS", "cluster_of", "run_node"]
+__all__ = ["GRACE_SECONDS", "Replication", "cluster_of", "run_node", "wire_replication"]
 
 GRACE_SECONDS: Final = 5.0
 
@@ -68,6 +67,50 @@ def cluster_of(topology: Topology, name: str) -> NodeCluster:
         role=topology.node(name).role,
         failover_pair=None if backup is None else (topology.primary.name, backup.name),
     )
+
+
+@dataclass(frozen=True)
+class Replication:
+    """The three replication parts of one node, wired together."""
+
+    replica: Replica
+    service: ReplicationService
+    replicator: Replicator
+
+
+async def wire_replication(
+    app: NodeRuntime,
+    *,
+    topology: Topology,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    state: NodeStateFn,
+    peers: Mapping[str, Peer],
+    interval: float,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> Replication:
+    """Build the replica (loading its epoch from the store), the gRPC servicer and the
+    replicator for ``app``, and hook them into it (runtime role, trigger after changes).
+    The caller starts ``replicator.run()`` and stops it with ``replicator.stop()``."""
+    try:
+        node_key = serialization.load_pem_private_key(key_pem, password=None)
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as err:
+        raise ConfigError(f"node {app.name!r}: the mTLS key or CA certificate is not readable "
+                          "PEM; restore them from 'certsync cluster init'") from err
+    if not isinstance(node_key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"node {app.name!r}: the mTLS key is not an EC key; restore it from "
+                          "'certsync cluster init'")
+    replica = Replica(name=app.name, topology=topology, store=app.store, ca_cert=ca_cert,
+                      node_key=node_key, clock=app.now, refresh=app.refresh)
+    await replica.load()
+    replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
+                            credentials=(ca_pem, cert_pem, key_pem), interval=interval,
+                            concurrency=concurrency)
+    service = ReplicationService(replica, state, replicator)
+    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed)
+    return Replication(replica=replica, service=service, replicator=replicator)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -31,15 +31,12 @@ import asyncio
 import datetime as dt
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import grpc
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
@@ -52,9 +49,8 @@ from node.errors import (
     TransferRejected,
 )
 from node.identity import Identity
-from node.names import check_all, sans_of
 from node.service import abort_for, peer_identity, run_rpc
-from node.store import SetEntry, Store, StoreView, cert_sha256, set_digest
+from node.store import Store, StoreView
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -62,31 +58,24 @@ from sync.promotion import (
     initial_promotion,
     verify_promotion,
 )
+from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push, rfc3339
 from sync.topology import Topology
-from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_item
+from sync.transfer import UnwrappedItem, WrappedItem
 
 __all__ = [
-    "CheckedSet",
     "NodeStateFn",
-    "Push",
     "Replica",
     "ReplicateHandler",
     "ReplicationService",
-    "check_push",
     "describe_promotion",
     "promotion_from_msg",
     "promotion_to_msg",
-    "rfc3339",
 ]
 
 #: staged sets kept in memory (a primary stages one set at a time; a few cover retries)
 _MAX_STAGED: Final = 4
 
 _log = structlog.get_logger("sync.receiver")
-
-
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def promotion_to_msg(p: Promotion) -> certsync_pb2.Promotion:
@@ -105,160 +94,6 @@ def describe_promotion(state: certsync_pb2.NodeState, meta: Mapping[str, str]) -
 def promotion_from_msg(msg: certsync_pb2.Promotion) -> Promotion:
     return Promotion(cluster_id=msg.cluster_id, epoch=msg.epoch, primary=msg.primary,
                      admin_cert_der=msg.admin_cert_der, signature=msg.signature)
-
-
-# --------------------------------------------------------------------------- pure core
-
-
-@dataclass(frozen=True)
-class Push:
-    """A Stage call as plain values."""
-
-    promotion: Promotion
-    epoch: int
-    revision: int
-    sender: str
-    items: tuple[WrappedItem, ...]
-    default_sha256: str | None
-    digest: str
-    force: bool = False
-    kept: tuple[KeptItem, ...] = ()
-
-
-@dataclass(frozen=True)
-class KeptItem:
-    """A member of the pushed set that the receiver already holds (it does not travel)."""
-
-    sha256: str
-    name: str
-    is_default: bool
-
-
-@dataclass(frozen=True)
-class CheckedSet:
-    """A set that passed the receiver's checks, ready for ``Store.replace_all``."""
-
-    epoch: int
-    revision: int
-    digest: str
-    sender: str
-    entries: tuple[SetEntry, ...]
-    default_sha256: str | None
-    forced: bool
-
-    @property
-    def certificates(self) -> tuple[x509.Certificate, ...]:
-        return tuple(e.cert for e in self.entries)
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = attrs[0].value if attrs else ""
-    return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def check_dates(certs: Sequence[x509.Certificate], now: dt.datetime, *, sender: str) -> None:
-    """:class:`TransferRejected` unless every certificate is valid at ``now``."""
-    for cert in certs:
-        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
-            raise TransferRejected(
-                f"certificate {cert_sha256(cert)!r} ({cert.subject.rfc4514_string()}) from "
-                f"{sender!r} is not valid at {rfc3339(now)} (valid "
-                f"{rfc3339(cert.not_valid_before_utc)} to {rfc3339(cert.not_valid_after_utc)}); "
-                "replace it on the primary, this node keeps serving what it had"
-            )
-
-
-def _check_links(item: UnwrappedItem, sender: str) -> None:
-    """Each certificate of the item's chain must have signed the one before it."""
-    current = item.cert
-    for issuer in item.chain:
-        try:
-            current.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature) as err:
-            raise TransferRejected(
-                f"item {item.name!r} from {sender!r}: {issuer.subject.rfc4514_string()!r} did "
-                f"not sign {current.subject.rfc4514_string()!r}; the chain is broken, fix it "
-                "on the primary"
-            ) from err
-        current = issuer
-
-
-def check_push(
-    push: Push,
-    *,
-    cluster_id: str,
-    recipient: str,
-    recipient_key: ec.EllipticCurvePrivateKey,
-    required_names: Sequence[str],
-    now: dt.datetime,
-    held: Sequence[UnwrappedItem] = (),
-) -> CheckedSet:
-    """Unwrap and check a push (pure and CPU-bound: call it off the event loop).
-
-    Raises :class:`TransferRejected` (replayed/misdirected/altered blob, broken chain, bad
-    dates, digest mismatch, default missing) or :class:`CoverageError` (the default leaves
-    one of ``required_names`` uncovered and the push is not forced).
-    """
-    ctx = TransferContext(cluster_id=cluster_id, epoch=push.epoch, revision=push.revision,
-                          sender=push.sender, recipient=recipient)
-    keyed: dict[str, SetEntry] = {}
-    chain_certs: dict[str, x509.Certificate] = {}
-    default_item: UnwrappedItem | None = None
-    # members the receiver already holds (checked when they arrived) and the new ones
-    items: list[UnwrappedItem] = list(held)
-    for wrapped in push.items:
-        item = unwrap_item(ctx, recipient_key, wrapped)
-        _check_links(item, push.sender)
-        items.append(item)
-    for item in items:
-        sha = cert_sha256(item.cert)
-        keyed[sha] = SetEntry(cert=item.cert, key=item.key, name=item.name)
-        for extra in item.chain:
-            chain_certs.setdefault(cert_sha256(extra), extra)
-        if item.is_default:
-            if default_item is not None:
-                raise TransferRejected(
-                    f"the push from {push.sender!r} marks more than one certificate default; "
-                    "push again from the primary"
-                )
-            default_item = item
-    default_sha = cert_sha256(default_item.cert) if default_item is not None else None
-    if default_sha != push.default_sha256:
-        raise TransferRejected(
-            f"the push from {push.sender!r} names default {push.default_sha256!r} but its items "
-            f"mark {default_sha!r}; push again from the primary"
-        )
-    entries = list(keyed.values())
-    entries += [SetEntry(cert=c, key=None, name=_common_name(c) or sha[:16])
-                for sha, c in chain_certs.items() if sha not in keyed]
-    check_dates([e.cert for e in entries], now, sender=push.sender)
-    members = [(sha, True) for sha in keyed] + [(sha, False) for sha in chain_certs
-                                                 if sha not in keyed]
-    digest = set_digest(members, default_sha)
-    if digest != push.digest:
-        raise TransferRejected(
-            f"the set from {push.sender!r} has digest {digest!r}, not the announced "
-            f"{push.digest!r}; an item is missing or extra, push again"
-        )
-    if not push.force:
-        if default_item is None:
-            raise CoverageError(
-                f"the push from {push.sender!r} has no default certificate, so "
-                f"{', '.join(required_names)} would be uncovered; set a default on the primary",
-                report=", ".join(required_names),
-            )
-        report = check_all(sans_of(default_item.cert), list(required_names))
-        if not report.all_covered:
-            missing = [i.hostname for i in report.items if not i.covered]
-            raise CoverageError(
-                f"the default certificate {default_sha!r} from {push.sender!r} does not cover "
-                f"{', '.join(missing)}; replace it on the primary or replicate --force",
-                report=", ".join(missing),  # text, so it survives the trip to the primary
-            )
-    return CheckedSet(epoch=push.epoch, revision=push.revision, digest=digest,
-                      sender=push.sender, entries=tuple(entries), default_sha256=default_sha,
-                      forced=push.force)
 
 
 # --------------------------------------------------------------------------- the replica

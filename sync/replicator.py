@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from typing import Final
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api import certsync_pb2
@@ -52,35 +50,26 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
-from node.model import PrivateKey
-from node.names import CoverageReport, check_all, sans_of
 from node.selection import Selection
-from node.service import NodeRuntime
 from node.store import StoreView, cert_sha256
 from sync.client import NodeClient, NodeTarget
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
-from sync.promotion import Promotion
 from sync.receiver import (
-    NodeStateFn,
     Replica,
-    ReplicationService,
     promotion_from_msg,
     promotion_to_msg,
-    rfc3339,
 )
+from sync.snapshot import SetItem, Snapshot, progress
+from sync.staging import rfc3339
 from sync.topology import Topology
 from sync.transfer import TransferContext, WrappedItem, wrap_item
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "Peer",
-    "Replication",
     "Replicator",
-    "SetItem",
-    "Snapshot",
     "peers_from_topology",
-    "wire_replication",
 ]
 
 DEFAULT_CONCURRENCY: Final = 32
@@ -125,52 +114,6 @@ def peers_from_topology(topology: Topology) -> dict[str, Peer]:
                         _public_key(spec.cert_path, spec.name))
         for spec in topology.nodes
     }
-
-
-@dataclass(frozen=True)
-class SetItem:
-    name: str
-    cert: x509.Certificate
-    key: PrivateKey = field(repr=False)
-    chain: tuple[x509.Certificate, ...]
-    is_default: bool
-
-    @functools.cached_property
-    def sha256(self) -> str:
-        return cert_sha256(self.cert)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The primary's replicated set at one moment."""
-
-    epoch: int
-    revision: int
-    digest: str
-    items: tuple[SetItem, ...]
-    default: SetItem | None
-    promotion: Promotion
-
-    def coverage(self, required: Sequence[str]) -> CoverageReport | None:
-        """The default's coverage of ``required`` (None: there is no default)."""
-        if self.default is None:
-            return None
-        return check_all(sans_of(self.default.cert), list(required))
-
-    def uncovered(self, required: Sequence[str]) -> list[str]:
-        report = self.coverage(required)
-        if report is None:
-            return list(required)
-        return [i.hostname for i in report.items if not i.covered]
-
-
-def _progress(name: str, state: str, message: str, *, in_sync: bool = False,
-              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
-    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
-                                       in_sync=in_sync, error=error)
-    if snap is not None:
-        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
-    return p
 
 
 class Replicator:
@@ -356,7 +299,7 @@ class Replicator:
             snap: Snapshot | None = None
             try:
                 if not self.replica.is_primary:
-                    return _progress(name, "fenced", f"{self.name!r} is no longer the primary "
+                    return progress(name, "fenced", f"{self.name!r} is no longer the primary "
                                      f"(epoch {self.replica.epoch}: {self.replica.primary!r})")
                 client = self._client(name)
                 # the fan-out limit covers the transfer; probing and confirming (cheap
@@ -374,7 +317,7 @@ class Replicator:
                     else:
                         state = await client.get_state()
                         if state.epoch > snap.epoch:
-                            return _progress(name, "fenced", await self._fenced_by(name, state),
+                            return progress(name, "fenced", await self._fenced_by(name, state),
                                              snap=snap, error="StaleEpoch")
                         if state.epoch == snap.epoch and state.revision > snap.revision:
                             snap = await self._raise_revision(state.revision)
@@ -387,7 +330,7 @@ class Replicator:
                             now=self.replica.now, stale_after=_FOREVER,
                         )
                         if decision.in_sync:
-                            return _progress(name, "in_sync", "in sync", in_sync=True,
+                            return progress(name, "in_sync", "in sync", in_sync=True,
                                              snap=snap)
                         pushed = bool(decision.push_to)
                         if pushed:
@@ -396,19 +339,19 @@ class Replicator:
                 mismatch = await self._probe_with_retry(name)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
-                    return _progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
+                    return progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
                 await client.confirm(epoch=snap.epoch, revision=snap.revision,
                                      set_digest=snap.digest)
                 self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
                 verb = "pushed, serving" if pushed else "serving"
                 _log.info("replication.in_sync", node=name, epoch=snap.epoch,
                           revision=snap.revision, pushed=pushed)
-                return _progress(name, "in_sync", f"{verb} revision {snap.revision}",
+                return progress(name, "in_sync", f"{verb} revision {snap.revision}",
                                  in_sync=True, snap=snap)
             except NodeUnreachable as err:
                 self._served_ok.pop(name, None)
                 self._held.pop(name, None)
-                return _progress(name, "unreachable", str(err), snap=snap,
+                return progress(name, "unreachable", str(err), snap=snap,
                                  error=type(err).__name__)
             except StaleEpoch as err:
                 self._served_ok.pop(name, None)
@@ -416,15 +359,15 @@ class Replicator:
                 with contextlib.suppress(CertsyncError):  # adopt the epoch it holds now
                     state = await self._client(name).get_state()
                     if snap is not None and state.epoch > snap.epoch:
-                        return _progress(name, "fenced", await self._fenced_by(name, state),
+                        return progress(name, "fenced", await self._fenced_by(name, state),
                                          snap=snap, error="StaleEpoch")
                 self.trigger()  # the next round reads its state and adopts the promotion
-                return _progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
+                return progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
             except CertsyncError as err:
                 self._served_ok.pop(name, None)
                 self._held.pop(name, None)  # ask what it holds next time
                 _log.warning("replication.failed", node=name, error=type(err).__name__)
-                return _progress(name, "failed", str(err), snap=snap, error=type(err).__name__)
+                return progress(name, "failed", str(err), snap=snap, error=type(err).__name__)
 
     async def _raise_revision(self, above: int) -> Snapshot:
         """A node is ahead of us at our epoch (e.g. our store came back from a backup): the
@@ -548,7 +491,7 @@ class Replicator:
         except CertsyncError:
             return None
         if state.epoch > snap.epoch:
-            return _progress(name, "fenced", await self._fenced_by(name, state), snap=snap)
+            return progress(name, "fenced", await self._fenced_by(name, state), snap=snap)
         return None
 
     async def follow(self) -> None:
@@ -596,47 +539,3 @@ class Replicator:
                         await self._wake.wait()
         finally:
             await self.close()
-
-
-@dataclass(frozen=True)
-class Replication:
-    """The three replication parts of one node, wired together."""
-
-    replica: Replica
-    service: ReplicationService
-    replicator: Replicator
-
-
-async def wire_replication(
-    app: NodeRuntime,
-    *,
-    topology: Topology,
-    ca_pem: bytes,
-    cert_pem: bytes,
-    key_pem: bytes,
-    state: NodeStateFn,
-    peers: Mapping[str, Peer],
-    interval: float,
-    concurrency: int = DEFAULT_CONCURRENCY,
-) -> Replication:
-    """Build the replica (loading its epoch from the store), the gRPC servicer and the
-    replicator for ``app``, and hook them into it (runtime role, trigger after changes).
-    The caller starts ``replicator.run()`` and stops it with ``replicator.stop()``."""
-    try:
-        node_key = serialization.load_pem_private_key(key_pem, password=None)
-        ca_cert = x509.load_pem_x509_certificate(ca_pem)
-    except ValueError as err:
-        raise ConfigError(f"node {app.name!r}: the mTLS key or CA certificate is not readable "
-                          "PEM; restore them from 'certsync cluster init'") from err
-    if not isinstance(node_key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"node {app.name!r}: the mTLS key is not an EC key; restore it from "
-                          "'certsync cluster init'")
-    replica = Replica(name=app.name, topology=topology, store=app.store, ca_cert=ca_cert,
-                      node_key=node_key, clock=app.now, refresh=app.refresh)
-    await replica.load()
-    replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
-                            credentials=(ca_pem, cert_pem, key_pem), interval=interval,
-                            concurrency=concurrency)
-    service = ReplicationService(replica, state, replicator)
-    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed)
-    return Replication(replica=replica, service=service, replicator=replicator)

@@ -24,7 +24,7 @@ from node.acme_client import start_http01_responder
 from node.api import certsync_pb2
 from node.app import NodeApp
 from node.errors import BadInput, ConfigError, Conflict, NotFound
-from node.renewal import state_key
+from node.renewal_plan import state_key
 from node.store import Store
 from node.tls import TRUST_BUNDLE_PATH, TlsEndpoint
 from sync.cli import main as cli_main

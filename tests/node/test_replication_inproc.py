@@ -35,11 +35,11 @@ from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
 from sync.cmd_cluster import init_cluster, plan_init
 from sync.config import NodeConfig, load_node_config, load_store_key
-from sync.daemon import cluster_of
+from sync.daemon import Replication, cluster_of, wire_replication
 from sync.probe import served_sha256
 from sync.promotion import sign_promotion
 from sync.receiver import describe_promotion, promotion_to_msg
-from sync.replicator import Peer, Replication, wire_replication
+from sync.replicator import Peer
 from tests import pki
 
 SITE = "support.example.com"

@@ -41,8 +41,9 @@ PACKAGES = ("node", "sync")
 #: the functional core, kept by hand; it must match the ``[core]`` tags exactly
 CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
-    "node.lifecycle", "node.model", "node.names", "node.selection",
-    "sync.plan", "sync.promotion", "sync.topology", "sync.transfer",
+    "node.lifecycle", "node.model", "node.names", "node.renewal_plan", "node.selection",
+    "sync.plan", "sync.promotion", "sync.snapshot", "sync.staging", "sync.topology",
+    "sync.transfer",
 })  # fmt: skip
 
 #: modules a core file may not import (top-level names): I/O, processes, threads, event

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.lifecycle import supersedes
-from node.renewal import replaced_by
+from node.renewal_plan import replaced_by
 from node.store import StoredCert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
