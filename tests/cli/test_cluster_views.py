@@ -32,9 +32,10 @@ from hypothesis import strategies as st
 
 from node.names import SanSet
 from sync.cmd_coverage import NO_DEFAULT_REASON, cluster_coverage_json
-from sync.cmd_ops import Observed, collect_status, status_report
+from sync.cmd_ops import collect_status
 from sync.config import load_admin_config
 from sync.localcluster import LocalCluster
+from sync.report import Observed, status_report
 from sync.topology import NodeRole, NodeSpec, Topology, topology_to_dict
 from tests.pki import make_leaf, make_root
 

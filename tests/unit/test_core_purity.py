@@ -42,7 +42,8 @@ PACKAGES = ("node", "sync")
 CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
     "node.lifecycle", "node.model", "node.names", "node.renewal_plan", "node.selection",
-    "sync.plan", "sync.promotion", "sync.snapshot", "sync.staging", "sync.topology",
+    "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
+    "sync.topology",
     "sync.transfer",
 })  # fmt: skip
 
