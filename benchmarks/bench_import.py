@@ -57,7 +57,7 @@ from node.errors import CertsyncError  # after the sys.path line above
 from node.model import PrivateKey  # after the sys.path line above
 from node.store import SetEntry, Store, key_aad  # after the sys.path line above
 from sync.client import NodeClient, NodeTarget  # after the sys.path line above
-from sync.cmd_cluster import init_cluster, plan_init  # after the sys.path line above
+from sync.cluster_init import init_cluster, plan_init  # after the sys.path line above
 from sync.localcluster import free_port_range  # after the sys.path line above
 
 KINDS = ("ec-p256", "rsa-2048")

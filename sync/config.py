@@ -1,6 +1,6 @@
 """[shell] Read the cluster's TOML files: ``cluster.toml``, ``NAME/node.toml``, ``admin.toml``.
 
-The format is what ``certsync cluster init`` writes (see :mod:`sync.cmd_cluster`). Paths in
+The format is what ``certsync cluster init`` writes (see :mod:`sync.cluster_init`). Paths in
 a file are relative to that file's directory; the loaders resolve them to absolute paths.
 Every problem -- a missing or unreadable file, bad TOML, a missing, mistyped or unknown
 key -- is a one-line :class:`~node.errors.ConfigError` naming the file (exit 2).

@@ -49,7 +49,7 @@ import grpc
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import BadInput, CertsyncError, NodeUnreachable
 from node.identity import node_dns_name
-from sync.cmd_cluster import DEFAULT_LISTEN, init_cluster, plan_init
+from sync.cluster_init import DEFAULT_LISTEN, init_cluster, plan_init
 from sync.config import AdminConfig, load_admin_config
 from sync.topology import (
     DEFAULT_STALE_AFTER_SECONDS,

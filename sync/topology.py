@@ -1,7 +1,7 @@
 """[core] The cluster description: nodes, roles, addresses, required names, identities.
 
 Pure: no file is read here. :mod:`sync.config` reads the TOML files and hands the parsed
-tables to :func:`topology_from_dict`; :mod:`sync.cmd_cluster` builds a :class:`Topology`
+tables to :func:`topology_from_dict`; :mod:`sync.cluster_init` builds a :class:`Topology`
 and writes :func:`topology_to_dict`.
 
 Identities are the mTLS certificates the cluster CA issues (see :mod:`sync.pki`). Who a

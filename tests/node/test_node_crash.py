@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from node.errors import CertsyncError
 from node.store import Store
 from sync.client import NodeClient, NodeTarget
-from sync.cmd_cluster import init_cluster, plan_init
+from sync.cluster_init import init_cluster, plan_init
 from sync.config import load_store_key
 from sync.localcluster import free_port_range
 from tests.node.helpers import check_sqlite

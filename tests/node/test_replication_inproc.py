@@ -33,7 +33,7 @@ from node.service import CertStoreService, server_credentials, start_grpc_server
 from node.store import Store, cert_sha256
 from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
-from sync.cmd_cluster import init_cluster, plan_init
+from sync.cluster_init import init_cluster, plan_init
 from sync.config import NodeConfig, load_node_config, load_store_key
 from sync.daemon import Replication, cluster_of, wire_replication
 from sync.probe import served_sha256
