@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from node.errors import PermissionDenied
+from node.errors import CertsyncError, Conflict, PermissionDenied, StaleEpoch
 from node.formats import BAD_CERTIFICATE
 from node.identity import identity_from_certificate
 
@@ -35,7 +35,9 @@ __all__ = [
     "decode_promotion",
     "encode_promotion",
     "initial_promotion",
+    "is_newer",
     "promotion_bytes",
+    "sender_refusal",
     "sign_promotion",
     "verify_promotion",
 ]
@@ -187,3 +189,47 @@ def decode_promotion(text: str) -> Promotion:
         raise PermissionDenied(
             "the stored promotion is not readable; promote again with 'certsync promote'"
         ) from err
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+def is_newer(promotion: Promotion, *, epoch: int, primary: str) -> bool:
+    """Whether a node at ``epoch`` (primary ``primary``) should adopt ``promotion`` (once it
+    verifies): only a strictly higher epoch is. A lower epoch is ignored (fencing: a former
+    primary never takes the cluster back); the same epoch naming another primary is a
+    :class:`Conflict` (an epoch has one primary).
+    """
+    if promotion.epoch < epoch:
+        return False
+    if promotion.epoch == epoch:
+        if promotion.primary != primary:
+            raise Conflict(
+                f"epoch {promotion.epoch} already belongs to {primary!r}, not "
+                f"{promotion.primary!r}; promote again (a new promotion takes a higher epoch)"
+            )
+        return False
+    return True
+
+
+def sender_refusal(
+    kind: str, name: str, method: str, epoch: int, *, current_epoch: int, current_primary: str
+) -> CertsyncError | None:
+    """Why a push call (``method``) from ``kind:name`` at ``epoch`` is refused by a node at
+    ``current_epoch`` whose primary is ``current_primary``; None when it is the primary of
+    that epoch. A lower epoch is :class:`StaleEpoch`; anyone else :class:`PermissionDenied`.
+    """
+    if kind != "node":
+        return PermissionDenied(
+            f"{kind} {name!r} may not call {method}: only the primary node pushes; use "
+            "'certsync replicate'")
+    if epoch < current_epoch:
+        return StaleEpoch(
+            f"node {name!r} pushes at epoch {epoch}, but this node is at epoch "
+            f"{current_epoch} (primary {current_primary!r}); it was replaced, let it step down",
+            epoch=epoch, current=current_epoch)
+    if name != current_primary or epoch != current_epoch:
+        return PermissionDenied(
+            f"node {name!r} is not the primary of epoch {current_epoch} (that is "
+            f"{current_primary!r}); only the primary may call {method}")
+    return None

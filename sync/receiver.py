@@ -56,6 +56,8 @@ from sync.promotion import (
     decode_promotion,
     encode_promotion,
     initial_promotion,
+    is_newer,
+    sender_refusal,
     verify_promotion,
 )
 from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push, rfc3339
@@ -185,14 +187,7 @@ class Replica:
         self.topology.node(promotion.primary)  # NotFound for a node not in the topology
 
     async def _adopt_locked(self, promotion: Promotion, *, actor: str) -> bool:
-        if promotion.epoch < self.epoch:
-            return False
-        if promotion.epoch == self.epoch:
-            if promotion.primary != self.primary:
-                raise Conflict(
-                    f"epoch {promotion.epoch} already belongs to {self.primary!r}, not "
-                    f"{promotion.primary!r}; promote again (a new promotion takes a higher epoch)"
-                )
+        if not is_newer(promotion, epoch=self.epoch, primary=self.primary):
             return False
         self._verify(promotion)
         before = self.role
@@ -222,19 +217,10 @@ class Replica:
 
     async def _check_sender(self, identity: Identity, method: str, epoch: int) -> None:
         """The caller must be the node that is our primary at our epoch."""
-        if identity.kind != "node":
-            await self._refuse(identity, method, PermissionDenied(
-                f"{identity.kind} {identity.name!r} may not call {method}: only the primary "
-                "node pushes; use 'certsync replicate'"))
-        if epoch < self.epoch:
-            await self._refuse(identity, method, StaleEpoch(
-                f"node {identity.name!r} pushes at epoch {epoch}, but this node is at epoch "
-                f"{self.epoch} (primary {self.primary!r}); it was replaced, let it step down",
-                epoch=epoch, current=self.epoch))
-        if identity.name != self.primary or epoch != self.epoch:
-            await self._refuse(identity, method, PermissionDenied(
-                f"node {identity.name!r} is not the primary of epoch {self.epoch} (that is "
-                f"{self.primary!r}); only the primary may call {method}"))
+        refusal = sender_refusal(identity.kind, identity.name, method, epoch,
+                                 current_epoch=self.epoch, current_primary=self.primary)
+        if refusal is not None:
+            await self._refuse(identity, method, refusal)
 
     # -- receiver ----------------------------------------------------------------------
 
