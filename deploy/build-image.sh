@@ -53,7 +53,8 @@ fi
 # Docker's layer cache, so it is rebuilt only when a source file changed)
 sources=(pyproject.toml README.md)
 while IFS= read -r -d '' f; do sources+=("$f"); done < <(
-  find node sync -type f \( -name '*.py' -o -name '*.pyi' -o -name 'py.typed' \) \
+  find node sync -type f \( -name '*.py' -o -name '*.pyi' -o -name 'py.typed' \
+    -o -name '*.html' -o -name '*.css' \) \
     -not -path '*/__pycache__/*' -print0 | sort -z)
 app_key=$( { printf '%s\n' "${sources[@]}"; cat "${sources[@]}"; } | sha256sum | cut -c1-16)
 if [ "$(cat "$WHEELS/app/.key" 2>/dev/null || true)" != "$app_key" ]; then
@@ -63,7 +64,9 @@ if [ "$(cat "$WHEELS/app/.key" 2>/dev/null || true)" != "$app_key" ]; then
   # build from a copy: keeps build/ and *.egg-info out of the working tree
   tar -cf - "${sources[@]}" | tar -C "$tmp" -xf -
   rm -rf "$WHEELS/app.new"
-  "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+  # build isolation: pip brings the build backend pyproject asks for (setuptools>=77), so any
+  # Python 3.11 works, also a system one whose own setuptools is older
+  "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps \
     -w "$WHEELS/app.new" "$tmp" >&2
   echo "$app_key" >"$WHEELS/app.new/.key"
   rm -rf "$WHEELS/app"
