@@ -25,6 +25,8 @@ from node import errors
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import CertsyncError, ConfigError, NodeUnreachable, PermissionDenied
 from sync.config import AdminConfig, load_admin_config
+from sync.diagnose import Verdict, tls_verdict
+from sync.topology import split_address
 
 __all__ = [
     "CODE_TABLE",
@@ -57,6 +59,7 @@ _KNOWN: Final[dict[str, type[CertsyncError]]] = {
     if isinstance(cls := getattr(errors, name), type) and issubclass(cls, CertsyncError)
 }
 
+_KIND_KEY: Final = "certsync-error"  # the node named its own error: nothing to diagnose
 _HANDSHAKE_MARKERS = ("handshake", "certificate_verify_failed", "ssl_error", "tsi_", "alert")
 
 
@@ -184,15 +187,38 @@ class NodeClient:
         try:
             return await fn()
         except grpc.aio.AioRpcError as err:
-            # grpc.aio.Metadata at run time (pairs); grpc-stubs types it as the sync API's
-            trailing: Any = err.trailing_metadata() or ()
-            raise error_from_status(
-                err.code(),
-                err.details() or "",
-                [(str(k), v) for k, v in trailing],
-                node=self._target.name,
-                address=self._target.address,
-            ) from err
+            raise await self._error(err) from err
+
+    async def _error(self, err: grpc.aio.AioRpcError) -> CertsyncError:
+        # grpc.aio.Metadata at run time (pairs); grpc-stubs types it as the sync API's
+        trailing: Any = err.trailing_metadata() or ()
+        target = self._target
+        error = error_from_status(err.code(), err.details() or "",
+                                  [(str(k), v) for k, v in trailing],
+                                  node=target.name, address=target.address)
+        if not isinstance(error, NodeUnreachable | PermissionDenied) or (
+                isinstance(error, PermissionDenied) and _KIND_KEY in dict(trailing)):
+            return error
+        # no answer, or a refused handshake: one handshake by hand tells which it was
+        host, port = split_address(target.address)
+        verdict = await asyncio.to_thread(
+            tls_verdict, host, port, server_name=target.server_name, ca_pem=target.ca_pem,
+            cert_pem=target.cert_pem, key_pem=target.key_pem)
+        if verdict is Verdict.CLIENT_CERT:
+            return PermissionDenied(
+                f"node {target.name!r} at {target.address} did not accept this client's "
+                "certificate (not from this cluster's CA, or not a certsync identity); use "
+                "the admin.toml that 'certsync cluster init' wrote for this cluster")
+        if verdict is Verdict.SERVER_CERT:
+            return PermissionDenied(
+                f"the certificate of node {target.name!r} at {target.address} is not from "
+                "the CA in this config; use the admin.toml that 'certsync cluster init' wrote "
+                "for this cluster")
+        if verdict is Verdict.ACCEPTED and isinstance(error, PermissionDenied):  # transient
+            return NodeUnreachable(
+                f"node {target.name!r} at {target.address} is unreachable: the connection "
+                "failed and then worked again; try again", node=target.name)
+        return error
 
     # -- one method per RPC ------------------------------------------------------------
 
@@ -331,11 +357,7 @@ class NodeClient:
             async for progress in call:
                 yield progress
         except grpc.aio.AioRpcError as err:
-            trailing: Any = err.trailing_metadata() or ()
-            raise error_from_status(
-                err.code(), err.details() or "", [(str(k), v) for k, v in trailing],
-                node=self._target.name, address=self._target.address,
-            ) from err
+            raise await self._error(err) from err
 
 
 # --------------------------------------------------------------------------- CLI helpers
