@@ -26,7 +26,8 @@ from node import names
 from node.errors import ConfigError
 from node.selection import Selection
 from node.service import CertStoreService, server_credentials, start_grpc_server
-from node.store import Store, StoreView
+from node.store import Store
+from node.store_view import StoreView
 from node.tls import ServedCert, TlsEndpoint
 from sync.acme_client import Http01Responder, start_http01_responder
 from sync.alerts import AlertConfig

@@ -52,7 +52,8 @@ from node.errors import (
 from node.model import CREATABLE_KEY_TYPES, KeyType, Material
 from node.names import parse_hostname
 from node.selection import Selection
-from node.store import SetEntry, Store, StoredCert, StoredCsr, StoreView
+from node.store import Store
+from node.store_view import SetEntry, StoredCert, StoredCsr, StoreView
 from sync.lifecycle import StagedCaChange
 from sync.monitor import CertStatus, Lifecycle
 from sync.promotion import decode_promotion

@@ -40,9 +40,11 @@ from cryptography.x509.oid import NameOID
 
 from node.chain import build_chain
 from node.errors import AcmeError, BadInput, Conflict
+from node.formats import cert_sha256
 from node.model import KeyType, PrivateKey
 from node.names import sans_of
-from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
+from node.store import Store
+from node.store_view import SetEntry, StoredCert, StoreView
 from sync.acme_client import ACME_KEY_TYPES, Http01Responder, request_certificate
 from sync.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from sync.config import AcmeSettings

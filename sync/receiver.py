@@ -51,9 +51,11 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.formats import cert_sha256
 from node.names import check_all, sans_of
 from node.service import abort_for, peer_identity, run_rpc
-from node.store import SetEntry, Store, StoreView, cert_sha256, set_digest
+from node.store import Store
+from node.store_view import SetEntry, StoreView, set_digest
 from sync.promotion import (
     Promotion,
     decode_promotion,

@@ -5,8 +5,8 @@ Runs in every node process and acts only while that node is the primary of its e
 
 * the **replicated set** (:class:`Snapshot`) is every certificate with a key, its chain
   built over the stored certificates, and which one is default; its digest is the store's
-  (:func:`node.store.set_digest` over :func:`node.store.replicated_members`). The revision
-  is the store's ``revision`` meta, which changes only when the store changes -- so
+  (:func:`node.store_view.set_digest` over :func:`node.store_view.replicated_members`). The
+  revision is the store's ``revision`` meta, which changes only when the store changes -- so
   concurrent ``replicate`` calls and automatic pushes never make extra revisions;
 * for each target, :meth:`Replicator.push` takes that target's lock, asks its state and
   lets :func:`sync.plan.plan` decide: a higher epoch fences us (verify its promotion, adopt
@@ -51,10 +51,12 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.formats import cert_sha256
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
 from node.selection import Selection
-from node.store import Store, StoreView, cert_sha256
+from node.store import Store
+from node.store_view import StoreView
 from sync.client import NodeClient, NodeTarget
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256

@@ -29,8 +29,9 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.formats import cert_sha256
 from node.service import CertStoreService, server_credentials, start_grpc_server
-from node.store import Store, cert_sha256
+from node.store import Store
 from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
 from sync.cmd_cluster import init_cluster, plan_init

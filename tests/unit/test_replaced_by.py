@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.store import StoredCert
+from node.store_view import StoredCert
 from sync.lifecycle import supersedes
 from sync.monitor import replaced_by
 
