@@ -1,4 +1,4 @@
-"""The node's gRPC servicer (``certsync.v1.CertStore``): errors -> status codes in one table.
+"""[shell] The node's gRPC servicer (``certsync.v1.CertStore``): errors -> statuses in one table.
 
 Every call is mutually authenticated (the server factory requires a client certificate from
 the cluster CA). The caller's identity is read from its certificate's SAN URI; an admin may
@@ -28,7 +28,6 @@ import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -49,11 +48,13 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
-from node.model import CREATABLE_KEY_TYPES, KeyType, Material
+from node.importing import plan_import
+from node.model import CREATABLE_KEY_TYPES, KeyType
 from node.names import parse_hostname
 from node.selection import Selection
 from node.store import Store
 from node.store_view import SetEntry, StoredCert, StoredCsr, StoreView
+from node.text import rfc3339
 from sync.lifecycle import StagedCaChange
 from sync.monitor import CertStatus, Lifecycle
 from sync.promotion import decode_promotion
@@ -239,12 +240,6 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
     return decorate
 
 
-def _rfc3339(when: dt.datetime | None) -> str:
-    if when is None:
-        return ""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _cert_info(
     stored: StoredCert, status: CertStatus | None = None
 ) -> certsync_pb2.CertificateInfo:
@@ -257,8 +252,8 @@ def _cert_info(
         is_default=stored.is_default,
         dns_names=list(stored.dns_names),
         ip_addresses=list(stored.ip_addresses),
-        not_after=_rfc3339(stored.not_after),
-        added_at=_rfc3339(stored.added_at),
+        not_after=rfc3339(stored.not_after),
+        added_at=rfc3339(stored.added_at),
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
     )
@@ -266,7 +261,7 @@ def _cert_info(
         info.days_left = status.days_left
         info.renewal_state = status.renewal_state
         info.replaceable = status.replaceable
-        info.next_attempt = _rfc3339(status.next_attempt)
+        info.next_attempt = rfc3339(status.next_attempt)
         info.acme = status.acme
     return info
 
@@ -295,14 +290,6 @@ def _key_type(text: str) -> KeyType:
 def _sans(values: Sequence[str]) -> list[str]:
     """SANs as given; :mod:`node.create` validates them (wildcards are fine in a SAN)."""
     return list(values)
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if attrs:
-        value = attrs[0].value
-        return value if isinstance(value, str) else value.decode(errors="replace")
-    return ""
 
 
 class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
@@ -451,7 +438,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         passphrase = request.passphrase if request.HasField("passphrase") else None
         material = await asyncio.to_thread(formats.read_material, sources, passphrase)
         entries, identity_sha, warnings = await asyncio.to_thread(
-            _plan_import, material, request.name, self._rt.now(),
+            plan_import, material, request.name, self._rt.now(),
             request.make_default, request.force,
         )
         make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
@@ -614,7 +601,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 "import it with its key first"
             )
         if self._expired(stored):
-            when = _rfc3339(stored.not_after)
+            when = rfc3339(stored.not_after)
             if not request.force:
                 raise Conflict(
                     f"certificate {stored.sha256!r} expired on {when}; choose a valid one, "
@@ -691,7 +678,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                     sha256=st.sha256,
                     days_left=st.days_left,
                     renewal_state=st.renewal_state,
-                    next_attempt=_rfc3339(st.next_attempt),
+                    next_attempt=rfc3339(st.next_attempt),
                 )
             )
         pending = await lifecycle.pending(view)
@@ -736,8 +723,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
 def _pending_msg(staged: StagedCaChange) -> certsync_pb2.PendingCaChange:
     return certsync_pb2.PendingCaChange(
         sha256=staged.sha256,
-        staged_at=_rfc3339(staged.staged_at),
-        switch_at=_rfc3339(staged.switch_at),
+        staged_at=rfc3339(staged.staged_at),
+        switch_at=rfc3339(staged.switch_at),
     )
 
 
@@ -746,63 +733,8 @@ def _csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
         id=stored.id,
         name=stored.name,
         pem=stored.pem.decode("ascii"),
-        created_at=_rfc3339(stored.created_at),
+        created_at=rfc3339(stored.created_at),
     )
-
-
-def _plan_import(
-    material: Material, name: str, now: dt.datetime, make_default: bool, force: bool
-) -> tuple[list[SetEntry], str | None, list[str]]:
-    """Decide what an import stores (pure): entries, the identity's sha256, warnings."""
-    if not material.certificates:
-        if material.keys:
-            raise BadInput(
-                "the input holds a private key but no certificate; import the key together "
-                "with its certificate"
-            )
-        raise BadInput("the input holds no certificate; give a certificate, bundle or PKCS#12")
-    report = chain_mod.analyze(material)
-    warnings = list(report.problems)
-    ident = report.identity
-    if material.keys and (ident is None or report.key is None or report.key_matches != ident):
-        raise BadInput(
-            "the private key in the input does not belong to its identity certificate; "
-            "import the key with the certificate it was made for"
-        )
-    if len(material.keys) > 1:
-        raise BadInput(
-            f"the input holds {len(material.keys)} private keys; import one certificate and "
-            "its key at a time"
-        )
-    if make_default:
-        if ident is None:
-            raise BadInput("the input holds no identity certificate to make the default")
-        if report.key is None:
-            raise Conflict(
-                "the identity certificate comes without its private key and cannot be the "
-                "default; import it with its key"
-            )
-        if ident.not_valid_after_utc <= now:
-            when = _rfc3339(ident.not_valid_after_utc)
-            if not force:
-                raise Conflict(
-                    f"certificate {formats.cert_sha256(ident)!r} expired on {when}; import it "
-                    "without --default, or force it"
-                )
-            warnings.append(f"certificate {formats.cert_sha256(ident)} expired on {when}")
-    entries: list[SetEntry] = []
-    for cert in report.ordered:
-        is_ident = ident is not None and cert == ident
-        entries.append(
-            SetEntry(
-                cert=cert,
-                key=report.key if is_ident else None,
-                name=(name or _common_name(cert) or formats.cert_sha256(cert)[:16])
-                if is_ident
-                else (_common_name(cert) or formats.cert_sha256(cert)[:16]),
-            )
-        )
-    return entries, (formats.cert_sha256(ident) if ident is not None else None), warnings
 
 
 # --------------------------------------------------------------------------- server factory
