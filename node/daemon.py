@@ -24,8 +24,9 @@ from cryptography import x509
 
 from node import names
 from node.errors import ConfigError
+from node.rpc import server_credentials, start_grpc_server
 from node.selection import Selection
-from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.service import CertStoreService
 from node.store import Store
 from node.store_view import StoreView
 from node.tls import ServedCert, TlsEndpoint

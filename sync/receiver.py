@@ -53,7 +53,8 @@ from node.errors import (
 )
 from node.formats import cert_sha256
 from node.names import check_all, sans_of
-from node.service import abort_for, peer_identity, run_rpc
+from node.rpc import abort_for, run_rpc
+from node.service import peer_identity
 from node.store import Store
 from node.store_view import SetEntry, StoreView, set_digest
 from sync.promotion import (

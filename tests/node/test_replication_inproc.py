@@ -30,7 +30,8 @@ from node.errors import (
     TransferRejected,
 )
 from node.formats import cert_sha256
-from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.rpc import server_credentials, start_grpc_server
+from node.service import CertStoreService
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
