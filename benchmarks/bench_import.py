@@ -55,7 +55,9 @@ from cryptography.x509.oid import NameOID
 from node import formats  # after the sys.path line above
 from node.errors import CertsyncError  # after the sys.path line above
 from node.model import PrivateKey  # after the sys.path line above
-from node.store import SetEntry, Store, key_aad  # after the sys.path line above
+from node.sealing import key_aad  # after the sys.path line above
+from node.store import Store
+from node.store_view import SetEntry
 from sync.client import NodeClient, NodeTarget  # after the sys.path line above
 from sync.cluster_init import init_cluster, plan_init  # after the sys.path line above
 from sync.localcluster import free_port_range  # after the sys.path line above

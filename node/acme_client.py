@@ -29,10 +29,10 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from node import keygen
 from node.errors import AcmeError, BadInput
+from node.formats import cert_sha256
 from node.lifecycle import LETS_ENCRYPT_DIRECTORY
 from node.model import KeyType, PrivateKey
 from node.names import parse_hostname
@@ -249,7 +249,7 @@ async def request_certificate(
     _log.info(
         "acme_certificate_issued",
         hostname=name.value,
-        sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        sha256=cert_sha256(cert),
         not_after=cert.not_valid_after_utc.isoformat(),
     )
     return AcmeResult(cert, chain, key, account_key, now)

@@ -29,10 +29,11 @@ from typing import Any
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from node.errors import ConfigError
+from node.formats import cert_sha256
 from node.lifecycle import days_left
+from node.text import rfc3339
 
 __all__ = [
     "AlertConfig",
@@ -104,7 +105,7 @@ class ExpiryAlert:
             names = ()
         not_after = cert.not_valid_after_utc
         return cls(
-            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            sha256=cert_sha256(cert),
             names=names,
             not_after=not_after,
             days_left=days_left(not_after, now),
@@ -122,7 +123,7 @@ class ExpiryAlert:
             "event": "expiry_alert",
             "sha256": self.sha256,
             "names": list(self.names),
-            "not_after": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "not_after": rfc3339(self.not_after),
             "days_left": self.days_left,
             "node": self.node,
         }

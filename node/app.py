@@ -25,7 +25,8 @@ from node.acme_client import AcmeSettings, Http01Responder
 from node.alerts import AlertConfig
 from node.renewal import Lifecycle
 from node.selection import Selection
-from node.store import Store, StoreView
+from node.store import Store
+from node.store_view import StoreView
 from node.tls import ServedCert, TlsEndpoint
 
 __all__ = ["NodeApp", "NodeCluster"]

@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 from typing import Literal, TypeAlias
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtensionOID
 
 from node.errors import BadInput, Conflict
+from node.formats import cert_sha256
 
 __all__ = [
     "ALERT_BEFORE",
@@ -120,7 +120,7 @@ class CertState:
         except x509.ExtensionNotFound:
             names = ()
         return cls(
-            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            sha256=cert_sha256(cert),
             names=names,
             not_after=cert.not_valid_after_utc,
             acme=acme,

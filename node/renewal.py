@@ -39,6 +39,7 @@ from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, requ
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
 from node.errors import AcmeError, BadInput, Conflict
+from node.formats import cert_sha256
 from node.lifecycle import (
     CertState,
     StagedCaChange,
@@ -68,7 +69,8 @@ from node.renewal_plan import (
     replaced_by,
     state_key,
 )
-from node.store import SetEntry, Store, StoredCert, StoreView, cert_sha256
+from node.store import Store
+from node.store_view import SetEntry, StoredCert, StoreView
 
 __all__ = ["Lifecycle", "run_monitor"]
 

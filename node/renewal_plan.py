@@ -17,7 +17,6 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from node.lifecycle import (
     CertState,
@@ -27,7 +26,8 @@ from node.lifecycle import (
     renewal_decision,
     supersedes,
 )
-from node.store import StoredCert
+from node.store_view import StoredCert
+from node.text import common_name, rfc3339
 
 __all__ = [
     "ACTOR",
@@ -58,9 +58,8 @@ def state_key(sha256: str) -> str:
 
 
 def format_time(when: dt.datetime | None) -> str | None:
-    if when is None:
-        return None
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``rfc3339`` of ``when``, None for no time (the lifecycle record's JSON null)."""
+    return rfc3339(when) if when is not None else None
 
 
 def parse_time(text: Any) -> dt.datetime | None:
@@ -239,12 +238,6 @@ class TickReport:
     failed: tuple[str, ...] = ()
     alerted: tuple[str, ...] = ()
     switched: str | None = None
-
-
-def common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = attrs[0].value if attrs else ""
-    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 def chain_pem(chains: Iterable[Sequence[x509.Certificate]]) -> bytes:

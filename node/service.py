@@ -6,7 +6,7 @@ change the store, an admin or a node of the topology may read; anything else is 
 PERMISSION_DENIED and an audit row.
 
 A :class:`certsync.CertsyncError` raised while serving becomes a status through
-:data:`STATUS_TABLE` (first matching class wins). The trailing metadata ``certsync-error``
+:data:`node.rpc.STATUS_TABLE` (first matching class wins). The trailing metadata ``certsync-error``
 carries the error's class name and ``certsync-error-data`` its scalar attributes as JSON, so
 :mod:`sync.client` rebuilds the same error (and the CLI the same exit code). Any other
 exception is a bug: it is logged with its traceback and the caller gets INTERNAL with a
@@ -20,74 +20,41 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, NoReturn, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from node import chain as chain_mod
 from node import create, formats, keygen
-from node.api import SERVICE_NAME, certsync_pb2, certsync_pb2_grpc
+from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
-    AlreadyExists,
     BadInput,
-    CertsyncError,
-    CheckFailed,
     Conflict,
-    IntegrityError,
-    NodeUnreachable,
-    NotFound,
     PermissionDenied,
-    StaleEpoch,
-    TransferRejected,
 )
 from node.identity import Identity, identity_from_certificate
-from node.lifecycle import StagedCaChange
-from node.model import CREATABLE_KEY_TYPES, KeyType, Material
+from node.importing import plan_import
+from node.messages import (
+    cert_info,
+    csr_info,
+    key_type_of_text,
+    pending_msg,
+    sans_of_request,
+    subject_of,
+)
 from node.names import parse_hostname
 from node.renewal import Lifecycle
-from node.renewal_plan import CertStatus
+from node.rpc import run_rpc
 from node.selection import Selection
-from node.store import SetEntry, Store, StoredCert, StoredCsr, StoreView
+from node.store import Store
+from node.store_view import SetEntry, StoredCert, StoreView
+from node.text import rfc3339
 
-__all__ = [
-    "ERROR_DATA_KEY",
-    "ERROR_KIND_KEY",
-    "STATUS_TABLE",
-    "CertStoreService",
-    "DescribeState",
-    "NodeRuntime",
-    "abort_for",
-    "peer_identity",
-    "start_grpc_server",
-    "status_for",
-]
-
-ERROR_KIND_KEY: Final = "certsync-error"
-ERROR_DATA_KEY: Final = "certsync-error-data"
-
-#: certsync error class -> gRPC status code; the first class the error is an instance of wins
-STATUS_TABLE: Final[tuple[tuple[type[CertsyncError], grpc.StatusCode], ...]] = (
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (BadInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (CheckFailed, grpc.StatusCode.FAILED_PRECONDITION),
-    (StaleEpoch, grpc.StatusCode.ABORTED),
-    (TransferRejected, grpc.StatusCode.FAILED_PRECONDITION),
-    (IntegrityError, grpc.StatusCode.DATA_LOSS),
-    (NodeUnreachable, grpc.StatusCode.UNAVAILABLE),
-    (CertsyncError, grpc.StatusCode.UNKNOWN),
-)
+__all__ = ["CertStoreService", "DescribeState", "NodeRuntime", "peer_identity"]
 
 _EXPORT_FORMATS: Final = {
     certsync_pb2.EXPORT_FORMAT_UNSPECIFIED: "pem",
@@ -98,24 +65,6 @@ _EXPORT_FORMATS: Final = {
 }
 
 _log = structlog.get_logger("node.service")
-
-
-def status_for(err: CertsyncError) -> grpc.StatusCode:
-    """The status code for ``err`` per :data:`STATUS_TABLE`."""
-    for cls, code in STATUS_TABLE:
-        if isinstance(err, cls):
-            return code
-    return grpc.StatusCode.UNKNOWN  # pragma: no cover -- CertsyncError is the last row
-
-
-def _error_data(err: CertsyncError) -> str:
-    """The error's scalar attributes as JSON (file names, hostnames, epochs; never secrets)."""
-    data = {
-        k: v
-        for k, v in err.data.items()
-        if isinstance(v, str | int | bool) or v is None
-    }
-    return json.dumps(data, sort_keys=True)
 
 
 def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
@@ -140,20 +89,6 @@ def _identity_of(pem: bytes, cluster_id: str) -> Identity:
             "the client certificate cannot be read; use a certificate from the cluster CA"
         ) from err
     return identity_from_certificate(cert, cluster_id=cluster_id)
-
-
-async def abort_for(context: grpc.aio.ServicerContext[Any, Any], err: CertsyncError) -> NoReturn:
-    """End the call with ``err``'s status per :data:`STATUS_TABLE` and its class as metadata."""
-    code = status_for(err)
-    _log.info("rpc.refused", code=code.name, error=type(err).__name__)
-    await context.abort(
-        code,
-        err.message,
-        trailing_metadata=(
-            (ERROR_KIND_KEY, type(err).__name__),
-            (ERROR_DATA_KEY, _error_data(err)),
-        ),
-    )
 
 
 class NodeRuntime(Protocol):
@@ -203,28 +138,6 @@ _Handler = Callable[["CertStoreService", _Req, _Context, Identity], Awaitable[_R
 _Wrapped = Callable[["CertStoreService", _Req, _Context], Awaitable[_Resp]]
 
 
-async def run_rpc(context: _Context, method: str, call: Callable[[], Awaitable[_Resp]]) -> _Resp:
-    """Run one RPC with its log context bound; the one place (with :func:`abort_for`) where
-    errors become statuses: our errors by :data:`STATUS_TABLE`, anything else INTERNAL with
-    its traceback in the node's log (a bug), never in the status."""
-    with structlog.contextvars.bound_contextvars(method=method, peer=context.peer(), caller=None):
-        try:
-            result = await call()
-            _log.info("rpc.ok")
-            return result
-        except CertsyncError as err:
-            await abort_for(context, err)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            if isinstance(err, grpc.aio.AbortError):
-                raise
-            _log.exception("rpc.failed")
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error in {method}; see the node's log"
-            )
-
-
 def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _Resp]]:
     """Authenticate, authorise, bind log context, and turn errors into statuses."""
 
@@ -244,72 +157,6 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
         return wrapper
 
     return decorate
-
-
-def _rfc3339(when: dt.datetime | None) -> str:
-    if when is None:
-        return ""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _cert_info(
-    stored: StoredCert, status: CertStatus | None = None
-) -> certsync_pb2.CertificateInfo:
-    cert = x509.load_der_x509_certificate(stored.der)
-    info = certsync_pb2.CertificateInfo(
-        sha256=stored.sha256,
-        name=stored.name,
-        role=stored.role,
-        has_key=stored.has_key,
-        is_default=stored.is_default,
-        dns_names=list(stored.dns_names),
-        ip_addresses=list(stored.ip_addresses),
-        not_after=_rfc3339(stored.not_after),
-        added_at=_rfc3339(stored.added_at),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-    )
-    if status is not None:  # lifecycle (issue 6)
-        info.days_left = status.days_left
-        info.renewal_state = status.renewal_state
-        info.replaceable = status.replaceable
-        info.next_attempt = _rfc3339(status.next_attempt)
-        info.acme = status.acme
-    return info
-
-
-def _subject(msg: certsync_pb2.Subject) -> create.Subject:
-    if not msg.common_name.strip():
-        raise BadInput("the subject needs a common name; give --cn NAME")
-    return create.Subject(
-        common_name=msg.common_name,
-        country=msg.country or None,
-        state=msg.state or None,
-        city=msg.city or None,
-        org=msg.org or None,
-        unit=msg.unit or None,
-    )
-
-
-def _key_type(text: str) -> KeyType:
-    for kt in CREATABLE_KEY_TYPES:
-        if kt == text:
-            return kt
-    choices = ", ".join(CREATABLE_KEY_TYPES)
-    raise BadInput(f"key type {text!r} cannot be created; use one of {choices}")
-
-
-def _sans(values: Sequence[str]) -> list[str]:
-    """SANs as given; :mod:`node.create` validates them (wildcards are fine in a SAN)."""
-    return list(values)
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if attrs:
-        value = attrs[0].value
-        return value if isinstance(value, str) else value.decode(errors="replace")
-    return ""
 
 
 class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
@@ -362,7 +209,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
         statuses = await self._rt.lifecycle.statuses(self._rt.now(), only={sha256})
-        return _cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
+        return cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
 
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
@@ -382,9 +229,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.CreateSelfSignedResponse:
-        key_type = _key_type(request.key_type)
-        subject = _subject(request.subject)
-        sans = _sans(request.sans)
+        key_type = key_type_of_text(request.key_type)
+        subject = subject_of(request.subject)
+        sans = sans_of_request(request.sans)
         days = request.days or 365
         now = self._rt.now()
         key = await asyncio.to_thread(keygen.generate_key, key_type)
@@ -411,9 +258,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.CsrInfo:
-        key_type = _key_type(request.key_type)
-        subject = _subject(request.subject)
-        sans = _sans(request.sans)
+        key_type = key_type_of_text(request.key_type)
+        subject = subject_of(request.subject)
+        sans = sans_of_request(request.sans)
         key = await asyncio.to_thread(keygen.generate_key, key_type)
         csr = await asyncio.to_thread(create.create_csr, key, subject, sans)
         stored = await self._rt.store.add_csr(
@@ -424,7 +271,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         _log.info("csr.created", csr_id=stored.id, key_type=key_type)
-        return _csr_info(stored)
+        return csr_info(stored)
 
     @_rpc(change=False)
     async def ListRequests(
@@ -434,7 +281,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.ListRequestsResponse:
         csrs = await self._rt.store.list_csrs()
-        return certsync_pb2.ListRequestsResponse(requests=[_csr_info(c) for c in csrs])
+        return certsync_pb2.ListRequestsResponse(requests=[csr_info(c) for c in csrs])
 
     @_rpc(change=False)
     async def ShowRequest(
@@ -443,7 +290,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.CsrInfo:
-        return _csr_info(await self._rt.store.get_csr(request.id))
+        return csr_info(await self._rt.store.get_csr(request.id))
 
     # -- import ------------------------------------------------------------------------
 
@@ -460,7 +307,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         passphrase = request.passphrase if request.HasField("passphrase") else None
         material = await asyncio.to_thread(formats.read_material, sources, passphrase)
         entries, identity_sha, warnings = await asyncio.to_thread(
-            _plan_import, material, request.name, self._rt.now(),
+            plan_import, material, request.name, self._rt.now(),
             request.make_default, request.force,
         )
         make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
@@ -473,7 +320,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.refresh()
         shas = [formats.cert_sha256(e.cert) for e in entries]
         statuses = await self._rt.lifecycle.statuses(self._rt.now(), only=set(shas))
-        infos = [_cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
+        infos = [cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
@@ -491,7 +338,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         stored = await self._rt.store.list_certificates()
         statuses = await self._rt.lifecycle.statuses(self._rt.now())
         return certsync_pb2.ListResponse(
-            certificates=[_cert_info(s, statuses.get(s.sha256)) for s in stored]
+            certificates=[cert_info(s, statuses.get(s.sha256)) for s in stored]
         )
 
     @_rpc(change=False)
@@ -618,7 +465,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 "import it with its key first"
             )
         if self._expired(stored):
-            when = _rfc3339(stored.not_after)
+            when = rfc3339(stored.not_after)
             if not request.force:
                 raise Conflict(
                     f"certificate {stored.sha256!r} expired on {when}; choose a valid one, "
@@ -695,12 +542,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                     sha256=st.sha256,
                     days_left=st.days_left,
                     renewal_state=st.renewal_state,
-                    next_attempt=_rfc3339(st.next_attempt),
+                    next_attempt=rfc3339(st.next_attempt),
                 )
             )
         pending = await lifecycle.pending(view)
         if pending is not None:
-            state.pending_ca_change.CopyFrom(_pending_msg(pending))
+            state.pending_ca_change.CopyFrom(pending_msg(pending))
 
     @_rpc(change=True)
     async def RequestAcmeCertificate(
@@ -734,118 +581,4 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             stored.sha256, request.after or "48h", actor=self._actor(identity),
             now=self._rt.now(),
         )
-        return certsync_pb2.StageCaChangeResponse(pending=_pending_msg(staged))
-
-
-def _pending_msg(staged: StagedCaChange) -> certsync_pb2.PendingCaChange:
-    return certsync_pb2.PendingCaChange(
-        sha256=staged.sha256,
-        staged_at=_rfc3339(staged.staged_at),
-        switch_at=_rfc3339(staged.switch_at),
-    )
-
-
-def _csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
-    return certsync_pb2.CsrInfo(
-        id=stored.id,
-        name=stored.name,
-        pem=stored.pem.decode("ascii"),
-        created_at=_rfc3339(stored.created_at),
-    )
-
-
-def _plan_import(
-    material: Material, name: str, now: dt.datetime, make_default: bool, force: bool
-) -> tuple[list[SetEntry], str | None, list[str]]:
-    """Decide what an import stores (pure): entries, the identity's sha256, warnings."""
-    if not material.certificates:
-        if material.keys:
-            raise BadInput(
-                "the input holds a private key but no certificate; import the key together "
-                "with its certificate"
-            )
-        raise BadInput("the input holds no certificate; give a certificate, bundle or PKCS#12")
-    report = chain_mod.analyze(material)
-    warnings = list(report.problems)
-    ident = report.identity
-    if material.keys and (ident is None or report.key is None or report.key_matches != ident):
-        raise BadInput(
-            "the private key in the input does not belong to its identity certificate; "
-            "import the key with the certificate it was made for"
-        )
-    if len(material.keys) > 1:
-        raise BadInput(
-            f"the input holds {len(material.keys)} private keys; import one certificate and "
-            "its key at a time"
-        )
-    if make_default:
-        if ident is None:
-            raise BadInput("the input holds no identity certificate to make the default")
-        if report.key is None:
-            raise Conflict(
-                "the identity certificate comes without its private key and cannot be the "
-                "default; import it with its key"
-            )
-        if ident.not_valid_after_utc <= now:
-            when = _rfc3339(ident.not_valid_after_utc)
-            if not force:
-                raise Conflict(
-                    f"certificate {formats.cert_sha256(ident)!r} expired on {when}; import it "
-                    "without --default, or force it"
-                )
-            warnings.append(f"certificate {formats.cert_sha256(ident)} expired on {when}")
-    entries: list[SetEntry] = []
-    for cert in report.ordered:
-        is_ident = ident is not None and cert == ident
-        entries.append(
-            SetEntry(
-                cert=cert,
-                key=report.key if is_ident else None,
-                name=(name or _common_name(cert) or formats.cert_sha256(cert)[:16])
-                if is_ident
-                else (_common_name(cert) or formats.cert_sha256(cert)[:16]),
-            )
-        )
-    return entries, (formats.cert_sha256(ident) if ident is not None else None), warnings
-
-
-# --------------------------------------------------------------------------- server factory
-
-
-async def start_grpc_server(
-    service: CertStoreService,
-    *,
-    address: str,
-    credentials: grpc.ServerCredentials,
-    replication: certsync_pb2_grpc.ReplicationServicer | None = None,
-) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server with the store, health and reflection services (and the
-    replication service when given) on ``address`` (port 0: any) over mutual TLS only;
-    return it and its port."""
-    server = grpc.aio.server()
-    certsync_pb2_grpc.add_CertStoreServicer_to_server(service, server)
-    names = [SERVICE_NAME]
-    if replication is not None:
-        certsync_pb2_grpc.add_ReplicationServicer_to_server(replication, server)
-        names.append(certsync_pb2.DESCRIPTOR.services_by_name["Replication"].full_name)
-    health_servicer = AsyncHealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise BadInput(
-            f"cannot listen for gRPC on {address!r}; choose a free port and a local address"
-        )
-    await server.start()
-    for svc in ("", SERVICE_NAME):
-        await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
-
-
-def server_credentials(*, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCredentials:
-    """mTLS server credentials: the node's identity; clients must present a cluster cert."""
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
-    )
+        return certsync_pb2.StageCaChangeResponse(pending=pending_msg(staged))

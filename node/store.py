@@ -1,560 +1,75 @@
-"""[shell] The node's certificate store: aiosqlite, migrations, keys sealed at rest, audit.
+"""[shell] The node's certificate store: the certificate set in SQLite, keys sealed at rest.
 
-Layout of the database (schema version in ``PRAGMA user_version``, see ``_MIGRATIONS``):
+Layout of the database (schema and migrations: :mod:`node.store_file`):
 
 * ``certificates`` -- every certificate (identity, intermediate, root) by the sha256 of its DER;
 * ``keys`` -- the private key of a certificate, PKCS#8 DER sealed with AES-256-GCM under the
-  node's store key; the associated data binds the row (``certsync-key-v1|`` + sha256), so a
-  ciphertext copied to another row, swapped or altered fails to open (:class:`IntegrityError`);
+  node's store key and bound to its row (:mod:`node.sealing`), so a ciphertext copied to
+  another row, swapped or altered fails to open (:class:`IntegrityError`);
 * ``csrs`` -- certificate signing requests with their keys, sealed the same way and bound to
-  the request id;
+  the request id (:class:`node.store_file.StoreFile`);
 * ``meta`` -- key/value: ``default_sha256``, ``epoch``, ``revision``, ``last_sync`` ...;
 * ``audit`` -- one row per change: when, who (the mTLS identity), what; never key material.
 
 Every change is one ``BEGIN IMMEDIATE ... COMMIT`` transaction in WAL mode with
-``synchronous=FULL``: a crash leaves the old state or the new one. The pure helpers
-(:func:`set_digest`, :func:`replicated_members`, :func:`seal`, :func:`unseal`) hold the logic
-worth testing on its own; :class:`Store` is the thin async shell around SQLite.
+``synchronous=FULL``: a crash leaves the old state or the new one. The logic worth testing on
+its own is pure and lives beside this shell: the records, the row cache, :class:`StoreView`,
+the set digest and change preparation in :mod:`node.store_view`, sealing in
+:mod:`node.sealing`; :class:`Store` is the thin async shell around SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
-import hashlib
-import json
 import os
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import aiosqlite
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.chain import ChainIndex, build_chain, classify
-from node.errors import AlreadyExists, BadInput, ConfigError, Conflict, IntegrityError, NotFound
-from node.model import PrivateKey, Role
+from node.errors import BadInput, Conflict, IntegrityError
+from node.formats import cert_sha256
+from node.model import PrivateKey
+from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
+from node.store_file import StoreFile
+from node.store_view import (
+    CertRows,
+    PreparedCert,
+    RowFields,
+    SetEntry,
+    StoredCert,
+    StoreView,
+    prepare,
+    row_to_cert,
+)
+from node.text import stored_time
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "STORE_KEY_BYTES",
-    "AuditEvent",
-    "SetEntry",
-    "Store",
-    "StoreView",
-    "StoredCert",
-    "StoredCsr",
-    "cert_sha256",
-    "csr_aad",
-    "key_aad",
-    "replicated_members",
-    "role_of",
-    "seal",
-    "set_digest",
-    "unseal",
-]
+__all__ = ["Store"]
 
-STORE_KEY_BYTES: Final = 32
 #: below these, CPU work of a change runs on the event loop: a thread hop costs more
 _INLINE_CHAINS: Final = 4  # chains to build (a signature check or two each)
 _INLINE_SEALS: Final = 4  # keys to seal (AES-GCM over a PKCS#8)
 _INLINE_ENTRIES: Final = 64  # entries to serialise and check against their keys
-_NONCE_BYTES: Final = 12
-_KEY_AAD_PREFIX: Final = b"certsync-key-v1|"
-_CSR_AAD_PREFIX: Final = b"certsync-csr-key-v1|"
-_CHECK_AAD: Final = b"certsync-store-check-v1"
-_CHECK_PLAINTEXT: Final = b"certsync store key check"
 
 #: meta keys the store maintains itself; ``set_meta`` refuses them
 _RESERVED_META: Final = frozenset({"default_sha256", "store_key_check"})
-
-#: each migration is a list of statements, applied in order in one transaction that also
-#: sets ``PRAGMA user_version`` to its 1-based index. Never edit a released entry: append.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """CREATE TABLE certificates (
-            sha256   TEXT PRIMARY KEY CHECK (length(sha256) = 64),
-            der      BLOB NOT NULL,
-            name     TEXT NOT NULL,
-            role     TEXT NOT NULL CHECK (role IN ('identity', 'intermediate', 'root')),
-            not_after TEXT NOT NULL,
-            added_at TEXT NOT NULL
-        ) STRICT""",
-        """CREATE TABLE keys (
-            cert_sha256 TEXT PRIMARY KEY
-                REFERENCES certificates(sha256) ON DELETE CASCADE,
-            nonce      BLOB NOT NULL CHECK (length(nonce) = 12),
-            ciphertext BLOB NOT NULL
-        ) STRICT""",
-        """CREATE TABLE csrs (
-            id         TEXT PRIMARY KEY,
-            name       TEXT NOT NULL,
-            pem        BLOB NOT NULL,
-            nonce      BLOB NOT NULL CHECK (length(nonce) = 12),
-            ciphertext BLOB NOT NULL,
-            created_at TEXT NOT NULL
-        ) STRICT""",
-        """CREATE TABLE meta (
-            key   TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        ) STRICT""",
-        """CREATE TABLE audit (
-            id     INTEGER PRIMARY KEY AUTOINCREMENT,
-            at     TEXT NOT NULL,
-            actor  TEXT NOT NULL,
-            action TEXT NOT NULL,
-            detail TEXT NOT NULL
-        ) STRICT""",
-    ),
-)
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-
-# --------------------------------------------------------------------------- plain values
-
-
-@dataclass(frozen=True)
-class StoredCert:
-    """One certificate row, as plain values."""
-
-    sha256: str
-    name: str
-    der: bytes = field(repr=False)
-    role: Role
-    has_key: bool
-    is_default: bool
-    dns_names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    not_after: datetime
-    added_at: datetime
-    #: the parsed certificate when the store parsed it already (one parse per sha256)
-    parsed: x509.Certificate | None = field(default=None, repr=False, compare=False)
-
-    def certificate(self) -> x509.Certificate:
-        """The parsed certificate."""
-        if self.parsed is not None:
-            return self.parsed
-        return x509.load_der_x509_certificate(self.der)
-
-
-@dataclass(frozen=True)
-class StoredCsr:
-    """One certificate signing request (its key is fetched with ``Store.get_csr_key``)."""
-
-    id: str
-    name: str
-    pem: bytes
-    created_at: datetime
-
 
 #: a chain, nearest first, and the problems that keep it from a root (build_chain's answer)
 _Chain = tuple[tuple[x509.Certificate, ...], tuple[str, ...]]
 
 
-@dataclass(frozen=True, eq=False)
-class _CertRows:
-    """The certificate rows of a :class:`StoreView` and what is derived from them alone;
-    views whose rows did not change (a meta change) share one."""
+def _nonce() -> bytes:
+    """A fresh AES-GCM nonce (the randomness :mod:`node.sealing` takes as a parameter)."""
+    return os.urandom(NONCE_BYTES)
 
-    rows: tuple[tuple[Any, ...], ...]
-    load: Callable[[Sequence[Any]], StoredCert]
-    #: chains by sha256, with the issuer names followed to build them; carried over to the
-    #: next rows unless a certificate with one of those names as subject came or went
-    #: (Store._current), so a change rebuilds only the chains it can affect
-    chain_memo: dict[str, tuple[frozenset[x509.Name], _Chain]] = field(default_factory=dict)
 
-    @functools.cached_property
-    def _row_of(self) -> dict[str, tuple[Any, ...]]:
-        return {str(r[0]): r for r in self.rows}
-
-    @functools.cached_property
-    def _loaded(self) -> dict[str, StoredCert]:
-        return {}
-
-    @functools.cached_property
-    def _chains(self) -> dict[str, _Chain]:
-        return {}
-
-    @functools.cached_property
-    def certs(self) -> tuple[StoredCert, ...]:
-        """Every row as a :class:`StoredCert` (``is_default`` False), in row order."""
-        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
-
-    @functools.cached_property
-    def _sha_of(self) -> dict[int, str]:
-        """sha256 by ``id`` of the parsed certificates the chain index holds."""
-        return {id(c.certificate()): c.sha256 for c in self.certs}
-
-    def get(self, sha256: str) -> StoredCert | None:
-        found = self._loaded.get(sha256)
-        if found is None:
-            row = self._row_of.get(sha256)
-            if row is None:
-                return None
-            found = self._loaded[sha256] = self.load(row)
-        return found
-
-    @functools.cached_property
-    def keyed(self) -> frozenset[str]:
-        return frozenset(str(r[0]) for r in self.rows if r[-1])
-
-    @functools.cached_property
-    def chain_index(self) -> ChainIndex:
-        return ChainIndex([c.certificate() for c in self.certs])
-
-    def chain(self, sha256: str) -> _Chain:
-        found = self._chains.get(sha256)
-        if found is None:
-            memo = self.chain_memo.get(sha256)
-            if memo is not None:
-                found = memo[1]
-            else:
-                stored = self.get(sha256)
-                if stored is None:
-                    raise _no_cert(sha256)
-                cert = stored.certificate()
-                candidates, names = self.chain_index.reach(cert)
-                found = build_chain(cert, candidates)
-                self.chain_memo[sha256] = (names, found)
-            self._chains[sha256] = found
-        return found
-
-    def chains_to_build(self) -> int:
-        """How many chains of certificates with keys :attr:`members` would build (not carried
-        over from the last rows)."""
-        return sum(1 for r in self.rows if r[-1] and str(r[0]) not in self.chain_memo
-                   and str(r[0]) not in self._chains)
-
-    @functools.cached_property
-    def members(self) -> tuple[tuple[str, bool], ...]:
-        """:func:`replicated_members` of these rows."""
-        known = self._sha_of  # the pool's certificates by id: no DER hashing per change
-
-        def sha_of(cert: x509.Certificate) -> str:
-            return known.get(id(cert)) or cert_sha256(cert)
-
-        return tuple(replicated_members(
-            self.certs, lambda ident, _pool: self.chain(sha_of(ident)), sha_of))
-
-
-@dataclass(frozen=True, eq=False)
-class StoreView:
-    """The store's certificates and meta values at one moment.
-
-    Immutable, and the store hands out the same object until its next change, so what is
-    derived from it (the chain index, chains, the set digest) is computed once per change
-    and shared by every reader (the TLS refresh, the replicator, ``GetState``, the
-    lifecycle), instead of once per reader and call; a change of meta values alone keeps
-    the chains. Rows are checked and parsed when first asked for: an altered row raises
-    :class:`IntegrityError` for whoever reads it, and does not keep meta values or other
-    rows from being read.
-    """
-
-    meta: Mapping[str, str]
-    cert_rows: _CertRows = field(repr=False)
-
-    @property
-    def rows(self) -> tuple[tuple[Any, ...], ...]:
-        """The raw rows: sha256, der, name, role, not_after, added_at, has_key."""
-        return self.cert_rows.rows
-
-    @property
-    def default_sha256(self) -> str | None:
-        return self.meta.get("default_sha256") or None
-
-    def get(self, sha256: str) -> StoredCert | None:
-        """One certificate (``None`` when it is not stored)."""
-        found = self.cert_rows.get(sha256)
-        if found is not None and sha256 == self.default_sha256:
-            return dataclasses.replace(found, is_default=True)
-        return found
-
-    def require(self, sha256: str) -> StoredCert:
-        """One certificate; :class:`NotFound` when it is not stored."""
-        found = self.get(sha256)
-        if found is None:
-            raise _no_cert(sha256)
-        return found
-
-    @functools.cached_property
-    def certs(self) -> tuple[StoredCert, ...]:
-        """Every certificate, oldest first."""
-        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
-
-    @property
-    def keyed(self) -> frozenset[str]:
-        """The sha256 of every certificate stored with its key (no row is parsed)."""
-        return self.cert_rows.keyed
-
-    @property
-    def default(self) -> StoredCert | None:
-        sha = self.default_sha256
-        return self.get(sha) if sha else None
-
-    @property
-    def chain_index(self) -> ChainIndex:
-        return self.cert_rows.chain_index
-
-    def chain(self, sha256: str) -> tuple[tuple[x509.Certificate, ...], tuple[str, ...]]:
-        """:func:`node.chain.build_chain` of a stored certificate over the stored ones
-        (nearest first, and the problems found); :class:`NotFound` when it is not stored."""
-        return self.cert_rows.chain(sha256)
-
-    @functools.cached_property
-    def digest(self) -> str:
-        """:func:`set_digest` of the replicated set (every certificate with a key and its
-        chain, and the default)."""
-        return set_digest(self.cert_rows.members, self.default_sha256)
-
-
-@dataclass(frozen=True)
-class SetEntry:
-    """A certificate to store, with its private key when it has one."""
-
-    cert: x509.Certificate
-    key: PrivateKey | None
-    name: str
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    """One audit row: when, who (the mTLS identity, e.g. ``admin:ops``), what."""
-
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    detail: Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def key_aad(sha256: str) -> bytes:
-    """Associated data binding a sealed key to its certificate row."""
-    return _KEY_AAD_PREFIX + sha256.encode("ascii")
-
-
-def csr_aad(csr_id: str) -> bytes:
-    """Associated data binding a sealed key to its CSR row."""
-    return _CSR_AAD_PREFIX + csr_id.encode("utf-8")
-
-
-def seal(
-    store_key: bytes, aad: bytes, plaintext: bytes, nonce: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """AES-256-GCM: returns ``(nonce, ciphertext)``; a fresh random nonce unless one is given."""
-    nonce = os.urandom(_NONCE_BYTES) if nonce is None else nonce
-    return nonce, AESGCM(store_key).encrypt(nonce, plaintext, aad)
-
-
-def unseal(store_key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes, *, what: str) -> bytes:
-    """Open what :func:`seal` made; :class:`IntegrityError` naming ``what`` if it does not open."""
-    try:
-        return AESGCM(store_key).decrypt(nonce, ciphertext, aad)
-    except (InvalidTag, ValueError) as err:
-        raise IntegrityError(
-            f"the stored key of {what} fails authentication (the row was copied, swapped or "
-            "altered, or the store key is wrong); restore the store from a backup or re-import it",
-        ) from err
-
-
-def _spki(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
-def _key_der(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _load_key(der: bytes, *, what: str) -> PrivateKey:
-    try:
-        # The row decrypted under AES-GCM bound to it, so these are the exact bytes we
-        # stored after the key passed the full check at import; RSA's costly consistency
-        # check (tens of ms per read) would only repeat that.
-        key = serialization.load_der_private_key(
-            der, password=None, unsafe_skip_rsa_key_validation=True
-        )
-    except (ValueError, TypeError) as err:
-        raise IntegrityError(
-            f"the stored key of {what} is not a readable PKCS#8 key; "
-            "restore the store from a backup"
-        ) from err
-    return key  # type: ignore[return-value]  # we only ever store the PrivateKey types
-
-
-def cert_sha256(cert: x509.Certificate) -> str:
-    """Lowercase hex sha256 of the DER certificate."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def role_of(cert: x509.Certificate, has_key: bool) -> Role:
-    """``identity`` for any certificate we hold the key of (it is served), else the
-    toolkit's :func:`node.chain.classify`."""
-    return "identity" if has_key else classify(cert)
-
-
-def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return (), ()
-    except ValueError:  # a malformed SAN extension covers nothing (DESIGN.md)
-        return (), ()
-    return (
-        tuple(san.get_values_for_type(x509.DNSName)),
-        tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
-    )
-
-
-def set_digest(members: Iterable[tuple[str, bool]], default: str | None) -> str:
-    """sha256 digest of a replicated set: its members' ``(sha256, has_key)`` and the default.
-
-    Independent of order and duplicates; replication compares these between nodes.
-    """
-    h = hashlib.sha256(b"certsync-set-v1\n")
-    for sha, has_key in sorted(set(members)):
-        h.update(f"{sha}:{int(has_key)}\n".encode("ascii"))
-    h.update(f"default:{default or '-'}\n".encode("ascii"))
-    return h.hexdigest()
-
-
-#: (identity, pool) -> (chain nearest-first, problems) -- the shape of node.chain.build_chain
-ChainBuilder = Callable[
-    [x509.Certificate, Sequence[x509.Certificate]],
-    tuple[tuple[x509.Certificate, ...], tuple[str, ...]],
-]
-
-
-def replicated_members(
-    certs: Sequence[StoredCert],
-    build_chain: ChainBuilder,
-    sha_of: Callable[[x509.Certificate], str] = cert_sha256,
-) -> list[tuple[str, bool]]:
-    """The replicated set: every certificate with a key, plus the certificates of its chain.
-    ``sha_of`` names a chain certificate (a caller that knows them saves the hashing)."""
-    parsed = {c.sha256: c.certificate() for c in certs}
-    pool = list(parsed.values())
-    has_key = {c.sha256: c.has_key for c in certs}
-    members: set[str] = set()
-    for c in certs:
-        if not c.has_key:
-            continue
-        members.add(c.sha256)
-        chain, _problems = build_chain(parsed[c.sha256], pool)
-        members.update(sha_of(x) for x in chain)
-    return sorted((sha, has_key.get(sha, False)) for sha in members)
-
-
-def _iso(when: datetime) -> str:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"time {when!r} has no time zone; pass an aware UTC datetime")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _redact(value: Any) -> Any:
-    """Audit details are plain JSON; anything that looks like a PEM key is replaced."""
-    if isinstance(value, str):
-        return "[redacted]" if "PRIVATE KEY" in value else value
-    if isinstance(value, Mapping):
-        return {str(k): _redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    raise TypeError(f"audit detail value of type {type(value).__name__} is not plain JSON data")
-
-
-def _no_cert(sha256: str) -> NotFound:
-    return NotFound(
-        f"no certificate {sha256!r} in this store; run 'certsync cert list' to see the sha256s"
-    )
-
-
-def _no_csr(csr_id: str) -> NotFound:
-    return NotFound(
-        f"no request {csr_id!r} in this store; run 'certsync request list' to see the ids"
-    )
-
-
-def _csr_row(r: Sequence[Any]) -> StoredCsr:
-    return StoredCsr(id=r[0], name=r[1], pem=bytes(r[2]), created_at=_parse_iso(r[3]))
-
-
-@dataclass(frozen=True)
-class _PreparedCert:
-    sha256: str
-    der: bytes
-    name: str
-    role: Role
-    not_after: str
-    sealed: tuple[bytes, bytes] | None
-    #: it has a key: ``sealed`` now, or a key row that is kept as it is
-    keyed: bool
-
-
-def _prepare(
-    store_key: bytes, entries: Sequence[SetEntry], *, stored_keys: frozenset[str] = frozenset()
-) -> list[_PreparedCert]:
-    """CPU part of a change (run off the event loop): check keys, serialise and seal them.
-    A key of a certificate in ``stored_keys`` (stored with its key already) is checked but
-    not sealed again: its row stays (a certificate has one key)."""
-    out: dict[str, _PreparedCert] = {}
-    for e in entries:
-        der = e.cert.public_bytes(serialization.Encoding.DER)
-        sha = hashlib.sha256(der).hexdigest()
-        sealed = None
-        if e.key is not None:
-            if _spki(e.key.public_key()) != _spki(e.cert.public_key()):
-                raise BadInput(
-                    f"the private key given for certificate {sha!r} ({e.name!r}) does not match "
-                    "its public key; import the key that belongs to this certificate"
-                )
-            if sha not in stored_keys:
-                sealed = seal(store_key, key_aad(sha), _key_der(e.key))
-        prev = out.get(sha)
-        if prev is not None and prev.sealed is not None and sealed is None:
-            sealed = prev.sealed
-        keyed = e.key is not None or (prev is not None and prev.keyed)
-        out[sha] = _PreparedCert(
-            sha256=sha,
-            der=der,
-            name=e.name or (prev.name if prev else ""),
-            role=role_of(e.cert, keyed),
-            not_after=_iso(e.cert.not_valid_after_utc),
-            sealed=sealed,
-            keyed=keyed,
-        )
-    return list(out.values())
-
-
-# --------------------------------------------------------------------------- the shell
-
-_T = TypeVar("_T")
-
-
-class Store:
+class Store(StoreFile):
     """The node's certificate store in one SQLite file.
 
     Concurrency: one aiosqlite connection per ``Store``; every operation, read or write, runs
@@ -577,186 +92,23 @@ class Store:
     """
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, store_key: bytes) -> None:
-        self._conn = conn
-        self._path = path
-        self._store_key = store_key
-        self._lock = asyncio.Lock()
+        super().__init__(conn, path, store_key)
         # In-memory views of the file, valid while nothing changes it: ``_generation``
         # counts our own commits, SQLite's ``data_version`` another connection's. Parsed
         # rows and opened keys are kept by sha256 (a row with that sha256 can only hold
         # that certificate, and its key row only the key matching it); a change made by
         # another connection drops them all, so a row altered behind our back is read,
         # and checked, again.
-        self._generation = 0
         self._view: tuple[tuple[int, int], StoreView] | None = None
-        self._rows_seen: dict[str, tuple[tuple[Any, ...], StoredCert]] = {}
+        self._rows_seen: dict[str, tuple[RowFields, StoredCert]] = {}
         self._keys: dict[str, PrivateKey] = {}
 
-    # ---------------------------------------------------------------- open / close
-
-    @classmethod
-    async def open(cls, path: Path, store_key: bytes) -> Store:
-        """Open (creating the file with mode 0600, and migrating) the store at ``path``."""
-        if len(store_key) != STORE_KEY_BYTES:
-            raise ConfigError(
-                f"the store key for {str(path)!r} is {len(store_key)} bytes long; "
-                f"it must be {STORE_KEY_BYTES} random bytes"
-            )
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot open the store {str(path)!r}: {err.strerror}; "
-                "check the path and permissions"
-            ) from err
-        os.close(fd)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        store = cls(conn, path, store_key)
-        try:
-            await store._setup()
-        except BaseException:
-            await conn.close()
-            raise
-        return store
-
-    async def _setup(self) -> None:
-        c = self._conn
-        try:
-            await c.execute("PRAGMA busy_timeout = 10000")
-            mode = await self._fetchall("PRAGMA journal_mode = WAL")
-            if not mode or str(mode[0][0]).lower() != "wal":
-                raise ConfigError(
-                    f"the store {str(self._path)!r} cannot use WAL journaling; "
-                    "put it on a local file system"
-                )
-            # NORMAL between transactions; _transaction raises it to FULL for durable ones
-            await c.execute("PRAGMA synchronous = NORMAL")
-            await c.execute("PRAGMA foreign_keys = ON")
-            await c.execute("PRAGMA trusted_schema = OFF")
-            await self._migrate()
-        except sqlite3.DatabaseError as err:
-            raise ConfigError(
-                f"{str(self._path)!r} is not a usable certsync store ({err}); "
-                "check the path or restore it from a backup"
-            ) from err
-        await self._check_store_key()
-
-    async def _migrate(self) -> None:
-        async with self._lock, self._transaction():
-            version = await self._scalar_int("PRAGMA user_version")
-            if version > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the store {str(self._path)!r} has schema version {version}, newer than this "
-                    f"certsync knows ({SCHEMA_VERSION}); upgrade certsync"
-                )
-            for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for sql in statements:
-                    await self._conn.execute(sql)
-                # PRAGMA takes no bound parameters; number is our own int
-                await self._conn.execute(f"PRAGMA user_version = {int(number)}")
-
-    async def _check_store_key(self) -> None:
-        text = await self.get_meta("store_key_check")
-        if text is None:
-            nonce, ct = seal(self._store_key, _CHECK_AAD, _CHECK_PLAINTEXT)
-            async with self._lock, self._transaction():
-                await self._put_meta({"store_key_check": (nonce + ct).hex()})
-            return
-        blob = bytes.fromhex(text)
-        try:
-            AESGCM(self._store_key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], _CHECK_AAD)
-        except (InvalidTag, ValueError) as err:
-            raise ConfigError(
-                f"the store key does not open the store {str(self._path)!r}; "
-                "configure the node key this store was created with"
-            ) from err
-
-    async def close(self) -> None:
-        """Close the connection (waits for a running change to finish)."""
-        async with self._lock:
-            await self._conn.close()
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    # ---------------------------------------------------------------- plumbing
-
-    async def _rollback(self) -> None:
-        # "no transaction is active" when COMMIT already went through: nothing to undo
-        with contextlib.suppress(sqlite3.OperationalError):
-            await self._conn.execute("ROLLBACK")
-
-    @asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[None]:
-        """One write transaction; the caller holds ``self._lock``.
-
-        ``durable=False`` commits with ``synchronous=NORMAL`` instead of ``FULL``: still
-        atomic (a crash of the process or the machine leaves the old state or the new one),
-        but a power loss may roll this transaction back. For what the primary can send
-        again (a replicated set, ``last_sync``), not for an admin's change.
-
-        aiosqlite runs statements in order on one thread, so a ROLLBACK queued after a
-        cancelled statement runs after it; a ROLLBACK with nothing to undo is harmless.
-        """
-        # The connection stays at NORMAL, the common case on a replica; a durable
-        # transaction raises it to FULL for its commit (which syncs the earlier ones too)
-        try:
-            if durable:  # one trip; no transaction is open, so executescript adds no COMMIT
-                await self._conn.executescript("PRAGMA synchronous = FULL; BEGIN IMMEDIATE")
-            else:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            yield
-            await asyncio.shield(self._conn.execute("COMMIT"))
-        except BaseException:
-            await asyncio.shield(self._rollback())
-            raise
-        finally:
-            self._generation += 1
-            if durable:
-                await asyncio.shield(self._conn.execute("PRAGMA synchronous = NORMAL"))
-
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        rows = await self._conn.execute_fetchall(sql, params)
-        return [tuple(r) for r in rows]
-
-    async def _scalar_int(self, sql: str, params: Sequence[Any] = ()) -> int:
-        rows = await self._fetchall(sql, params)
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
-
-    async def _locked(self, fn: Callable[[], Awaitable[_T]]) -> _T:
-        async with self._lock:
-            return await fn()
-
-    async def _audit(
-        self, actor: str, action: str, detail: Mapping[str, Any], now: datetime
-    ) -> None:
-        await self._conn.execute(
-            "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-            (_iso(now), actor, action, json.dumps(_redact(detail), sort_keys=True)),
-        )
-
-    async def _put_meta(self, values: Mapping[str, str]) -> None:
-        await self._conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(k, str(v)) for k, v in values.items()],
-        )
-
-    async def _meta(self, key: str) -> str | None:
-        rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
-
-    async def _bump_revision(self) -> None:
-        await self._conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT(key) "
-            "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
-        )
+    # ---------------------------------------------------------------- views
 
     async def _key_row_exists(self, sha: str) -> bool:
         return await self._scalar_int("SELECT count(*) FROM keys WHERE cert_sha256 = ?", (sha,)) > 0
 
-    async def _upsert(self, items: Sequence[_PreparedCert], now: str) -> None:
+    async def _upsert(self, items: Sequence[PreparedCert], now: str) -> None:
         # few statements, each a hop to aiosqlite's thread: executemany, no read-then-write
         if not items:
             return
@@ -779,33 +131,10 @@ class Store:
             )
 
     def _row_to_cert(self, row: Sequence[Any]) -> StoredCert:
-        """A row as a :class:`StoredCert` (``is_default`` False: the view sets it). The same
-        row as last time gives the same object; other fields over the same DER reuse its
-        parse; new DER is checked against its sha256 and parsed."""
-        sha, der, name, role, not_after, added_at, has_key = row
-        der = bytes(der)
-        fields = (name, role, not_after, added_at, bool(has_key))
-        last = self._rows_seen.get(sha)
-        if last is not None and last[1].der == der:
-            if last[0] == fields:
-                return last[1]
-            stored = dataclasses.replace(
-                last[1], name=name, role=role, has_key=bool(has_key),
-                not_after=_parse_iso(not_after), added_at=_parse_iso(added_at))
-        else:
-            if hashlib.sha256(der).hexdigest() != sha:
-                raise IntegrityError(
-                    f"the stored certificate {sha!r} does not match its sha256 (the row was "
-                    "altered); delete it and import it again"
-                )
-            cert = x509.load_der_x509_certificate(der)
-            dns, ips = _sans(cert)
-            stored = StoredCert(sha256=sha, name=name, der=der, role=role,
-                                has_key=bool(has_key), is_default=False, dns_names=dns,
-                                ip_addresses=ips, not_after=_parse_iso(not_after),
-                                added_at=_parse_iso(added_at), parsed=cert)
-        self._rows_seen[sha] = (fields, stored)
-        return stored
+        """A row as a :class:`StoredCert` (:func:`node.store_view.row_to_cert`, with the
+        last answer for its sha256)."""
+        seen = self._rows_seen[str(row[0])] = row_to_cert(row, self._rows_seen.get(row[0]))
+        return seen[1]
 
     _CERT_SELECT = (
         "SELECT c.sha256, c.der, c.name, c.role, c.not_after, c.added_at, "
@@ -834,7 +163,7 @@ class Store:
             chains = self._carried_chains(rows, present)  # before the caches forget the gone
             self._rows_seen = {sha: r for sha, r in self._rows_seen.items() if sha in present}
             self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
-            cert_rows = _CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
+            cert_rows = CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._view = (token, view)
         return view
@@ -905,8 +234,8 @@ class Store:
         stored) becomes the default; when the store has no default, the first entry with a key
         becomes it. Each add bumps the ``revision`` meta value.
         """
-        when = _iso(now)
-        prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
+        when = stored_time(now)
+        prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
         keyed_new = [p.sha256 for p in prepared if p.sealed is not None]
         async with self._lock:
             if make_default is not None and make_default not in keyed_new:
@@ -998,8 +327,8 @@ class Store:
     def _open_cert_key(self, cert: StoredCert, nonce: bytes, ct: bytes) -> PrivateKey:
         what = f"certificate {cert.sha256!r}"
         der = unseal(self._store_key, key_aad(cert.sha256), nonce, ct, what=what)
-        key = _load_key(der, what=what)
-        if _spki(key.public_key()) != _spki(cert.certificate().public_key()):
+        key = load_key(der, what=what)
+        if spki(key.public_key()) != spki(cert.certificate().public_key()):
             raise IntegrityError(
                 f"the stored key of {what} does not match the certificate; "
                 "restore the store from a backup or re-import it"
@@ -1008,7 +337,7 @@ class Store:
 
     async def set_default(self, sha256: str, *, actor: str, now: datetime) -> None:
         """Make a certificate with a key the default (:class:`Conflict` when it has none)."""
-        _iso(now)
+        stored_time(now)
         async with self._lock:
             await self._require_key(sha256, "default")
             previous = await self._meta("default_sha256")
@@ -1024,7 +353,7 @@ class Store:
         Deleting the default while another certificate with a key exists is a
         :class:`Conflict`: choose another default first. Deleting the last one is allowed.
         """
-        _iso(now)
+        stored_time(now)
         async with self._lock:
             cert = await self._get(sha256)
             if cert.is_default:
@@ -1061,16 +390,17 @@ class Store:
         ``default`` must be an entry with a key (or ``None``). ``durable=False``: see
         :meth:`_transaction` (a replica's set, which its primary pushes again if lost).
         """
-        when = _iso(now)
+        when = stored_time(now)
         self._check_meta_keys(meta)
         # what is stored with its key already keeps its key row: O(changed) sealing
         before = await self.view()
-        prepare = functools.partial(_prepare, self._store_key, entries, stored_keys=before.keyed)
+        prepare_all = functools.partial(prepare, self._store_key, entries, _nonce,
+                                        stored_keys=before.keyed)
         to_seal = sum(1 for e in entries
                       if e.key is not None and cert_sha256(e.cert) not in before.keyed)
         # a replica's activation usually seals one or two keys: cheaper here than a thread hop
-        prepared = (prepare() if to_seal <= _INLINE_SEALS and len(entries) <= _INLINE_ENTRIES
-                    else await asyncio.to_thread(prepare))
+        prepared = (prepare_all() if to_seal <= _INLINE_SEALS and len(entries) <= _INLINE_ENTRIES
+                    else await asyncio.to_thread(prepare_all))
         keyed = {p.sha256 for p in prepared if p.keyed}
         if default is not None and default not in keyed:
             raise Conflict(
@@ -1081,7 +411,7 @@ class Store:
         async with self._lock, self._transaction(durable=durable):
             current = await self._current()
             if current.cert_rows is not before.cert_rows:  # rows changed meanwhile: seal all
-                prepared = await asyncio.to_thread(_prepare, self._store_key, entries)
+                prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
             old = {str(r[0]) for r in await self._fetchall("SELECT sha256 FROM certificates")}
             gone = sorted(old - new)
             if gone:
@@ -1168,101 +498,3 @@ class Store:
                 view = StoreView(meta=MappingProxyType({**before[1].meta, **values}),
                                  cert_rows=before[1].cert_rows)
                 self._view = ((self._generation, before[0][1]), view)
-
-    # ---------------------------------------------------------------- CSRs
-
-    async def add_csr(
-        self, *, name: str, pem: bytes, key: PrivateKey, actor: str, now: datetime
-    ) -> StoredCsr:
-        """Store a CSR with its key; its id is the first 16 hex digits of sha256(PEM)."""
-        when = _iso(now)
-        try:
-            csr = x509.load_pem_x509_csr(pem)
-        except ValueError as err:
-            raise BadInput(f"the request {name!r} is not a PEM CSR; give the PEM text") from err
-        if _spki(csr.public_key()) != _spki(key.public_key()):
-            raise BadInput(
-                f"the key given for request {name!r} does not match the request's public key; "
-                "give the key the request was made with"
-            )
-        csr_id = hashlib.sha256(pem).hexdigest()[:16]
-        nonce, ct = await asyncio.to_thread(
-            lambda: seal(self._store_key, csr_aad(csr_id), _key_der(key))
-        )
-        async with self._lock:
-            if await self._scalar_int("SELECT count(*) FROM csrs WHERE id = ?", (csr_id,)):
-                raise AlreadyExists(
-                    f"request {csr_id!r} is stored already; see 'certsync request list'"
-                )
-            async with self._transaction():
-                await self._conn.execute(
-                    "INSERT INTO csrs (id, name, pem, nonce, ciphertext, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (csr_id, name, pem, nonce, ct, when),
-                )
-                await self._audit(actor, "csr.add", {"id": csr_id, "name": name}, now)
-        return StoredCsr(id=csr_id, name=name, pem=pem, created_at=_parse_iso(when))
-
-    async def list_csrs(self) -> list[StoredCsr]:
-        """Every CSR, oldest first."""
-        async with self._lock:
-            rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs ORDER BY created_at, id"
-            )
-        return [_csr_row(r) for r in rows]
-
-    async def get_csr(self, csr_id: str) -> StoredCsr:
-        """One CSR; :class:`NotFound` if there is none with that id."""
-        async with self._lock:
-            rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs WHERE id = ?", (csr_id,)
-            )
-        if not rows:
-            raise _no_csr(csr_id)
-        return _csr_row(rows[0])
-
-    async def get_csr_key(self, csr_id: str) -> PrivateKey:
-        """The key a CSR was made with; :class:`IntegrityError` if its row was tampered with."""
-        async with self._lock:
-            rows = await self._fetchall(
-                "SELECT pem, nonce, ciphertext FROM csrs WHERE id = ?", (csr_id,)
-            )
-        if not rows:
-            raise _no_csr(csr_id)
-        pem, nonce, ct = (bytes(x) for x in rows[0])
-
-        def _open() -> PrivateKey:
-            what = f"request {csr_id!r}"
-            der = unseal(self._store_key, csr_aad(csr_id), nonce, ct, what=what)
-            key = _load_key(der, what=what)
-            if _spki(key.public_key()) != _spki(x509.load_pem_x509_csr(pem).public_key()):
-                raise IntegrityError(
-                    f"the stored key of {what} does not match the request; create a new request"
-                )
-            return key
-
-        return await asyncio.to_thread(_open)
-
-    # ---------------------------------------------------------------- audit
-
-    async def audit_log(self, limit: int = 100) -> list[AuditEvent]:
-        """The latest ``limit`` audit events, newest first."""
-        async with self._lock:
-            rows = await self._fetchall(
-                "SELECT id, at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-            )
-        return [
-            AuditEvent(
-                id=r[0], at=_parse_iso(r[1]), actor=r[2], action=r[3], detail=json.loads(r[4])
-            )
-            for r in rows
-        ]
-
-    async def record_audit(
-        self, *, actor: str, action: str, detail: Mapping[str, Any], now: datetime
-    ) -> None:
-        """Append an audit event on its own (e.g. a refused call)."""
-        _iso(now)
-        _redact(detail)
-        async with self._lock, self._transaction():
-            await self._audit(actor, action, detail, now)

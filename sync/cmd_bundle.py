@@ -35,6 +35,7 @@ import tomli_w
 
 from node.api import certsync_pb2
 from node.errors import AlreadyExists, BadInput, CertsyncError
+from node.text import rfc3339
 from sync.client import NodeClient, admin_config, admin_target
 from sync.cmd_cert import cert_json
 from sync.cmd_coverage import collect_cluster_coverage
@@ -68,7 +69,7 @@ def build_members(
     members: dict[str, bytes] = {
         "README.txt": (
             f"certsync support bundle\n"
-            f"created: {now.astimezone(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}\n"
+            f"created: {rfc3339(now)}\n"
             f"cluster: {topology.cluster_id}\n"
             f"site: {topology.site}\n"
             f"certificates from node: {node}\n"

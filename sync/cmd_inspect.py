@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from cryptography import x509
@@ -19,14 +18,10 @@ from node.chain import ChainReport, analyze, is_self_signed
 from node.formats import cert_sha256, key_type_of, read_material
 from node.model import Material, Role
 from node.names import sans_of
+from node.text import rfc3339
 from sync._io import print_json, read_input_file, read_passphrase_file
 
-__all__ = ["inspect_report", "load_material", "register", "utc_text"]
-
-
-def utc_text(moment: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ``, the one date format of the CLI's JSON."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["inspect_report", "load_material", "register"]
 
 
 def load_material(paths: Sequence[str], passphrase_file: str | None) -> Material:
@@ -47,8 +42,8 @@ def _certificate_json(cert: x509.Certificate, role: Role) -> dict[str, Any]:
         "dns_names": list(sans.dns_names),
         "ip_addresses": list(sans.ip_addresses),
         "key_type": key_type_of(cert.public_key()),
-        "not_before": utc_text(cert.not_valid_before_utc),
-        "not_after": utc_text(cert.not_valid_after_utc),
+        "not_before": rfc3339(cert.not_valid_before_utc),
+        "not_after": rfc3339(cert.not_valid_after_utc),
     }
 
 

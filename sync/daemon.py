@@ -29,7 +29,8 @@ from node.acme_client import Http01Responder, start_http01_responder
 from node.app import NodeApp, NodeCluster
 from node.errors import ConfigError
 from node.renewal import run_monitor
-from node.service import CertStoreService, NodeRuntime, server_credentials, start_grpc_server
+from node.rpc import server_credentials, start_grpc_server
+from node.service import CertStoreService, NodeRuntime
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.config import NodeConfig, load_store_key

@@ -21,7 +21,6 @@ primary's certificate for its hostname, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import shutil
 import signal
@@ -35,9 +34,9 @@ from types import FrameType
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from node.errors import CertsyncError
+from node.formats import cert_sha256
 from sync.localcluster import LocalCluster, served_certificate
 
 __all__ = ["Probe", "main", "openssl_probe"]
@@ -61,10 +60,6 @@ class Probe:
     tool: str
 
 
-def _fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
 def openssl_probe(node: str, address: str, server_name: str) -> Probe:
     """Ask ``openssl s_client`` (Python's ssl when openssl is not installed) what
     ``address`` serves for ``server_name``."""
@@ -72,7 +67,7 @@ def openssl_probe(node: str, address: str, server_name: str) -> Probe:
     if openssl is None:
         cert = x509.load_der_x509_certificate(served_certificate(address, server_name))
         return Probe(node, address, server_name, cert.subject.rfc4514_string(),
-                     _fingerprint(cert), "python-ssl")
+                     cert_sha256(cert), "python-ssl")
     proc = subprocess.run(
         [openssl, "s_client", "-connect", address, "-servername", server_name],
         input="", capture_output=True, text=True, timeout=30, check=False,
@@ -84,7 +79,7 @@ def openssl_probe(node: str, address: str, server_name: str) -> Probe:
                             f"{server_name!r} ({last}); is node {node!r} running?")
     cert = x509.load_pem_x509_certificate(proc.stdout[start:].encode())
     return Probe(node, address, server_name, cert.subject.rfc4514_string(),
-                 _fingerprint(cert), "openssl")
+                 cert_sha256(cert), "openssl")
 
 
 class _Demo:

@@ -61,17 +61,19 @@ def tls_verdict(
     """Which side's certificate made the handshake with ``host:port`` fail,
     :attr:`Verdict.ACCEPTED` when it works, None when the node cannot be reached or the
     failure is of another kind (blocking: call it in a thread)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem.decode("ascii"))
-    ctx.set_alpn_protocols(["h2"])
-    with _memfd_paths(cert_pem, key_pem) as (cert_path, key_path):
-        try:
-            ctx.load_cert_chain(cert_path, key_path)
-        except ssl.SSLError:
-            return Verdict.CLIENT_CERT
     try:
         raw = socket.create_connection((host, port), timeout=TIMEOUT)
     except OSError:
         return None  # down, or not listening: the caller's "unreachable" is right
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cadata=ca_pem.decode("ascii"))
+        ctx.set_alpn_protocols(["h2"])
+        with _memfd_paths(cert_pem, key_pem) as (cert_path, key_path):
+            ctx.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, ValueError, OSError):
+        raw.close()
+        return None  # our own files do not load: not the node's verdict
     with raw:
         try:
             with ctx.wrap_socket(raw, server_hostname=server_name) as tls:

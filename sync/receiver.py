@@ -49,8 +49,11 @@ from node.errors import (
     TransferRejected,
 )
 from node.identity import Identity
-from node.service import abort_for, peer_identity, run_rpc
-from node.store import Store, StoreView
+from node.rpc import abort_for, run_rpc
+from node.service import peer_identity
+from node.store import Store
+from node.store_view import StoreView
+from node.text import rfc3339
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -60,7 +63,7 @@ from sync.promotion import (
     sender_refusal,
     verify_promotion,
 )
-from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push, rfc3339
+from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push
 from sync.topology import Topology
 from sync.transfer import UnwrappedItem, WrappedItem
 

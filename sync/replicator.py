@@ -5,8 +5,8 @@ Runs in every node process and acts only while that node is the primary of its e
 
 * the **replicated set** (:class:`Snapshot`) is every certificate with a key, its chain
   built over the stored certificates, and which one is default; its digest is the store's
-  (:func:`node.store.set_digest` over :func:`node.store.replicated_members`). The revision
-  is the store's ``revision`` meta, which changes only when the store changes -- so
+  (:func:`node.store_view.set_digest` over :func:`node.store_view.replicated_members`). The
+  revision is the store's ``revision`` meta, which changes only when the store changes -- so
   concurrent ``replicate`` calls and automatic pushes never make extra revisions;
 * for each target, :meth:`Replicator.push` takes that target's lock, asks its state and
   lets :func:`sync.plan.plan` decide: a higher epoch fences us (verify its promotion, adopt
@@ -50,8 +50,10 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.formats import cert_sha256
 from node.selection import Selection
-from node.store import StoreView, cert_sha256
+from node.store_view import StoreView
+from node.text import rfc3339
 from sync.client import NodeClient, NodeTarget
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
@@ -60,8 +62,7 @@ from sync.receiver import (
     promotion_from_msg,
     promotion_to_msg,
 )
-from sync.snapshot import SetItem, Snapshot, progress
-from sync.staging import rfc3339
+from sync.snapshot import SetItem, Snapshot
 from sync.topology import Topology
 from sync.transfer import TransferContext, WrappedItem, wrap_item
 
@@ -114,6 +115,15 @@ def peers_from_topology(topology: Topology) -> dict[str, Peer]:
                         _public_key(spec.cert_path, spec.name))
         for spec in topology.nodes
     }
+
+
+def progress(name: str, state: str, message: str, *, in_sync: bool = False,
+              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
+    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
+                                       in_sync=in_sync, error=error)
+    if snap is not None:
+        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
+    return p
 
 
 class Replicator:

@@ -1,4 +1,4 @@
-"""[core] The primary's replicated set at one moment, and progress reports about it.
+"""[core] The primary's replicated set at one moment.
 
 A :class:`Snapshot` is what one rollout pushes: every certificate with its key and chain
 (:class:`SetItem`), which one is default, the epoch, revision and digest, and the promotion
@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from node.api import certsync_pb2
+from node.formats import cert_sha256
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
-from node.store import cert_sha256
 from sync.promotion import Promotion
 
-__all__ = ["SetItem", "Snapshot", "progress"]
+__all__ = ["SetItem", "Snapshot"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,3 @@ class Snapshot:
         if report is None:
             return list(required)
         return [i.hostname for i in report.items if not i.covered]
-
-
-def progress(name: str, state: str, message: str, *, in_sync: bool = False,
-              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
-    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
-                                       in_sync=in_sync, error=error)
-    if snap is not None:
-        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
-    return p

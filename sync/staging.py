@@ -17,19 +17,16 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from node.errors import CoverageError, TransferRejected
+from node.formats import cert_sha256
 from node.names import check_all, sans_of
-from node.store import SetEntry, cert_sha256, set_digest
+from node.store_view import SetEntry, set_digest
+from node.text import common_name, rfc3339
 from sync.promotion import Promotion
 from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_item
 
-__all__ = ["CheckedSet", "KeptItem", "Push", "check_dates", "check_push", "rfc3339"]
-
-
-def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["CheckedSet", "KeptItem", "Push", "check_dates", "check_push"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +68,6 @@ class CheckedSet:
     @property
     def certificates(self) -> tuple[x509.Certificate, ...]:
         return tuple(e.cert for e in self.entries)
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = attrs[0].value if attrs else ""
-    return value if isinstance(value, str) else value.decode(errors="replace")
 
 
 def check_dates(certs: Sequence[x509.Certificate], now: dt.datetime, *, sender: str) -> None:
@@ -152,7 +143,7 @@ def check_push(
             f"mark {default_sha!r}; push again from the primary"
         )
     entries = list(keyed.values())
-    entries += [SetEntry(cert=c, key=None, name=_common_name(c) or sha[:16])
+    entries += [SetEntry(cert=c, key=None, name=common_name(c) or sha[:16])
                 for sha, c in chain_certs.items() if sha not in keyed]
     check_dates([e.cert for e in entries], now, sender=push.sender)
     members = [(sha, True) for sha in keyed] + [(sha, False) for sha in chain_certs

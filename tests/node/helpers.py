@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 
 from node.app import NodeApp
-from node.service import CertStoreService, server_credentials, start_grpc_server
+from node.rpc import server_credentials, start_grpc_server
+from node.service import CertStoreService
 from sync.config import NodeConfig
 from sync.receiver import describe_promotion
 

@@ -29,8 +29,10 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
-from node.service import CertStoreService, server_credentials, start_grpc_server
-from node.store import Store, cert_sha256
+from node.formats import cert_sha256
+from node.rpc import server_credentials, start_grpc_server
+from node.service import CertStoreService
+from node.store import Store
 from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
 from sync.cluster_init import init_cluster, plan_init

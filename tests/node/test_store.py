@@ -26,16 +26,11 @@ from node.errors import (
     IntegrityError,
     NotFound,
 )
+from node.formats import cert_sha256
 from node.model import PrivateKey
-from node.store import (
-    SCHEMA_VERSION,
-    SetEntry,
-    Store,
-    StoredCert,
-    cert_sha256,
-    replicated_members,
-    set_digest,
-)
+from node.store import Store
+from node.store_file import SCHEMA_VERSION
+from node.store_view import SetEntry, StoredCert, replicated_members, set_digest
 from tests.pki import Pki, make_intermediate, make_key, make_leaf, make_root
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from node.store import SetEntry, Store, cert_sha256
+from node.formats import cert_sha256
+from node.store import Store
+from node.store_view import SetEntry
 from tests.node.helpers import check_sqlite
 from tests.pki import make_intermediate, make_key, make_leaf, make_root
 

@@ -41,10 +41,10 @@ PACKAGES = ("node", "sync")
 #: the functional core, kept by hand; it must match the ``[core]`` tags exactly
 CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
-    "node.lifecycle", "node.model", "node.names", "node.renewal_plan", "node.selection",
+    "node.importing", "node.lifecycle", "node.model", "node.names", "node.renewal_plan",
+    "node.sealing", "node.selection", "node.store_view", "node.text",
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
-    "sync.topology",
-    "sync.transfer",
+    "sync.topology", "sync.transfer",
 })  # fmt: skip
 
 #: modules a core file may not import (top-level names): I/O, processes, threads, event

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from node.lifecycle import supersedes
 from node.renewal_plan import replaced_by
-from node.store import StoredCert
+from node.store_view import StoredCert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME_SETS = (("a.example.com",), ("A.example.com.",), ("a.example.com", "b.example.com"), ())

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.errors import CoverageError, TransferRejected
 from node.formats import cert_sha256
-from node.store import set_digest
+from node.store_view import set_digest
 from sync.promotion import initial_promotion
 from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push
 from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, wrap_item

@@ -1,0 +1,100 @@
+"""[shell] The gRPC messages of the store API, to and from plain values.
+
+Building a message from a stored record (:func:`cert_info`, :func:`csr_info`,
+:func:`pending_msg`) and reading a request's fields into the toolkit's values
+(:func:`subject_of`, :func:`key_type_of_text`, :func:`sans_of_request`). Pure functions; a
+shell module only because the generated ``node.api`` package loads gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography import x509
+
+from node import create
+from node.api import certsync_pb2
+from node.errors import BadInput
+from node.lifecycle import StagedCaChange
+from node.model import CREATABLE_KEY_TYPES, KeyType
+from node.renewal_plan import CertStatus
+from node.store_view import StoredCert, StoredCsr
+from node.text import rfc3339
+
+__all__ = [
+    "cert_info",
+    "csr_info",
+    "key_type_of_text",
+    "pending_msg",
+    "sans_of_request",
+    "subject_of",
+]
+
+
+def cert_info(
+    stored: StoredCert, status: CertStatus | None = None
+) -> certsync_pb2.CertificateInfo:
+    cert = x509.load_der_x509_certificate(stored.der)
+    info = certsync_pb2.CertificateInfo(
+        sha256=stored.sha256,
+        name=stored.name,
+        role=stored.role,
+        has_key=stored.has_key,
+        is_default=stored.is_default,
+        dns_names=list(stored.dns_names),
+        ip_addresses=list(stored.ip_addresses),
+        not_after=rfc3339(stored.not_after),
+        added_at=rfc3339(stored.added_at),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+    )
+    if status is not None:  # lifecycle (issue 6)
+        info.days_left = status.days_left
+        info.renewal_state = status.renewal_state
+        info.replaceable = status.replaceable
+        info.next_attempt = rfc3339(status.next_attempt)
+        info.acme = status.acme
+    return info
+
+
+def subject_of(msg: certsync_pb2.Subject) -> create.Subject:
+    if not msg.common_name.strip():
+        raise BadInput("the subject needs a common name; give --cn NAME")
+    return create.Subject(
+        common_name=msg.common_name,
+        country=msg.country or None,
+        state=msg.state or None,
+        city=msg.city or None,
+        org=msg.org or None,
+        unit=msg.unit or None,
+    )
+
+
+def key_type_of_text(text: str) -> KeyType:
+    for kt in CREATABLE_KEY_TYPES:
+        if kt == text:
+            return kt
+    choices = ", ".join(CREATABLE_KEY_TYPES)
+    raise BadInput(f"key type {text!r} cannot be created; use one of {choices}")
+
+
+def sans_of_request(values: Sequence[str]) -> list[str]:
+    """SANs as given; :mod:`node.create` validates them (wildcards are fine in a SAN)."""
+    return list(values)
+
+
+def pending_msg(staged: StagedCaChange) -> certsync_pb2.PendingCaChange:
+    return certsync_pb2.PendingCaChange(
+        sha256=staged.sha256,
+        staged_at=rfc3339(staged.staged_at),
+        switch_at=rfc3339(staged.switch_at),
+    )
+
+
+def csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
+    return certsync_pb2.CsrInfo(
+        id=stored.id,
+        name=stored.name,
+        pem=stored.pem.decode("ascii"),
+        created_at=rfc3339(stored.created_at),
+    )
