@@ -17,6 +17,8 @@ Add a module by adding a line to :data:`MODULES`: its path and the fast tests th
 
 from __future__ import annotations
 
+import ast
+import difflib
 import json
 import os
 import re
@@ -111,12 +113,28 @@ def _scratch(module: str, tests: tuple[str, ...], into: Path) -> None:
     (into / "pyproject.toml").write_text(tomli_w.dumps(project), "utf-8")
 
 
-def _diff(work: Path, name: str) -> str:
-    proc = subprocess.run([_mutmut(), "show", name], cwd=work, capture_output=True, text=True,
-                          timeout=60, check=False)
-    lines = [ln for ln in proc.stdout.splitlines()
-             if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
-    return " | ".join(ln.strip() for ln in lines[:6])
+def _functions(source: str) -> dict[str, str]:
+    """Every function of a mutmut-made file by name (mutants and ``__mutmut_orig`` copies)."""
+    found: dict[str, str] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found[node.name] = ast.get_source_segment(source, node) or ""
+    return found
+
+
+def _diff(functions: dict[str, str], name: str) -> str:
+    """The lines a mutant changes, ``-old | +new`` on one line (read from mutmut's copy:
+    ``mutmut show`` costs a process start per mutant)."""
+    short = name.rsplit(".", 1)[-1]
+    orig = re.sub(r"__mutmut_\d+\Z", "__mutmut_orig", short)
+    if short not in functions or orig not in functions:
+        return "(diff not found)"
+    strip = re.compile(r"__mutmut_(?:\d+|orig)\b")
+    before = strip.sub("", functions[orig]).splitlines()
+    after = strip.sub("", functions[short]).splitlines()
+    lines = [ln for ln in difflib.unified_diff(before, after, lineterm="", n=0)
+             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return " | ".join(ln[0] + ln[1:].strip() for ln in lines[:6])
 
 
 def _mutmut() -> str:
@@ -160,13 +178,14 @@ def run_module(module: str, *, budget: float, workers: int, keep: Path | None) -
         outcome = Outcome(module, {k: _status(v) for k, v in codes.items()}, seconds, budget_hit)
         listed = equivalents(EQUIVALENT_FILE.read_text("utf-8")) if EQUIVALENT_FILE.exists() \
             else {}
-        _report(outcome, listed, work)
+        mutated = (work / "mutants" / module).read_text("utf-8")
+        _report(outcome, listed, _functions(mutated))
         return outcome
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(o: Outcome, listed: dict[str, str], work: Path) -> None:
+def _report(o: Outcome, listed: dict[str, str], functions: dict[str, str]) -> None:
     mark = "ok" if o.score >= GOAL else "BELOW GOAL"
     print(f"== {o.module}: {o.killed}/{o.total} killed = {o.score:.1f} % ({mark}, goal "
           f"{GOAL:.0f} %), {o.seconds:.0f} s{' (budget hit)' if o.budget_hit else ''}")
@@ -174,7 +193,7 @@ def _report(o: Outcome, listed: dict[str, str], work: Path) -> None:
         why = listed.get(name)
         tag = f"equivalent: {why}" if why else "UNEXPLAINED"
         print(f"   {o.statuses[name]:<11} {name}  [{tag}]")
-        print(f"               {_diff(work, name)}")
+        print(f"               {_diff(functions, name)}")
     sys.stdout.flush()
 
 
