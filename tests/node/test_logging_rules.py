@@ -13,9 +13,18 @@ from typing import Any
 import pytest
 import structlog
 
+from node import logging as node_logging
 from node.logging import REDACTED, configure_logging, get_logger, processors, redact
 
 HEX64 = "0123456789abcdef" * 4
+
+
+@pytest.fixture(autouse=True)
+def _cold_name_caches() -> None:
+    """The name rules are cached per process; start each case cold so the rules themselves
+    decide (and not what an earlier test left in the cache)."""
+    node_logging._is_secret_name.cache_clear()
+    node_logging._names_fingerprint.cache_clear()
 
 
 def _one(name: str, value: Any) -> Any:
@@ -57,6 +66,7 @@ def test_blob_like_runs_are_masked(run: str) -> None:
     "run",
     ["a" * 40,  # one class only
      "A" * 40,
+     "X" * 40,  # an upper-case letter is not base64 punctuation
      "1" * 40,
      "/usr/local/lib/python/site/packages",  # a path: '/' first does not count
      "Ab" * 15 + "A",  # 31 characters: too short to be a secret
@@ -74,6 +84,18 @@ def test_fingerprints_only_under_fingerprint_names() -> None:
     mixed = HEX64[:32] + HEX64[32:].upper()
     assert _one("sha256", mixed) == REDACTED  # not one fingerprint: a blob
     assert redact(None, "info", {"event": f"got {HEX64}"})["event"] == f"got {REDACTED}"
+
+
+def test_fingerprint_leave_reaches_into_lists_and_reprs() -> None:
+    assert _one("sha256", [HEX64, ("x", HEX64)]) == [HEX64, ["x", HEX64]]
+    assert _one("note", [HEX64]) == [REDACTED]  # twin
+
+    class Fp:
+        def __repr__(self) -> str:
+            return HEX64
+
+    assert _one("digest", Fp()) == HEX64
+    assert _one("note", Fp()) == REDACTED  # twin
 
 
 def test_pem_private_and_encrypted_blocks_are_masked_whole() -> None:
@@ -159,3 +181,32 @@ def test_configured_console_lines_go_to_the_stream_plain() -> None:
     text = stream.getvalue()
     assert "hello" in text and REDACTED in text and "abc" not in text
     assert "\x1b[" not in text  # no colours
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)  # console lines, not JSON
+
+
+def test_json_is_the_default_format() -> None:
+    stream = io.StringIO()
+    try:
+        configure_logging(stream=stream)
+        get_logger("d").info("hi", n=1)
+    finally:
+        structlog.reset_defaults()
+    assert json.loads(stream.getvalue())["event"] == "hi"
+
+
+def test_a_logger_follows_a_later_configuration() -> None:
+    """Loggers are not cached on first use: a module-level ``structlog.get_logger()`` proxy
+    (how node and sync modules log) used before a reconfiguration writes where the new
+    configuration says."""
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        configure_logging("json", stream=first)
+        log = structlog.get_logger("moving")
+        log.info("one")
+        configure_logging("json", stream=second)
+        log.info("two")
+    finally:
+        structlog.reset_defaults()
+    assert [json.loads(x)["event"] for x in first.getvalue().splitlines()] == ["one"]
+    assert [json.loads(x)["event"] for x in second.getvalue().splitlines()] == ["two"]

@@ -152,3 +152,36 @@ def test_repr_hides_the_bytes_and_says_signed_or_not() -> None:
     assert isinstance(OURS.admin.key, ec.EllipticCurvePrivateKey)
     assert sign_promotion(cluster_id="c", epoch=3, primary="t1", admin_cert=OURS.admin.cert,
                           admin_key=OURS.admin.key).signature
+
+
+def _admin_of_another_cluster_from_our_ca() -> x509.Certificate:
+    """An admin certificate our CA signed whose identity URI names another cluster (a CA
+    never does this; the check that refuses it is the second line of defence)."""
+    admin = OURS.admin.cert
+    builder = (x509.CertificateBuilder().subject_name(admin.subject).issuer_name(admin.issuer)
+               .serial_number(admin.serial_number + 2)
+               .not_valid_before(admin.not_valid_before_utc)
+               .not_valid_after(admin.not_valid_after_utc)
+               .public_key(OURS.admin.key.public_key()))
+    for ext in admin.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            uris = [u.replace(OURS.cluster_id, OTHER.cluster_id)
+                    for u in value.get_values_for_type(x509.UniformResourceIdentifier)]
+            value = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris])
+        if ext.oid not in (x509.SubjectKeyIdentifier.oid, x509.AuthorityKeyIdentifier.oid):
+            builder = builder.add_extension(value, ext.critical)
+    return builder.sign(OURS.ca.key, hashes.SHA256())
+
+
+def test_an_admin_of_another_cluster_is_refused_even_from_our_ca() -> None:
+    cert = _admin_of_another_cluster_from_our_ca()
+    promotion = sign_promotion(cluster_id=OURS.cluster_id, epoch=2, primary="b1",
+                               admin_cert=cert, admin_key=OURS.admin.key)
+    with pytest.raises(PermissionDenied) as info:
+        _verify(promotion)
+    assert f"belongs to cluster {OTHER.cluster_id!r}, not {OURS.cluster_id!r}" in str(info.value)
+    # twin: the same construction with our own cluster id verifies
+    ours = sign_promotion(cluster_id=OURS.cluster_id, epoch=2, primary="b1",
+                          admin_cert=OURS.admin.cert, admin_key=OURS.admin.key)
+    _verify(ours)
