@@ -43,7 +43,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "node/selection.py": ("tests/unit/test_selection.py", "tests/unit/test_selection_edges.py"),
     "sync/promotion.py": ("tests/unit/test_promotion.py", "tests/unit/test_promotion_messages.py"),
     "node/logging.py": ("tests/node/test_logging.py", "tests/node/test_logging_rules.py"),
-    "node/chain.py": ("tests/unit/test_chain.py", "tests/unit/test_chain_index.py"),
+    "node/chain.py": ("tests/unit/test_chain.py", "tests/unit/test_chain_index.py",
+                      "tests/unit/test_chain_edges.py"),
     # later, once the lead's moves land: sync/transfer.py (HPKE), the push/adopt fencing
     # core, the staging checks, the store's sealing core
 }
