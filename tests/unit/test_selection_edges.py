@@ -42,7 +42,7 @@ def test_a_253_character_child_of_a_wildcard_parent() -> None:
 
 
 def test_an_unreadable_ip_san_does_not_hide_the_next_one() -> None:
-    entry = SniEntry("ipcert", SanSet(ip_addresses=("not-an-ip", "10.0.0.1")), T0)
+    entry = SniEntry("ipcert", SanSet(ip_addresses=("[::1]", "10.0.0.1")), T0)  # refused first
     index = SniIndex.build([entry], default="dflt")
     assert index.lookup("10.0.0.1") == Selection("ipcert", "exact")
     assert index.lookup("10.0.0.2") == Selection("dflt", "default")  # twin
