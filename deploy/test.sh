@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, ruff, mypy (strict), generated-code drift, pytest.
-# Extra arguments go to pytest (e.g. deploy/test.sh -m slow).
+# Extra arguments go to pytest (e.g. deploy/test.sh -m slow; slow tests stay deselected
+# unless -m names slow, see tests/conftest.py). Mutation testing is on demand: deploy/mutation.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh

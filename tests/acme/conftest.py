@@ -2,7 +2,7 @@
 
 ``deploy/setup.sh`` installs Debian's ``pebble`` package (``pebble`` and
 ``pebble-challtestsrv`` in ``/usr/bin``); this file installs nothing. Without them the
-tests are skipped, except under ``CI=true`` where that is a failure.
+tests are skipped, except under CI (``tests._ci.in_ci``) where that is a failure.
 
 * ``pebble-challtestsrv`` serves DNS on a free loopback port and answers every A query with
   127.0.0.1 (AAAA with nothing, so Pebble's validator dials IPv4 only); its own HTTP-01,
@@ -35,6 +35,7 @@ import trustme
 from cryptography import x509
 
 from node.acme_client import Http01Responder, start_http01_responder
+from tests._ci import missing
 
 _START_DEADLINE = 20.0
 
@@ -132,10 +133,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
     pebble_bin, challtestsrv_bin = shutil.which("pebble"), shutil.which("pebble-challtestsrv")
     if pebble_bin is None or challtestsrv_bin is None:
-        message = "pebble and pebble-challtestsrv are not installed (deploy/setup.sh installs them)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("pebble and pebble-challtestsrv (deploy/setup.sh installs them)")
 
     work = tmp_path_factory.mktemp("pebble")
     ca = trustme.CA()

@@ -226,7 +226,20 @@ def test_status_unreachable_primary_is_still_reported() -> None:
 def test_status_primary_without_certificates_needs_no_probe() -> None:
     nothing = {"served": {}, "default_sha256": ""}
     report = _report(*(_node(n, **nothing) for n, _, _ in NODES), expected={})
+    assert [row["name"] for row in report["nodes"]] == [n for n, _, _ in NODES]  # not vacuous
     assert all(row["in_sync"] for row in report["nodes"])
+
+
+def test_status_primary_without_certificates_flags_a_node_with_another_set() -> None:
+    """Twin: with no probe expected, a traffic node holding another set (digest) than the
+    empty primary is still not in sync."""
+    nothing = {"served": {}, "default_sha256": ""}
+    stale = _node("t1", served={}, default_sha256=LEAF, digest="e" * 64)
+    report = _report(*(_node(n, **nothing) for n, _, _ in NODES if n != "t1"), stale,
+                     expected={})
+    assert [row["name"] for row in report["nodes"]] == [n for n, _, _ in NODES]
+    assert _row(report, "t1")["in_sync"] is False
+    assert all(_row(report, n)["in_sync"] for n in ("p1", "b1", "t2"))
 
 
 def _sans(*dns: str) -> SanSet:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from sync.cli import main
+from tests._ci import require_tool
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -281,13 +281,13 @@ def test_garbage_file_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 # --------------------------------------------------------------------------- real peers
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 @pytest.mark.parametrize(
     ("host", "code"),
     [("support.example.com", 0), ("t1.atlas.example.com", 0), ("example.com", 1)],
 )
 def test_openssl_made_certificate_via_console_entry(tmp_path: Path, host: str, code: int) -> None:
     """A certificate and key written by ``openssl req -x509``, checked by a real process."""
+    require_tool("openssl")
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sync.localcluster import free_port_range
+from tests._ci import require_tool
 
 CERTSYNC = str(Path(sys.executable).parent / "certsync")
 CANARY = "canary-cli-passphrase-51c0"
@@ -155,13 +155,13 @@ def test_import_export_roundtrip_and_pem_has_no_key(cluster: Cluster, tmp_path: 
         "--passphrase-file", str(pw),
     )
     assert out_p12.stat().st_mode & 0o777 == 0o600
-    if shutil.which("openssl"):
-        proc = subprocess.run(
-            ["openssl", "pkcs12", "-in", str(out_p12), "-nokeys", "-passin", f"file:{pw}"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert "BEGIN CERTIFICATE" in proc.stdout
+    proc = subprocess.run(
+        [require_tool("openssl"), "pkcs12", "-in", str(out_p12), "-nokeys",
+         "-passin", f"file:{pw}"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "BEGIN CERTIFICATE" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from node.errors import NodeUnreachable
 from sync.localcluster import LocalCluster
+from tests._ci import require_tool
 
 SITE = "support.example.com"
 PRIMARY = ("p1", "p1.example.com")
@@ -191,8 +191,7 @@ def fail_over_and_bring_back_the_old_primary(cluster: LocalCluster) -> str:
 def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     """``make_cluster(sync_interval=..., traffic=...)``: a started cluster, stopped at the end
     of the test whatever happened."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to check what nodes serve")
+    require_tool("openssl", "needed to check what nodes serve; deploy/setup.sh installs it")
     made: list[LocalCluster] = []
 
     def make(*, sync_interval: int = 2, stale_after: int = 60,

@@ -1,7 +1,7 @@
 """Fixtures for the containerised tests: one image build per session, a network per cluster.
 
-* Docker unavailable: the tests skip, except under ``CI=true`` where they fail with a clear
-  message (CI must never skip this suite silently).
+* Docker unavailable: the tests skip, except under CI (``tests._ci.in_ci``: ``CI`` set to
+  1/true/yes/on) where they fail with a clear message (CI must never skip this suite).
 * Ryuk (testcontainers' reaper) is disabled: its image cannot be pulled here. Instead every
   container and network these fixtures start carries the label ``certsync-test=1``, is
   removed at teardown even when the test failed, and leftovers of an interrupted run are
@@ -31,15 +31,13 @@ import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
+from tests._ci import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 LABEL = "certsync-test"
 LABELS = {LABEL: "1"}
 #: Docker API filter selecting everything these fixtures start
 LABEL_FILTER: dict[str, str | list[str] | bool] = {"label": f"{LABEL}=1"}
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def sweep(client: docker.DockerClient) -> tuple[int, int]:
@@ -61,15 +59,12 @@ def sweep(client: docker.DockerClient) -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    """A connected Docker client; skips (or fails under CI=true) without an engine."""
+    """A connected Docker client; skips (or fails under CI) without an engine."""
     try:
         client = docker.from_env()
         client.ping()
     except Exception as err:  # any failure to reach the engine means "no Docker here"
-        message = f"Docker engine not available ({type(err).__name__}: {err})"
-        if _in_ci():
-            pytest.fail(f"{message}; CI=true requires the container suite to run", pytrace=False)
-        pytest.skip(message)
+        missing(f"a Docker engine ({type(err).__name__}: {err})")
     sweep(client)  # leftovers of an interrupted earlier run
     yield client
     sweep(client)

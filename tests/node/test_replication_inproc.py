@@ -40,7 +40,7 @@ from sync.config import NodeConfig, load_node_config, load_store_key
 from sync.daemon import Replication, cluster_of, wire_replication
 from sync.probe import served_sha256
 from sync.promotion import sign_promotion
-from sync.receiver import describe_promotion, promotion_to_msg
+from sync.receiver import describe_promotion, promotion_from_msg, promotion_to_msg
 from sync.replicator import Peer
 from tests import pki
 
@@ -493,3 +493,93 @@ async def test_a_node_missing_a_kept_item_refuses_and_gets_everything(cluster: C
     assert all(p.in_sync for p in await _replicate(cluster))
     assert await _served_map(cluster, "t1") == _primary_map(cluster)
     assert (await _state(cluster, "t1")).default_sha256 == second
+
+
+# --------------------------------------------------------------------------- fencing by epoch
+
+
+async def _fence_t1(c: Cluster, *, epochs: tuple[int, ...]) -> None:
+    """The admin promotes b1 through ``epochs`` and tells t1 each time."""
+    for epoch in epochs:
+        promotion = _admin_promotion(c, epoch=epoch, primary="b1")
+        async with c.client("b1") as cl:
+            await cl.promote(promotion)
+        async with c.client("t1") as cl:
+            await cl.announce(promotion)
+    state = await _state(c, "t1")
+    assert (state.epoch, state.primary) == (epochs[-1], "b1")
+
+
+@pytest.mark.parametrize("gap", ["initial", "signed"])
+async def test_a_lower_epoch_announce_is_refused(cluster: Cluster, gap: str) -> None:
+    """t1 at epoch 2 (primary b1) is told of p1's epoch-1 promotion again (or, at epoch 3, of
+    an admin-signed epoch-2 one): it keeps the higher epoch and refuses the old primary."""
+    if gap == "initial":
+        await _fence_t1(cluster, epochs=(2,))
+        old = promotion_to_msg(cluster.nodes["p1"].repl.replica.promotion)
+        assert (old.epoch, old.primary) == (1, "p1")
+    else:
+        await _fence_t1(cluster, epochs=(2, 3))
+        old = _admin_promotion(cluster, epoch=2, primary="p1")
+    high = (await _state(cluster, "t1")).epoch
+    state = await cluster.call("t1", lambda cl: cl.announce(old))
+    assert (state.epoch, state.primary) == (high, "b1")
+    replica = cluster.nodes["t1"].repl.replica
+    assert await replica.adopt(promotion_from_msg(old), actor="admin:test") is False
+    assert (replica.epoch, replica.primary) == (high, "b1")
+    assert (await _state(cluster, "t1")).epoch == high  # nor was it stored
+
+
+async def test_a_higher_epoch_announce_is_adopted(cluster: Cluster) -> None:
+    """The twin: the next epoch, for any node of the topology, is adopted and stored."""
+    await _fence_t1(cluster, epochs=(2,))
+    state = await cluster.call(
+        "t1", lambda cl: cl.announce(_admin_promotion(cluster, epoch=3, primary="p1")))
+    assert (state.epoch, state.primary) == (3, "p1")
+    replica = cluster.nodes["t1"].repl.replica
+    assert (replica.epoch, replica.primary, replica.role) == (3, "p1", "traffic")
+    meta = (await cluster.nodes["t1"].app.store.view()).meta
+    assert (meta["epoch"], meta["primary"]) == ("3", "p1")
+
+
+@pytest.mark.parametrize("call", ["stage", "activate", "confirm"])
+async def test_each_push_step_one_epoch_behind_is_stale(cluster: Cluster, call: str) -> None:
+    """p1 pushes at epoch 1 to t1 at epoch 2: every step is refused as a stale epoch (not as a
+    plain permission error), with both epochs on the error, and t1 is unchanged."""
+    shared = await _import(cluster, _chain())
+    assert all(p.in_sync for p in await _replicate(cluster))
+    await _fence_t1(cluster, epochs=(2,))
+    await _import(cluster, _chain())
+    p1 = cluster.nodes["p1"].repl.replicator
+    snap = await p1.snapshot()
+    assert snap.epoch == 1
+    request = await p1.stage_request("t1", snap)
+    with pytest.raises(StaleEpoch, match="at epoch 1, but this node is at epoch 2") as info:
+        if call == "stage":
+            await cluster.call("t1", lambda cl: cl.stage(request), who="p1")
+        elif call == "activate":
+            await cluster.call("t1", lambda cl: cl.activate(
+                epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest), who="p1")
+        else:
+            await cluster.call("t1", lambda cl: cl.confirm(
+                epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest), who="p1")
+    assert "primary 'b1'" in str(info.value)
+    assert await _served(cluster, "t1") == {shared}
+    assert (await _state(cluster, "t1")).epoch == 2
+
+
+async def test_a_push_at_the_current_epoch_from_its_primary_is_accepted(
+    cluster: Cluster,
+) -> None:
+    """The twin: after the fence, b1 (primary of epoch 2) stages and activates on t1."""
+    await _fence_t1(cluster, epochs=(2,))
+    new = await _import(cluster, _chain(), node="b1")
+    b1 = cluster.nodes["b1"].repl.replicator
+    snap = await b1.snapshot()
+    assert snap.epoch == 2
+    request_b1 = await b1.stage_request("t1", snap)
+    got = await cluster.call("t1", lambda cl: cl.stage(request_b1), who="b1")
+    assert got.set_digest == snap.digest
+    await cluster.call("t1", lambda cl: cl.activate(
+        epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest), who="b1")
+    assert await _served(cluster, "t1") == {new}

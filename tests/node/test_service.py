@@ -307,18 +307,20 @@ async def _bad_import(c: NodeClient, case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "error"),
+    ("case", "error", "says"),
     [
-        ("garbage", FormatError),
-        ("key-only", BadInput),
-        ("wrong-key", BadInput),
-        ("wrong-passphrase", PassphraseError),
-        ("expired-default", Conflict),
-        ("nothing", BadInput),
+        ("garbage", FormatError, "junk.bin"),
+        ("key-only", BadInput, "a private key but no certificate"),
+        # the service's own check, by its message (the store would refuse later, otherwise)
+        ("wrong-key", BadInput, "private key in the input does not belong to its identity"),
+        ("wrong-passphrase", PassphraseError, "x.p12"),
+        ("expired-default", Conflict, "expired on"),
+        ("nothing", BadInput, "nothing to import"),
     ],
 )
 async def test_bad_import_changes_nothing(
-    node: Node, case: str, error: type[CertsyncError], canary_logs: list[structlog.typing.EventDict]
+    node: Node, case: str, error: type[CertsyncError], says: str,
+    canary_logs: list[structlog.typing.EventDict],
 ) -> None:
     async with node.client() as c:
         await c.create_self_signed(
@@ -331,9 +333,22 @@ async def test_bad_import_changes_nothing(
         with pytest.raises(error) as info:
             await _bad_import(c, case)
     assert type(info.value) is error
+    assert says in str(info.value)
     assert node.store_bytes() == before
     _assert_no_canary(str(info.value), CANARY_PASSPHRASE)
     _assert_no_canary(repr(canary_logs), CANARY_PASSPHRASE)
+
+
+async def test_matching_key_and_certificate_import_with_the_key(node: Node) -> None:
+    """Positive twin of ``wrong-key``: the same shape of input with the certificate's own key
+    is stored with its key."""
+    key = _key()
+    cert = _cert(key, ["w.example.com"])
+    async with node.client() as c:
+        resp = await c.import_files([("c.pem", _pem(cert, key))])
+        certs = await c.list_certificates()
+    assert resp.identity_sha256 == _sha(cert)
+    assert [x.has_key for x in certs if x.sha256 == _sha(cert)] == [True]
 
 
 async def test_expired_default_is_allowed_when_forced_with_a_warning(node: Node) -> None:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from node.errors import BadInput, NotFound
 from node.model import PrivateKey
 from node.tls import ServedCert, TlsEndpoint, _write_encrypted_key
+from tests._ci import has_ipv6_loopback, require
 
 NODE = "node-a <&>"
 WWW = "www.example.test"
@@ -443,10 +444,7 @@ def test_concurrent_handshakes_each_get_their_cert(endpoint: TlsEndpoint, certs:
 
 
 def test_ipv6_listener(certs: Certs, tmp_path: Path) -> None:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-    except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+    require(has_ipv6_loopback(), "an IPv6 loopback (::1) on this machine")
     ep = TlsEndpoint(node_name=NODE, workers=2, scratch_dir=tmp_path)
     ep.update(certs.all, certs.default.sha256)
     port = ep.start("::1", 0)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.chain import ChainIndex, build_chain
 from tests.pki import Issued, make_intermediate, make_key, make_leaf, make_root
+
+#: a walk that loops forever fails within seconds instead of hanging (a mutation run would
+#: count a run into its CPU limit as a survivor); "thread": Hypothesis catches and retries
+#: the signal method's exception, so only ending the process stops a loop inside a property
+pytestmark = pytest.mark.timeout(20, method="thread")
 
 
 def _material() -> list[x509.Certificate]:
