@@ -4,8 +4,13 @@ Pure: no I/O and no clock. Completeness is about names and signatures only; date
 affect it (DESIGN.md), they are reported beside it.
 
 * **Roles**: BasicConstraints first (``CA:TRUE`` -> intermediate, or root when self-signed;
-  ``CA:FALSE`` -> identity); without the extension (v1 certificates) a self-signed
-  certificate is a root and anything else an identity.
+  ``CA:FALSE`` -> identity); without the extension a self-signed certificate is a root when
+  it signed another certificate of the input (as a v1 root does) and an identity otherwise
+  (without an input to look at, :func:`classify` keeps the v1 rule: root); anything else
+  is an identity.
+* **Signatures** are verified whatever their hash, SHA-1 and MD5 too (old roots and chains
+  are still met): a chain of verifying signatures is complete, and ``problems`` names each
+  weak algorithm on it.
 * **Identity** of an input: the end-entity certificate its private key matches; else the
   first end-entity certificate; else, when there is none, the certificate the key matches
   (a self-signed server certificate made by ``openssl req -x509`` carries ``CA:TRUE``).
@@ -22,23 +27,70 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from node.formats import public_key_matches
 from node.model import Material, PrivateKey, Role
 
-__all__ = ["ChainIndex", "ChainReport", "analyze", "build_chain", "classify", "is_self_signed"]
+__all__ = [
+    "ChainIndex", "ChainReport", "analyze", "build_chain", "classify", "is_self_signed",
+    "weak_signatures",
+]  # fmt: skip
 
 #: no real chain is longer; the bound also stops loops of cross-signed certificates
 _MAX_CHAIN_LENGTH = 10
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """``issuer``'s subject names ``cert``'s issuer and its key verifies ``cert``'s signature."""
+    """``issuer``'s subject names ``cert``'s issuer and its key verifies ``cert``'s signature.
+
+    ``verify_directly_issued_by`` refuses legacy hashes (SHA-1, MD5); for those the signature
+    is checked directly with the issuer's key, so legacy chains still build (and are named
+    weak by :func:`weak_signatures`)."""
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return cert.issuer == issuer.subject and _legacy_signature_verifies(cert, issuer)
+    return True
+
+
+def _legacy_signature_verifies(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        digest = cert.signature_hash_algorithm
+        if not isinstance(digest, _WEAK_HASHES):
+            return False
+        key = issuer.public_key()
+        params = cert.signature_algorithm_parameters
+        if isinstance(key, rsa.RSAPublicKey) and isinstance(params, padding.PKCS1v15 |
+                                                               padding.PSS):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, params, digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(digest))
+        else:
+            return False
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+def weak_signatures(certs: Sequence[x509.Certificate]) -> tuple[str, ...]:
+    """One sentence per certificate of ``certs`` signed with a weak hash (SHA-1, MD5)."""
+    found = []
+    for cert in certs:
+        try:
+            digest = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            continue
+        if isinstance(digest, _WEAK_HASHES):
+            found.append(
+                f"{_name(cert.subject)} is signed with {digest.name.upper()}, a weak algorithm "
+                "that browsers refuse; replace it with a SHA-256 certificate"
+            )
+    return tuple(found)
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
@@ -54,11 +106,18 @@ def _basic_constraints_ca(cert: x509.Certificate) -> bool | None:
     return ext.value.ca
 
 
-def classify(cert: x509.Certificate) -> Role:
-    """identity / intermediate / root from BasicConstraints, self-signed as the v1 fallback."""
+def classify(cert: x509.Certificate, pool: Sequence[x509.Certificate] | None = None) -> Role:
+    """identity / intermediate / root from BasicConstraints; without it, a self-signed
+    certificate is a root when it signed another certificate of ``pool`` (with no pool: the
+    v1 rule, root) and an identity otherwise."""
     ca = _basic_constraints_ca(cert)
     if ca is None:
-        return "root" if is_self_signed(cert) else "identity"
+        if not is_self_signed(cert):
+            return "identity"
+        if pool is None:
+            return "root"
+        signed = any(o is not cert and o != cert and _issued_by(o, cert) for o in pool)
+        return "root" if signed else "identity"
     if not ca:
         return "identity"
     return "root" if is_self_signed(cert) else "intermediate"
@@ -215,7 +274,7 @@ def _names_hosts(cert: x509.Certificate) -> bool:
 def analyze(material: Material) -> ChainReport:
     """Find the identity, order everything, judge the chain, link the key."""
     certs = material.certificates
-    roles = [classify(c) for c in certs]
+    roles = [classify(c, certs) for c in certs]
     key = material.keys[0] if material.keys else None
     identity, key_match = _find_identity(certs, roles, key)
     if identity is None:
@@ -234,8 +293,9 @@ def analyze(material: Material) -> ChainReport:
             key=key,
             key_matches=key_match,
         )
-    chain, problems = build_chain(identity, certs)
+    chain, missing = build_chain(identity, certs)
     head = (identity, *chain)
+    problems = (*missing, *weak_signatures(head))
     rest = [c for c in certs if c not in head]
     ordered = (*head, *rest)
     role_of = dict(zip(certs, roles, strict=True))
@@ -249,7 +309,7 @@ def analyze(material: Material) -> ChainReport:
         roles=ordered_roles,
         identity=identity,
         chain=chain,
-        complete=not problems,
+        complete=not missing,
         problems=problems,
         key=key,
         key_matches=key_match,

@@ -1,4 +1,4 @@
-"""[core] Read every accepted certificate/key format by content; export PEM, DER, P7B and PKCS#12.
+"""[core] Read every accepted certificate/key format by content; export PEM, DER, P7B, PKCS#12.
 
 Pure: bytes in, values out. No I/O, no clock. The shell reads the files (bounded in size,
 ``sync._io.read_input_file``) and passes ``(display name, content)`` pairs.
@@ -13,9 +13,12 @@ Detection is by content, never by file name:
   PKCS#12 (``version 3, ContentInfo``), PKCS#7 ``signedData``, an X.509 certificate, an
   encrypted PKCS#8 key, or a plain PKCS#8 / traditional RSA/EC key.
 
-Work is bounded before any decryption: every password-based KDF iteration count in a PKCS#12
-or encrypted PKCS#8 (the MAC, PBES1, PBES2/PBKDF2, scrypt) is read with a tiny DER walk and an
-absurd one is refused, so a hostile file answers at once instead of burning CPU for hours.
+Work is bounded before any decryption (``node.pkcs12_limits``): every key derivation a
+PKCS#12 or encrypted PKCS#8 will cost is found by a strict walk and charged to one budget per
+input (``node.limits``), so a hostile file is refused at once instead of burning CPU for
+hours. PEM blocks are found in one linear pass. Whatever a parser raises on damaged input —
+including ``BaseException`` subclasses such as a Rust panic in ``cryptography`` — becomes one
+``FormatError`` naming the file; library warnings are silenced while reading.
 """
 
 from __future__ import annotations
@@ -24,22 +27,27 @@ import base64
 import binascii
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Final, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificatePublicKeyTypes,
     PrivateKeyTypes,
 )
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
-from node.errors import BadInput, FormatError, PassphraseError
-from node.model import KeyType, Material, PrivateKey
+from node import der as _der
+from node import pkcs12_limits as p12
+from node.certkeys import PublicKey, cert_sha256, key_type_of, public_key_matches, spki
+from node.der import DerError
+from node.errors import CertsyncError, FormatError, PassphraseError
+from node.exports import ADMIN_PBKDF2_ROUNDS, export_certificates, export_pkcs12, pkcs12_text
+from node.limits import MAX_KDF_ITERATIONS, MAX_PEM_BLOCKS
+from node.model import Material, PrivateKey
 
 #: what cryptography raises for certificate bytes it cannot read: ValueError, or
 #: InvalidVersion (an Exception, not a ValueError) for a version field other than v1-v3
@@ -49,6 +57,7 @@ __all__ = [
     "ADMIN_PBKDF2_ROUNDS",
     "BAD_CERTIFICATE",
     "MAX_KDF_ITERATIONS",
+    "PublicKey",
     "cert_sha256",
     "export_certificates",
     "export_pkcs12",
@@ -57,157 +66,8 @@ __all__ = [
     "read_material",
 ]
 
-#: PBKDF2-HMAC-SHA256 rounds for PKCS#12 files an admin exports with a passphrase they chose.
-#: Human passphrases are guessable, so the KDF must be slow: OWASP's Password Storage Cheat
-#: Sheet recommends 600 000 iterations for PBKDF2-HMAC-SHA256. One export or import then
-#: costs a few tenths of a second (MAC + key + certificate derivations), which an admin
-#: does not notice. Replication uses random 256-bit passphrases and passes a small count.
-ADMIN_PBKDF2_ROUNDS = 600_000
-
-#: Largest iteration count we run a KDF with: the JDK's PKCS12KeyStore.MAX_ITERATION_COUNT,
-#: above the highest count OWASP recommends (1 300 000 for PBKDF2-HMAC-SHA1), so any file
-#: Java accepts we accept. Real files use 1-2 048 (legacy, OpenSSL 3 default) up to
-#: 600 000 (hardened tools); a count of 2**31 would keep us busy for many minutes.
-MAX_KDF_ITERATIONS = 5_000_000
-#: scrypt cost bounds (N, r, p): N = 2**20 with r = 8 already needs 1 GiB of memory.
-_MAX_SCRYPT_N = 2**20
-_MAX_SCRYPT_R = 32
-_MAX_SCRYPT_P = 16
-
-_DER_MAX_DEPTH = 40
-
 _Encoding = serialization.Encoding
-
-
-# --------------------------------------------------------------------------- public helpers
-
-
-def cert_sha256(cert: x509.Certificate) -> str:
-    """The certificate's fingerprint: 64 lowercase hex digits of SHA-256 over its DER."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-PublicKey: TypeAlias = CertificatePublicKeyTypes
-
-
-def key_type_of(key: PrivateKey | PrivateKeyTypes | PublicKey) -> KeyType:
-    """``rsa-2048`` ... ``ed25519`` for a private or public key; anything else is a FormatError."""
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        size = key.key_size
-        if size == 2048:
-            return "rsa-2048"
-        if size == 3072:
-            return "rsa-3072"
-        if size == 4096:
-            return "rsa-4096"
-        raise FormatError(
-            f"RSA key size {size!r} is not supported; use a 2048, 3072 or 4096-bit RSA key"
-        )
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return "ec-p256"
-        if isinstance(key.curve, ec.SECP384R1):
-            return "ec-p384"
-        raise FormatError(
-            f"elliptic curve {key.curve.name!r} is not supported; use P-256 or P-384"
-        )
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-        return "ed25519"
-    raise FormatError(
-        f"key type {type(key).__name__!r} is not supported; use RSA (2048/3072/4096), "
-        "EC P-256/P-384 or Ed25519"
-    )
-
-
-def _spki(key: PublicKey) -> bytes:
-    return key.public_bytes(_Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def public_key_matches(key: PrivateKey, cert: x509.Certificate) -> bool:
-    """True when ``key`` is the private half of ``cert``'s public key."""
-    try:
-        cert_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return False
-    return _spki(key.public_key()) == _spki(cert_key)
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_certificates(
-    certs: Sequence[x509.Certificate], fmt: Literal["pem", "der", "p7b"]
-) -> bytes:
-    """Certificates only (never a key): PEM bundle, DER of the first one, or a DER PKCS#7."""
-    if not certs:
-        raise BadInput("there is no certificate to export; give at least one")
-    if fmt == "pem":
-        return b"".join(c.public_bytes(_Encoding.PEM) for c in certs)
-    if fmt == "der":
-        return certs[0].public_bytes(_Encoding.DER)
-    if fmt == "p7b":
-        return pkcs7.serialize_certificates(list(certs), _Encoding.DER)
-    raise BadInput(f"export format {fmt!r} is unknown; use pem, der, p7b or p12")
-
-
-def export_pkcs12(
-    *,
-    name: str,
-    key: PrivateKey,
-    cert: x509.Certificate,
-    chain: Sequence[x509.Certificate],
-    passphrase: bytes,
-    rounds: int = ADMIN_PBKDF2_ROUNDS,
-) -> bytes:
-    """PKCS#12 with key, certificate and chain, AES-256-CBC / PBKDF2-HMAC-SHA256 / SHA-256 MAC.
-
-    The algorithms are chosen explicitly (not the library's default): certificate and key
-    bags are PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC, the MAC is HMAC-SHA256, all with
-    ``rounds`` iterations for the bags. Note: ``cryptography`` fixes the MAC's own PKCS#12-KDF
-    iteration count at 2 048 (it offers no setting), so a guessed passphrase can be checked
-    against the MAC more cheaply than against the PBKDF2 bags; the rounds still protect
-    the key bag itself.
-    """
-    if not passphrase:
-        raise BadInput(
-            "a PKCS#12 export needs a non-empty passphrase; give one with --passphrase-file"
-        )
-    if not _pkcs12_text(passphrase):
-        raise BadInput(
-            "a PKCS#12 passphrase must be UTF-8 text without NUL bytes; "
-            "encode random passphrases (e.g. as hex or base64) first"
-        )
-    if not 1 <= rounds <= MAX_KDF_ITERATIONS:
-        raise BadInput(f"PKCS#12 KDF rounds {rounds!r} out of range; use 1..{MAX_KDF_ITERATIONS}")
-    if not public_key_matches(key, cert):
-        raise BadInput(
-            f"the private key does not match certificate {cert_sha256(cert)!r}; "
-            "export the key that belongs to it"
-        )
-    encryption = (
-        serialization.PrivateFormat.PKCS12.encryption_builder()
-        .kdf_rounds(rounds)
-        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-        .hmac_hash(hashes.SHA256())
-        .build(passphrase)
-    )
-    return pkcs12.serialize_key_and_certificates(
-        name.encode("utf-8"), key, cert, list(chain) or None, encryption
-    )
-
-
-def _pkcs12_text(passphrase: bytes) -> bool:
-    """PKCS#12 turns the passphrase into a BMPString: it must be UTF-8 text, NUL-free.
-
-    (``cryptography`` panics on a NUL byte and fails oddly on non-UTF-8 bytes.)
-    """
-    if b"\x00" in passphrase:
-        return False
-    try:
-        passphrase.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- reading
@@ -223,13 +83,30 @@ def read_material(
     encrypted file without (or with the wrong) passphrase.
     """
     acc = _Accumulator()
-    for name, data in sources:
-        _read_one(name, data, passphrase, acc)
+    with warnings.catch_warnings():
+        # e.g. CryptographyDeprecationWarning for a negative serial number: the file is
+        # read as it is, and a warning on stderr would only break the one-line contract
+        warnings.simplefilter("ignore")
+        for name, data in sources:
+            try:
+                _read_one(name, data, passphrase, acc)
+            except CertsyncError:
+                raise
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as err:
+                raise FormatError(
+                    f"file {name!r} could not be read: the parser failed on it "
+                    f"({type(err).__name__}), so it is damaged or uses an unsupported "
+                    "encoding; get a fresh copy of the file",
+                    source=name,
+                ) from err
     return Material(certificates=tuple(acc.certs), keys=tuple(acc.keys))
 
 
 class _Accumulator:
     def __init__(self) -> None:
+        self.budget = p12.WorkBudget()
         self.certs: list[x509.Certificate] = []
         self.keys: list[PrivateKey] = []
         self._cert_ders: set[bytes] = set()
@@ -245,7 +122,7 @@ class _Accumulator:
     def add_key(self, name: str, key: PrivateKeyTypes) -> None:
         checked = _supported_private_key(name, key)
         # a private key is identified by its public half: no secret bytes are kept around
-        ident = _spki(checked.public_key())
+        ident = spki(checked.public_key())
         if ident not in self._key_ids:
             self._key_ids.add(ident)
             self.keys.append(checked)
@@ -281,28 +158,56 @@ def _read_one(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulato
 
 # ---- PEM
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 #]{1,64})-----[ \t]*\r?\n(.*?)-----END \1-----", re.DOTALL
-)
+#: one BEGIN or END line marker; each match attempt is bounded, so scanning is linear
+_PEM_MARKER = re.compile(rb"-----(BEGIN|END) ([A-Z0-9 #]{1,64})-----([ \t]*\r?\n)?")
 _PEM_HEADER = re.compile(rb"^[A-Za-z-]+:.*$", re.MULTILINE)
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE"}
 _KEY_LABELS = {b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
 _UNSUPPORTED_KEY_LABELS = {b"DSA PRIVATE KEY", b"OPENSSH PRIVATE KEY"}
 
 
+def pem_blocks(data: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
+    """(label, body, whole block) of every PEM block, in one pass over ``data``; None when a
+    BEGIN line has no matching END line before the next BEGIN (or the end)."""
+    blocks: list[tuple[bytes, bytes, bytes]] = []
+    begins = 0
+    open_label: bytes | None = None
+    begin_at = body_at = 0
+    for marker in _PEM_MARKER.finditer(data):
+        kind, label = marker.group(1), marker.group(2)
+        if kind == b"BEGIN":
+            begins += 1
+            if open_label is not None or marker.group(3) is None:
+                return None
+            open_label, begin_at, body_at = label, marker.start(), marker.end()
+        elif open_label is not None:
+            if label != open_label:
+                return None
+            end = marker.start() + 9 + len(label) + 5
+            blocks.append((label, data[body_at : marker.start()], data[begin_at:end]))
+            open_label = None
+    if open_label is not None or begins != data.count(b"-----BEGIN "):
+        return None
+    return blocks
+
+
 def _read_pem(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulator) -> None:
     used = 0
     skipped: list[str] = []
-    blocks = list(_PEM_BLOCK.finditer(data))
-    if data.count(b"-----BEGIN ") != len(blocks):
+    if data.count(b"-----BEGIN ") > MAX_PEM_BLOCKS:
+        raise FormatError(
+            f"file {name!r} has more than {MAX_PEM_BLOCKS} PEM blocks (limit MAX_PEM_BLOCKS); "
+            "split it into smaller files",
+            source=name,
+        )
+    blocks = pem_blocks(data)
+    if blocks is None:
         raise FormatError(
             f"file {name!r} has a PEM block without its matching END line (truncated?); "
             "get a fresh copy of the file",
             source=name,
         )
-    for number, match in enumerate(blocks, start=1):
-        label = match.group(1)
-        body = match.group(2)
+    for number, (label, body, whole) in enumerate(blocks, start=1):
         what = f"PEM block {number} ({label.decode('ascii')})"
         if label in _UNSUPPORTED_KEY_LABELS:
             raise FormatError(
@@ -315,7 +220,7 @@ def _read_pem(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulato
             continue
         encrypted_legacy = b"Proc-Type:" in body and b"ENCRYPTED" in body
         if label in _KEY_LABELS and encrypted_legacy:
-            _read_legacy_encrypted_pem_key(name, what, match.group(0), passphrase, acc)
+            _read_legacy_encrypted_pem_key(name, what, whole, passphrase, acc)
             used += 1
             continue
         der = _pem_body(name, what, body)
@@ -324,8 +229,8 @@ def _read_pem(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulato
         elif label == b"TRUSTED CERTIFICATE":
             # OpenSSL's X509_AUX: a DER certificate followed by trust settings
             try:
-                first = next(_elements(der, 0, len(der), 0))
-            except _DerError as err:
+                first = _der.element(der, 0, len(der), 0)
+            except DerError as err:
                 raise _damaged(name, what, str(err)) from err
             acc.add_cert(name, _load_der_cert(name, what, der[: first.end]))
         elif label == b"PKCS7":
@@ -356,9 +261,19 @@ def _pem_body(name: str, what: str, body: bytes) -> bytes:
     return der
 
 
+_DEK_INFO = re.compile(rb"^DEK-Info: *([A-Za-z0-9-]+) *, *([0-9A-Fa-f]*)[ \t]*\r?$", re.MULTILINE)
+#: IV bytes of the ciphers OpenSSL writes in DEK-Info (`openssl rsa -des3/-aes*`...)
+_IV_BYTES = {b"DES-EDE3-CBC": 8, b"DES-CBC": 8, b"AES-128-CBC": 16, b"AES-192-CBC": 16,
+             b"AES-256-CBC": 16, b"DES-EDE-CBC": 8}  # fmt: skip
+
+
 def _read_legacy_encrypted_pem_key(
     name: str, what: str, pem: bytes, passphrase: bytes | None, acc: _Accumulator
 ) -> None:
+    dek = _DEK_INFO.search(pem)
+    if dek is None or len(dek.group(2)) != 2 * _IV_BYTES.get(dek.group(1).upper(), 0):
+        # cryptography panics (a Rust PanicException) on an IV shorter than its cipher's
+        raise _damaged(name, what, "its DEK-Info line names no known cipher with a whole IV")
     if passphrase is None:
         raise _needs_passphrase(name, what)
     try:
@@ -391,6 +306,8 @@ def _wrong_passphrase(name: str, what: str) -> PassphraseError:
 
 # ---- DER
 
+_SIGNED_DATA = "1.2.840.113549.1.7.2"
+
 
 def _read_der(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulator) -> None:
     if data[0] != 0x30:
@@ -404,13 +321,13 @@ def _read_der(name: str, data: bytes, passphrase: bytes | None, acc: _Accumulato
         number += 1
         what = "the DER data" if number == 1 else f"DER object {number}"
         try:
-            top = _element(data, pos, end, 0)
-        except _DerError as err:
+            top = _der.element(data, pos, end, 0)
+        except DerError as err:
             if number == 1 and not err.truncated:
                 raise _not_accepted(name, str(err)) from err
             raise _damaged(name, what, str(err)) from err
         der = data[pos : top.end]
-        _read_der_object(name, what, der, _element(der, 0, len(der), 0), passphrase, acc)
+        _read_der_object(name, what, der, _der.element(der, 0, len(der), 0), passphrase, acc)
         pos = top.end
 
 
@@ -418,30 +335,30 @@ def _read_der_object(
     name: str,
     what: str,
     der: bytes,
-    top: _Tlv,
+    top: _der.Tlv,
     passphrase: bytes | None,
     acc: _Accumulator,
 ) -> None:
     try:
-        children = list(_elements(der, top.start, _content_end(top), 1))
-    except _DerError as err:
+        children = list(_der.children(der, top, 0))
+    except DerError as err:
         raise _damaged(name, what, str(err)) from err
     shape = [c.tag for c in children]
     if (
         len(children) >= 2
-        and shape[0] == _INTEGER
-        and _int_value(der, children[0]) == 3
-        and shape[1] == _SEQUENCE
+        and shape[0] == _der.INTEGER
+        and _der.int_value(der, children[0]) == 3
+        and shape[1] == _der.SEQUENCE
     ):
         _read_pkcs12(name, der, passphrase, acc)
-    elif shape and shape[0] == _OID and _oid_text(der, children[0]) == _OID_SIGNED_DATA:
+    elif shape and shape[0] == _der.OID and _der.oid_text(der, children[0]) == _SIGNED_DATA:
         for cert in _load_pkcs7(name, what, der):
             acc.add_cert(name, cert)
-    elif len(children) == 3 and shape == [_SEQUENCE, _SEQUENCE, _BIT_STRING]:
+    elif len(children) == 3 and shape == [_der.SEQUENCE, _der.SEQUENCE, _der.BIT_STRING]:
         acc.add_cert(name, _load_der_cert(name, what, der))
-    elif len(children) == 2 and shape == [_SEQUENCE, _OCTET_STRING]:
+    elif len(children) == 2 and shape == [_der.SEQUENCE, _der.OCTET_STRING]:
         _read_encrypted_pkcs8(name, what, der, passphrase, acc)
-    elif shape and shape[0] == _INTEGER:
+    elif shape and shape[0] == _der.INTEGER:
         _read_plain_key(name, what, der, acc)
     else:
         raise _not_accepted(name, "its DER structure is none of these")
@@ -468,11 +385,16 @@ def _check_certificate(name: str, cert: x509.Certificate) -> None:
     try:
         _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string())
         _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
-        _ = list(cert.extensions)
+        _ = [e.value for e in cert.extensions]
+        _ = (cert.signature_algorithm_oid, cert.tbs_certificate_bytes, cert.signature)
         public = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as err:
+    except Exception as err:  # DuplicateExtension, UnsupportedGeneralNameType,
+        # TypeError (a name attribute of the wrong type), ValueError (malformed extensions)...
+        detail = " ".join(str(err).split())[:160]
         raise FormatError(
-            f"a certificate in file {name!r} is malformed ({err}); get a fresh copy of the file",
+            f"a certificate in file {name!r} has a part certsync cannot decode "
+            f"({type(err).__name__}: {detail}); get a fresh copy of the file or a "
+            "certificate without that part",
             source=name,
         ) from err
     try:
@@ -542,7 +464,7 @@ def _read_plain_key(name: str, what: str, der: bytes, acc: _Accumulator) -> None
 def _read_encrypted_pkcs8(
     name: str, what: str, der: bytes, passphrase: bytes | None, acc: _Accumulator
 ) -> None:
-    _check_kdf_work(name, what, der)
+    _charge(name, what, lambda: acc.budget.charge(p12.pkcs8_work(der)))
     if passphrase is None:
         raise _needs_passphrase(name, what)
     try:
@@ -558,25 +480,41 @@ def _read_encrypted_pkcs8(
     acc.add_key(name, key)
 
 
+def _charge(name: str, what: str, step: Callable[[], _T]) -> _T:
+    """Run a pre-check step; its refusals become one FormatError naming the file."""
+    try:
+        return step()
+    except p12.Refused as err:
+        raise FormatError(f"{what} in file {name!r} {err.detail}", source=name) from err
+    except DerError as err:
+        raise _damaged(name, what, str(err)) from err
+
+
 def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumulator) -> None:
     what = "the PKCS#12 data"
-    _check_kdf_work(name, what, der)
-    usable = passphrase is None or _pkcs12_text(passphrase)
-    candidates: list[bytes | None] = []
-    if passphrase is not None and usable:
-        candidates.append(passphrase)
+    plan = _charge(name, what, lambda: p12.plan_pkcs12(der))
+    usable = passphrase is None or pkcs12_text(passphrase)
     # DESIGN.md: an unencrypted PKCS#12, or one encrypted with the empty passphrase, opens
-    # without a passphrase file
-    candidates += [None, b""]
+    # without a passphrase file (OpenSSL tries NULL and "" for None)
+    candidates: list[bytes | None] = [passphrase] if passphrase and usable else []
+    candidates.append(None)
     loaded: pkcs12.PKCS12KeyAndCertificates | None = None
     for candidate in candidates:
+        password = _charge(name, what, partial(p12.verify_mac, plan, candidate, acc.budget))
+        if password is None:
+            continue
+        inner = _charge(name, what, partial(p12.open_safes, plan, password, acc.budget))
+        if inner is None:
+            continue
+        # OpenSSL's own work: its MAC check (twice for NULL then ""), safes and bags
+        openssl_work = plan.mac_work * (1 if candidate else 2) + plan.visible + inner
+        _charge(name, what, partial(acc.budget.charge, openssl_work))
         try:
             loaded = pkcs12.load_pkcs12(der, candidate)
         except (ValueError, TypeError):  # wrong passphrase, damaged bags
             continue
         except x509.InvalidVersion as err:  # it opened, but a certificate in it is damaged
-            raise _damaged(name, "the PKCS#12 data", "it holds an invalid X.509 certificate"
-                           ) from err
+            raise _damaged(name, what, "it holds an invalid X.509 certificate") from err
         except UnsupportedAlgorithm as err:
             raise FormatError(
                 f"PKCS#12 file {name!r} uses an algorithm certsync cannot read; "
@@ -608,204 +546,3 @@ def _read_pkcs12(name: str, der: bytes, passphrase: bytes | None, acc: _Accumula
         acc.add_cert(name, loaded.cert.certificate)
     for extra in loaded.additional_certs:
         acc.add_cert(name, extra.certificate)
-
-
-# --------------------------------------------------------------------------- tiny DER walk
-
-_INTEGER = 0x02
-_BIT_STRING = 0x03
-_OCTET_STRING = 0x04
-_OID = 0x06
-_SEQUENCE = 0x30
-_OCTET_STRING_CONSTRUCTED = 0x24
-
-_OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
-_OID_PBKDF2 = "1.2.840.113549.1.5.12"
-_OID_SCRYPT = "1.3.6.1.4.1.11591.4.11"
-#: PBES1 (PKCS#5 v1.5) and PKCS#12 PBE ids: their params are SEQUENCE {salt, iterations}
-_OIDS_SALT_ITERATIONS = frozenset(
-    {f"1.2.840.113549.1.5.{n}" for n in (1, 3, 4, 6, 10, 11)}
-    | {f"1.2.840.113549.1.12.1.{n}" for n in range(1, 7)}
-)
-
-
-class _DerError(Exception):
-    def __init__(self, message: str, *, truncated: bool = False) -> None:
-        super().__init__(message)
-        self.truncated = truncated
-
-
-@dataclass(frozen=True)
-class _Tlv:
-    tag: int
-    start: int  # first content byte
-    end: int  # one past the element (for indefinite length: past the end-of-contents)
-    indefinite: bool = False
-
-    @property
-    def constructed(self) -> bool:
-        return bool(self.tag & 0x20)
-
-
-def _element(data: bytes, pos: int, end: int, depth: int) -> _Tlv:
-    """Parse one DER/BER element header at ``pos``; ``end`` bounds it."""
-    if depth > _DER_MAX_DEPTH:
-        raise _DerError("nested too deeply")
-    if pos + 2 > end:
-        raise _DerError("ends inside an element header", truncated=True)
-    tag = data[pos]
-    if tag & 0x1F == 0x1F:
-        raise _DerError("uses a multi-byte tag")
-    first = data[pos + 1]
-    pos += 2
-    if first == 0x80:  # BER indefinite length (Windows PFX files use it)
-        if not tag & 0x20:
-            raise _DerError("has an indefinite length on a primitive element")
-        cursor = pos
-        while True:
-            if cursor + 2 > end:
-                raise _DerError("ends before an end-of-contents marker", truncated=True)
-            if data[cursor] == 0 and data[cursor + 1] == 0:
-                return _Tlv(tag, pos, cursor + 2, indefinite=True)
-            cursor = _element(data, cursor, end, depth + 1).end
-    if first & 0x80:
-        count = first & 0x7F
-        if count > 4:
-            raise _DerError("declares a length over 4 GiB")
-        if pos + count > end:
-            raise _DerError("ends inside a length", truncated=True)
-        length = int.from_bytes(data[pos : pos + count], "big")
-        pos += count
-    else:
-        length = first
-    if pos + length > end:
-        raise _DerError(
-            f"an element declares {length} bytes but only {end - pos} follow", truncated=True
-        )
-    return _Tlv(tag, pos, pos + length)
-
-
-def _elements(data: bytes, start: int, end: int, depth: int) -> Iterator[_Tlv]:
-    """The children of a constructed element whose content spans ``start:end``."""
-    pos = start
-    while pos < end:
-        if data[pos] == 0 and pos + 1 < end and data[pos + 1] == 0:
-            return  # end-of-contents of an indefinite-length parent
-        child = _element(data, pos, end, depth)
-        yield child
-        pos = child.end
-
-
-def _content_end(tlv: _Tlv) -> int:
-    """End of the content bytes (excludes an indefinite length's end-of-contents)."""
-    return tlv.end - 2 if tlv.indefinite else tlv.end
-
-
-def _int_value(data: bytes, tlv: _Tlv) -> int:
-    raw = data[tlv.start : tlv.end]
-    if len(raw) > 16:
-        return 1 << 128  # far beyond any bound we check
-    return int.from_bytes(raw, "big", signed=True)
-
-
-def _oid_text(data: bytes, tlv: _Tlv) -> str:
-    raw = data[tlv.start : tlv.end]
-    if not raw or len(raw) > 64:
-        return ""
-    parts: list[int] = []
-    value = 0
-    for byte in raw:
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            parts.append(value)
-            value = 0
-    if not parts:
-        return ""
-    head = parts[0]
-    first, second = (min(head // 40, 2), head - 40 * min(head // 40, 2))
-    return ".".join(str(n) for n in (first, second, *parts[1:]))
-
-
-def _octets(data: bytes, tlv: _Tlv, depth: int) -> bytes:
-    """The value of an OCTET STRING, primitive or BER-constructed."""
-    if tlv.tag == _OCTET_STRING:
-        return data[tlv.start : tlv.end]
-    return b"".join(
-        _octets(data, part, depth + 1)
-        for part in _elements(data, tlv.start, _content_end(tlv), depth + 1)
-        if part.tag in (_OCTET_STRING, _OCTET_STRING_CONSTRUCTED)
-    )
-
-
-def _kdf_costs(data: bytes, tlv: _Tlv, depth: int) -> Iterator[tuple[str, int]]:
-    """Every KDF cost parameter below ``tlv``: ("iterations"|"scrypt-n"|..., value).
-
-    Walks constructed elements and OCTET STRINGs whose content is itself DER (the
-    ``Data`` safes of a PKCS#12), reads the params of PBKDF2, scrypt, PBES1 / PKCS#12-PBE
-    algorithm identifiers, and a PKCS#12 MacData's iteration count.
-    """
-    if depth > _DER_MAX_DEPTH:
-        raise _DerError("nested too deeply")
-    if tlv.tag in (_OCTET_STRING, _OCTET_STRING_CONSTRUCTED):
-        inner = _octets(data, tlv, depth)
-        if inner[:1] in (b"\x30", b"\xa0"):
-            try:
-                top = _element(inner, 0, len(inner), depth + 1)
-                whole = top.end == len(inner)
-                found = list(_kdf_costs(inner, top, depth + 1)) if whole else []
-            except _DerError:
-                found = []  # opaque bytes (salt, ciphertext, key material), not DER
-            yield from found
-        return
-    if not tlv.constructed:
-        return
-    children = list(_elements(data, tlv.start, _content_end(tlv), depth + 1))
-    tags = [c.tag for c in children]
-    if tlv.tag == _SEQUENCE and len(children) == 2 and tags[0] == _OID:
-        oid = _oid_text(data, children[0])
-        params = children[1]
-        if params.tag == _SEQUENCE and (oid == _OID_PBKDF2 or oid in _OIDS_SALT_ITERATIONS):
-            fields = list(_elements(data, params.start, _content_end(params), depth + 2))
-            if len(fields) >= 2 and fields[1].tag == _INTEGER:
-                yield ("iterations", _int_value(data, fields[1]))
-            return
-        if params.tag == _SEQUENCE and oid == _OID_SCRYPT:
-            fields = list(_elements(data, params.start, _content_end(params), depth + 2))
-            names = ("scrypt-n", "scrypt-r", "scrypt-p")
-            for label, field in zip(names, fields[1:4], strict=False):
-                if field.tag == _INTEGER:
-                    yield (label, _int_value(data, field))
-            return
-    if (  # MacData ::= SEQUENCE { DigestInfo, macSalt OCTET STRING, iterations INTEGER }
-        tlv.tag == _SEQUENCE
-        and len(children) == 3
-        and tags == [_SEQUENCE, _OCTET_STRING, _INTEGER]
-    ):
-        yield ("iterations", _int_value(data, children[2]))
-        return
-    for child in children:
-        yield from _kdf_costs(data, child, depth + 1)
-
-
-def _check_kdf_work(name: str, what: str, der: bytes) -> None:
-    """Refuse absurd KDF parameters before anything is decrypted."""
-    try:
-        top = _element(der, 0, len(der), 0)
-        costs = list(_kdf_costs(der, top, 0))
-    except _DerError as err:
-        raise _damaged(name, what, str(err)) from err
-    limits = {
-        "iterations": MAX_KDF_ITERATIONS,
-        "scrypt-n": _MAX_SCRYPT_N,
-        "scrypt-r": _MAX_SCRYPT_R,
-        "scrypt-p": _MAX_SCRYPT_P,
-    }
-    for label, value in costs:
-        if not 1 <= value <= limits[label]:
-            shown = value if value < 1 << 64 else "more than 2**64"
-            raise FormatError(
-                f"{what} in file {name!r} asks for a key derivation with {label} {shown!r} "
-                f"(at most {limits[label]} accepted), which is absurd or hostile; "
-                "re-export the file with a normal iteration count",
-                source=name,
-            )

@@ -35,6 +35,7 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.limits import GRPC_MAX_MESSAGE_BYTES
 
 __all__ = [
     "ERROR_DATA_KEY",
@@ -137,7 +138,9 @@ async def start_grpc_server(
     """Start a grpc.aio server with the store, health and reflection services (and the
     replication service when given) on ``address`` (port 0: any) over mutual TLS only;
     return it and its port."""
-    server = grpc.aio.server()
+    limit = GRPC_MAX_MESSAGE_BYTES  # one bound with the CLI's file reading (node.limits)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])
     certsync_pb2_grpc.add_CertStoreServicer_to_server(service, server)
     names = [SERVICE_NAME]
     if replication is not None:

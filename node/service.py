@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from node import chain as chain_mod
-from node import create, formats, keygen
+from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
     BadInput,
@@ -305,7 +305,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             raise BadInput("nothing to import; give at least one file")
         sources = [(f.name or f"file {i + 1}", f.content) for i, f in enumerate(request.files)]
         passphrase = request.passphrase if request.HasField("passphrase") else None
-        material = await asyncio.to_thread(formats.read_material, sources, passphrase)
+        material = await sandbox.read_material(sources, passphrase)  # a worker process
         entries, identity_sha, warnings = await asyncio.to_thread(
             plan_import, material, request.name, self._rt.now(),
             request.make_default, request.force,

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node import limits
 from node.errors import BadInput
 
 __all__ = ["MAX_INPUT_BYTES", "print_json", "read_input_file", "read_passphrase_file"]
 
 #: no certificate, key, bundle or PKCS#12 an admin meets is anywhere near this; a larger
-#: file is refused before it is read, so memory stays bounded.
-MAX_INPUT_BYTES = 8 * 1024 * 1024
+#: file is refused before it is read, so memory stays bounded. Shared with the node's gRPC
+#: message limit (node.limits), so what the CLI reads the node accepts.
+MAX_INPUT_BYTES = limits.MAX_INPUT_BYTES
 _MAX_PASSPHRASE_BYTES = 64 * 1024
 
 

@@ -13,8 +13,11 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from node.errors import CertsyncError
 
@@ -72,8 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)  # never on stderr
     try:
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # the reader went away (`inspect --json BIG | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except CertsyncError as err:
         sys.stderr.write(f"certsync: error: {_one_line(str(err))}\n")
         return err.exit_code

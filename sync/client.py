@@ -24,6 +24,7 @@ import grpc
 from node import errors
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import CertsyncError, ConfigError, NodeUnreachable, PermissionDenied
+from node.limits import GRPC_MAX_MESSAGE_BYTES
 from sync.config import AdminConfig, load_admin_config
 from sync.diagnose import Verdict, tls_verdict
 from sync.topology import split_address
@@ -160,6 +161,8 @@ class NodeClient:
                 ("grpc.initial_reconnect_backoff_ms", 250),
                 ("grpc.min_reconnect_backoff_ms", 250),
                 ("grpc.max_reconnect_backoff_ms", 3000),
+                ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
             ),
         )
         self._stub = certsync_pb2_grpc.CertStoreStub(self._channel)

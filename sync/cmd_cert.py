@@ -12,7 +12,7 @@ from typing import Any
 from node.api import certsync_pb2
 from node.errors import BadInput
 from node.model import CREATABLE_KEY_TYPES
-from sync._io import print_json, read_input_file, read_passphrase_file
+from sync._io import MAX_INPUT_BYTES, print_json, read_input_file, read_passphrase_file
 from sync.client import call_node
 
 __all__ = ["add_subject_flags", "cert_json", "register", "subject_of"]
@@ -97,6 +97,9 @@ def _create(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     files = [(Path(p).name, read_input_file(p)) for p in args.files]
+    if sum(len(data) for _, data in files) > MAX_INPUT_BYTES:  # the node's message limit
+        raise BadInput(f"the files of one import are larger than {MAX_INPUT_BYTES // 2**20} "
+                       "MiB together; import them one by one")
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
     resp = call_node(
         args.config,

@@ -14,8 +14,9 @@ from typing import Any
 
 from cryptography import x509
 
+from node import sandbox
 from node.chain import ChainReport, analyze, is_self_signed
-from node.formats import cert_sha256, key_type_of, read_material
+from node.formats import cert_sha256, key_type_of
 from node.model import Material, Role
 from node.names import sans_of
 from node.text import rfc3339
@@ -28,7 +29,11 @@ def load_material(paths: Sequence[str], passphrase_file: str | None) -> Material
     """Read FILE... (+ optional passphrase file) as one input; errors name the file."""
     passphrase = read_passphrase_file(passphrase_file) if passphrase_file else None
     sources = [(path, read_input_file(path)) for path in paths]
-    return read_material(sources, passphrase)
+    box = sandbox.ParseSandbox(fork=True)  # forked: this process's modules are loaded
+    try:
+        return box.read_material_blocking(sources, passphrase)
+    finally:
+        box.kill()
 
 
 def _certificate_json(cert: x509.Certificate, role: Role) -> dict[str, Any]:

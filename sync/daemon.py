@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from node import names
+from node import names, sandbox
 from node.acme_client import Http01Responder, start_http01_responder
 from node.app import NodeApp, NodeCluster
 from node.errors import ConfigError
@@ -191,6 +191,7 @@ async def run_node(
         )
         await stop.wait()
         _log.info("node.stopping", node=config.name)
+        await sandbox.close_default()  # an import being parsed must not hold up the stop
     finally:
         if replication is not None:
             replication.replicator.stop()

@@ -267,3 +267,66 @@ def test_real_v1_certificates_from_openssl(tmp_path: Path) -> None:
     assert report.complete
     # twin: without its CA the v1 leaf's chain is incomplete
     assert not analyze(Material(certificates=(leaf,))).complete
+
+
+# ---------------------------------------------------------------- toolkit cases (issue 11)
+
+
+def _sha_chain(tmp_path: Path, digest: str) -> tuple[x509.Certificate, x509.Certificate]:
+    """An RSA root and a leaf it signed, both signed with ``digest``, made by openssl."""
+    d = tmp_path
+    _openssl(
+        f"req -x509 -{digest} -newkey rsa:2048 -nodes -keyout {d}/root.key -out {d}/root.pem "
+        f"-days 9 -subj /CN={digest}-root -addext basicConstraints=critical,CA:TRUE"
+    )
+    _openssl(f"req -new -newkey rsa:2048 -nodes -keyout {d}/leaf.key -out {d}/leaf.csr "
+             f"-subj /CN={digest}-leaf.example.com")
+    (d / "ext").write_text("subjectAltName=DNS:leaf.example.com\nbasicConstraints=CA:FALSE\n")
+    _openssl(
+        f"x509 -req -{digest} -in {d}/leaf.csr -CA {d}/root.pem -CAkey {d}/root.key "
+        f"-set_serial 5 -days 9 -extfile {d}/ext -out {d}/leaf.pem"
+    )
+    load = x509.load_pem_x509_certificate
+    return load((d / "root.pem").read_bytes()), load((d / "leaf.pem").read_bytes())
+
+
+@pytest.mark.parametrize("digest", ["sha1", "sha256"])
+def test_legacy_signatures_verify_and_are_named_weak(tmp_path: Path, digest: str) -> None:
+    root, leaf = _sha_chain(tmp_path, digest)
+    assert is_self_signed(root) and classify(root) == "root"
+    report = analyze(Material(certificates=(root, leaf)))
+    assert report.identity == leaf and report.ordered == (leaf, root)
+    assert report.roles == ("identity", "root")
+    assert report.complete
+    weak = [p for p in report.problems if "weak algorithm" in p]
+    if digest == "sha1":  # both signatures on the chain are named
+        assert len(weak) == 2 and all("SHA1" in p for p in weak)
+    else:  # twin: a SHA-256 chain has no such problem
+        assert report.problems == ()
+
+
+def test_a_legacy_signature_by_the_wrong_key_still_does_not_verify(tmp_path: Path) -> None:
+    """Negative twin of the SHA-1 path: the direct check is a real signature check."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    root, leaf = _sha_chain(tmp_path / "a", "sha1")
+    other_root, _ = _sha_chain(tmp_path / "b", "sha1")  # same names, another key
+    assert not analyze(Material(certificates=(leaf, other_root))).complete
+    assert analyze(Material(certificates=(leaf, root))).complete
+
+
+def test_v3_self_signed_without_basic_constraints_is_an_identity() -> None:
+    alone = make_leaf(None, ["solo.example.com"], ca=None).cert
+    assert alone.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    report = analyze(Material(certificates=(alone,)))
+    assert report.roles == ("identity",) and report.identity == alone and report.complete
+    assert classify(alone, [alone]) == "identity"
+
+
+def test_self_signed_without_basic_constraints_that_signed_another_is_a_root() -> None:
+    """Twin: the same kind of certificate is a root once it has signed something here."""
+    issuer = make_leaf(None, ["issuer.example.com"], ca=None)
+    leaf = make_leaf(issuer, ["signed.example.com"], ca=False, slot=1).cert
+    assert classify(issuer.cert, [issuer.cert, leaf]) == "root"
+    report = analyze(Material(certificates=(issuer.cert, leaf)))
+    assert report.identity == leaf and report.roles == ("identity", "root") and report.complete

@@ -43,6 +43,7 @@ CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
     "node.importing", "node.lifecycle", "node.model", "node.names", "node.renewal_plan",
     "node.sealing", "node.selection", "node.store_view", "node.text",
+    "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
 })  # fmt: skip
@@ -71,6 +72,8 @@ LIBRARY_RANDOMNESS: dict[tuple[str, str], str] = {
     ("node.formats", "encryption_builder"): "PKCS#12 export: OpenSSL draws salts and IVs",
     ("node.formats", "BestAvailableEncryption"): "PEM key export: OpenSSL draws salt and IV",
     ("node.formats", "serialize_key_and_certificates"): "PKCS#12 export: salts and IVs",
+    ("node.exports", "encryption_builder"): "PKCS#12 export: OpenSSL draws salts and IVs",
+    ("node.exports", "serialize_key_and_certificates"): "PKCS#12 export: salts and IVs",
 }
 FILE_IO_ATTRS = frozenset({
     "read_bytes", "read_text", "write_bytes", "write_text", "open", "unlink", "mkdir",
