@@ -210,6 +210,8 @@ def main(argv: list[str]) -> int:
     budget = float(os.environ.get("MUTATION_BUDGET", "600"))
     workers = int(os.environ.get("MUTATION_WORKERS", "1"))
     keep = Path(os.environ["MUTATION_LOGS"]) if os.environ.get("MUTATION_LOGS") else None
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     outcomes = [run_module(m, budget=budget, workers=workers, keep=keep) for m in modules]
     print("== summary")
     for o in outcomes:
