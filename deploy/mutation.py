@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                       "tests/unit/test_chain_edges.py"),
     "sync/transfer.py": ("tests/unit/test_transfer.py",),
     "sync/staging.py": ("tests/unit/test_staging.py",),
-    "node/sealing.py": ("tests/node/test_store.py",),
+    "node/sealing.py": ("tests/unit/test_sealing.py", "tests/node/test_store.py"),
 }
 
 

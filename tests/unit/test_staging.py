@@ -9,15 +9,18 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from node.errors import CoverageError, TransferRejected
 from node.formats import cert_sha256
 from node.store_view import set_digest
+from node.text import rfc3339
 from sync.promotion import initial_promotion
 from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push
 from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, wrap_item
-from tests.pki import NOW, Issued, make_chain, make_leaf, make_root
+from tests.pki import NOW, Issued, make_chain, make_key, make_leaf, make_root
 
 CLUSTER = "6f1c1f64-7a0e-4a7e-9d3b-0c4f5f3a9e11"
 RECIPIENT = ec.generate_private_key(ec.SECP256R1())
@@ -154,3 +157,92 @@ def test_held_members_count_as_if_they_had_travelled() -> None:
     # twin: without the held item the same push lacks its default
     with pytest.raises(TransferRejected, match="names default"):
         _check(push)
+
+
+# --------------------------------------------------------------------------- the exact words
+# A refusal travels to the primary and the admin as text: its words are part of what is
+# checked (the sender, the dates and the advice), and so is every field of a CheckedSet.
+
+
+def test_every_field_of_a_checked_set_comes_from_the_push() -> None:
+    item = _wrap(PKI.leaf, CHAIN, name="site", is_default=True, epoch=3, revision=9)
+    push = replace(_push((item,), default=PKI.leaf.cert), epoch=3, revision=9)
+    checked = _check(push)
+    assert (checked.epoch, checked.revision, checked.sender) == (3, 9, "p1")
+
+
+def test_a_chain_certificate_without_common_name_is_named_by_its_fingerprint() -> None:
+    root = make_root(slot=11)
+    key = make_key("ec-p256", slot=12)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "No CN CA")])
+    inter = (x509.CertificateBuilder().subject_name(subject).issuer_name(root.cert.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(PKI.leaf.cert.not_valid_before_utc)
+             .not_valid_after(PKI.leaf.cert.not_valid_after_utc)
+             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+             .sign(root.key, hashes.SHA256()))
+    leaf = make_leaf(Issued(inter, key), ("support.example.com", "*.example.com"), slot=13)
+    item = _wrap(leaf, (inter,), name="site", is_default=True)
+    checked = _check(_push((item,), default=leaf.cert,
+                           digest=_digest([leaf.cert], [inter], leaf.cert)))
+    assert [e.name for e in checked.entries if e.key is None] == [cert_sha256(inter)[:16]]
+
+
+def test_a_broken_chain_names_the_sender_and_the_advice() -> None:
+    stranger = make_root("Stranger Root", slot=7)
+    broken = _wrap(PKI.leaf, (stranger.cert,), name="site", is_default=True)
+    push = replace(_push((broken,), default=PKI.leaf.cert,
+                         digest=_digest([PKI.leaf.cert], [stranger.cert], PKI.leaf.cert)))
+    with pytest.raises(TransferRejected) as err:
+        _check(push)
+    assert str(err.value) == (
+        f"item 'site' from 'p1': {stranger.cert.subject.rfc4514_string()!r} did not sign "
+        f"{PKI.leaf.cert.subject.rfc4514_string()!r}; the chain is broken, fix it on the primary")
+
+
+def test_a_date_refusal_names_the_sender_the_time_and_the_validity() -> None:
+    cert = PKI.leaf.cert
+    late = cert.not_valid_after_utc
+    with pytest.raises(TransferRejected) as err:
+        check_dates([cert], late, sender="p7")
+    assert str(err.value) == (
+        f"certificate {cert_sha256(cert)!r} ({cert.subject.rfc4514_string()}) from 'p7' is not "
+        f"valid at {rfc3339(late)} (valid {rfc3339(cert.not_valid_before_utc)} to "
+        f"{rfc3339(cert.not_valid_after_utc)}); replace it on the primary, this node keeps "
+        "serving what it had")
+    # through check_push, the sender of the push is named
+    with pytest.raises(TransferRejected, match="from 'p1' is not valid at"):
+        _check(GOOD, now=NOW + timedelta(days=366))
+
+
+def test_two_defaults_and_a_wrong_default_say_push_again_from_the_primary() -> None:
+    second = _wrap(OTHER, CHAIN, name="other", is_default=True)
+    with pytest.raises(TransferRejected) as err:
+        _check(_push((SITE, second), default=PKI.leaf.cert))
+    assert str(err.value) == ("the push from 'p1' marks more than one certificate default; "
+                              "push again from the primary")
+    with pytest.raises(TransferRejected) as err:
+        _check(replace(GOOD, default_sha256=cert_sha256(OTHER.cert)))
+    assert str(err.value) == (
+        f"the push from 'p1' names default {cert_sha256(OTHER.cert)!r} but its items mark "
+        f"{cert_sha256(PKI.leaf.cert)!r}; push again from the primary")
+
+
+def test_coverage_refusals_list_every_name_in_text_and_report() -> None:
+    item = _wrap(PKI.leaf, CHAIN, name="site", is_default=False)
+    push = _push((item,), default=None, digest=_digest([PKI.leaf.cert], list(CHAIN), None))
+    with pytest.raises(CoverageError) as err:
+        _check(push)
+    assert str(err.value) == ("the push from 'p1' has no default certificate, so "
+                              "support.example.com, b1.example.com would be uncovered; set a "
+                              "default on the primary")
+    assert err.value.report == "support.example.com, b1.example.com"
+    narrow = make_leaf(PKI.intermediate, ("other.example.org",), slot=6)
+    pushed = _push((_wrap(narrow, CHAIN, name="narrow", is_default=True),), default=narrow.cert,
+                   digest=_digest([narrow.cert], list(CHAIN), narrow.cert))
+    with pytest.raises(CoverageError) as err:
+        _check(pushed)
+    assert str(err.value) == (
+        f"the default certificate {cert_sha256(narrow.cert)!r} from 'p1' does not cover "
+        "support.example.com, b1.example.com; replace it on the primary or replicate --force")
+    assert err.value.report == "support.example.com, b1.example.com"

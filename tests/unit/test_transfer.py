@@ -8,6 +8,7 @@ show up in what travels or in an error.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -287,3 +289,93 @@ def test_wrapped_passphrase_starts_with_the_format_version() -> None:
     old = replace(item, wrapped_passphrase=b"\x01" + item.wrapped_passphrase[1:])
     with pytest.raises(TransferRejected, match="transfer format 1, not 2"):
         unwrap_item(CTX, RECIPIENT, old)
+
+
+# --------------------------------------------------------------------------- the wire format
+# The HPKE ``info`` is what binds a wrap to its context; it is a wire format (two releases
+# must agree on it), so it is pinned here by building it independently of sync.transfer.
+# The same independent sealing forges items whose PKCS#12 content is wrong in one way each.
+
+PINNED_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def _pinned_info(ctx: TransferContext, name: str, is_default: bool, blob: bytes) -> bytes:
+    text = (f'["certsync-transfer-v{TRANSFER_FORMAT}","{ctx.cluster_id}",{ctx.epoch},'
+            f'{ctx.revision},"{ctx.sender}","{ctx.recipient}",{json.dumps(name)},'
+            f'{"true" if is_default else "false"},"{hashlib.sha256(blob).hexdigest()}"]')
+    return text.encode("ascii")
+
+
+def test_the_info_is_the_pinned_json_with_non_ascii_escaped() -> None:
+    item = _wrap(name="café ☃", is_default=False)
+    info = _pinned_info(CTX, "café ☃", False, item.pkcs12)
+    assert b"\\u00e9" in info  # ensure_ascii: the name travels escaped
+    secret = PINNED_SUITE.decrypt(item.wrapped_passphrase[1:], RECIPIENT, info=info)
+    assert len(secret) == 32
+    # the blob opens with the hex of that secret, as ASCII
+    assert pkcs12.load_pkcs12(item.pkcs12, secret.hex().encode()).cert is not None
+
+
+def _forge(blob: bytes, secret: bytes, *, name: str = "site") -> WrappedItem:
+    sealed = PINNED_SUITE.encrypt(secret, RECIPIENT.public_key(),
+                                  info=_pinned_info(CTX, name, True, blob))
+    return WrappedItem(name=name, is_default=True, pkcs12=blob,
+                       wrapped_passphrase=bytes([TRANSFER_FORMAT]) + sealed)
+
+
+SECRET = bytes(range(32))
+PASS = SECRET.hex().encode()
+
+
+def _p12(key: object, cert: x509.Certificate | None) -> bytes:
+    return pkcs12.serialize_key_and_certificates(
+        b"site", key, cert, None,  # type: ignore[arg-type]  # deliberately odd content
+        serialization.BestAvailableEncryption(PASS))
+
+
+def test_a_forged_twin_with_the_right_content_opens() -> None:
+    out = unwrap_item(CTX, RECIPIENT, _forge(_p12(EC.key, EC.cert), SECRET))
+    assert out.cert == EC.cert
+
+
+def test_an_item_without_its_key_is_refused_by_its_message() -> None:
+    with pytest.raises(TransferRejected) as err:
+        unwrap_item(CTX, RECIPIENT, _forge(_p12(None, EC.cert), SECRET))
+    assert str(err.value) == ("item 'site' from 'p1' lacks its certificate or its key; only "
+                              "certificates with keys are replicated, push again")
+
+
+def test_an_item_with_a_key_type_certsync_does_not_store_is_refused() -> None:
+    dsa_key = dsa.generate_private_key(2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dsa.example.com")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(dsa_key.public_key()).serial_number(1)
+            .not_valid_before(EC.cert.not_valid_before_utc)
+            .not_valid_after(EC.cert.not_valid_after_utc).sign(dsa_key, hashes.SHA256()))
+    with pytest.raises(TransferRejected) as err:
+        unwrap_item(CTX, RECIPIENT, _forge(_p12(dsa_key, cert), SECRET))
+    assert str(err.value) == ("item 'site' from 'p1' holds a DSAPrivateKey key, which certsync "
+                              "does not store")
+
+
+def test_a_blob_that_does_not_open_with_its_passphrase_is_refused_by_its_message() -> None:
+    with pytest.raises(TransferRejected) as err:
+        unwrap_item(CTX, RECIPIENT, _forge(_p12(EC.key, EC.cert), bytes(32)))
+    assert str(err.value) == ("item 'site' from 'p1' is not a PKCS#12 that opens with its "
+                              "wrapped passphrase; push again from the current primary")
+
+
+def test_a_replayed_item_is_refused_by_its_message() -> None:
+    with pytest.raises(TransferRejected) as err:
+        unwrap_item(replace(CTX, revision=8), RECIPIENT, ITEM)
+    assert str(err.value) == (
+        "item 'site' from 'p1' does not open for node 'b1' at epoch 2 revision 8: it was "
+        "replayed, sent to another node or altered; push again from the current primary")
+
+
+def test_a_recipient_off_p256_is_refused_by_its_message() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(TransferRejected) as err:
+        _wrap(recipient=p384)
+    assert str(err.value) == ("recipient 'b1' has a 'secp384r1' identity key, not P-256; "
+                              "re-issue its certificate with 'certsync cluster init'")
