@@ -51,6 +51,7 @@ from node.renewal import Lifecycle
 from node.rpc import run_rpc
 from node.selection import Selection
 from node.store import Store
+from node.store_chain import chain_state, chain_states
 from node.store_view import SetEntry, StoredCert, StoreView
 from node.text import rfc3339
 
@@ -208,8 +209,14 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         return await self._rt.store.get(sha)
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only={sha256})
-        return cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
+        return (await self._infos([sha256]))[0]
+
+    async def _infos(self, shas: Sequence[str]) -> list[certsync_pb2.CertificateInfo]:
+        """Stored certificates with lifecycle and chain over the whole store (one reading)."""
+        view = await self._rt.store.view()
+        statuses = await self._rt.lifecycle.statuses(self._rt.now(), view, only=set(shas))
+        return [cert_info(view.require(sha), statuses.get(sha),
+                          await asyncio.to_thread(chain_state, view, sha)) for sha in shas]
 
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
@@ -319,8 +326,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         shas = [formats.cert_sha256(e.cert) for e in entries]
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only=set(shas))
-        infos = [cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
+        infos = await self._infos(shas)
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
@@ -335,11 +341,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.ListResponse:
-        stored = await self._rt.store.list_certificates()
-        statuses = await self._rt.lifecycle.statuses(self._rt.now())
-        return certsync_pb2.ListResponse(
-            certificates=[cert_info(s, statuses.get(s.sha256)) for s in stored]
-        )
+        view = await self._rt.store.view()  # one reading for states and chains
+        statuses = await self._rt.lifecycle.statuses(self._rt.now(), view)
+        chains = await asyncio.to_thread(chain_states, view)  # over the whole store
+        return certsync_pb2.ListResponse(certificates=[
+            cert_info(s, statuses.get(s.sha256), chains.get(s.sha256)) for s in view.certs
+        ])
 
     @_rpc(change=False)
     async def Export(
@@ -582,3 +589,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         return certsync_pb2.StageCaChangeResponse(pending=pending_msg(staged))
+
+    @_rpc(change=False)  # the detail view (issue 11)
+    async def ShowCertificate(
+        self,
+        request: certsync_pb2.ShowCertificateRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.CertificateInfo:
+        return await self._info((await self._stored(request.sha256)).sha256)
