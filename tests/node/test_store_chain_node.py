@@ -101,7 +101,10 @@ async def test_the_chain_follows_the_store_and_the_endpoint_sends_it(
     leaf, inter, root = pki.leaf.cert, pki.intermediate.cert, pki.root.cert
     root_pem = tmp_path / "root.pem"
     root_pem.write_bytes(pem_bundle(root))
-    verify = lambda: asyncio.to_thread(_verify_code, node.tls_port, root_pem)  # noqa: E731
+
+    async def verify() -> int:
+        return await asyncio.to_thread(_verify_code, node.tls_port, root_pem)
+
     async with node.client() as c:
         resp = await c.import_files([("leaf.pem", pem_bundle(leaf, key=pki.leaf.key))])
         sha = resp.identity_sha256
