@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
+from node.cert_views import cert_infos, import_warnings
 from node.errors import (
     BadInput,
     Conflict,
@@ -39,7 +40,6 @@ from node.errors import (
 from node.identity import Identity, identity_from_certificate
 from node.importing import plan_import
 from node.messages import (
-    cert_info,
     csr_info,
     key_type_of_text,
     pending_msg,
@@ -51,7 +51,6 @@ from node.renewal import Lifecycle
 from node.rpc import run_rpc
 from node.selection import Selection
 from node.store import Store
-from node.store_chain import chain_state, chain_states
 from node.store_view import SetEntry, StoredCert, StoreView
 from node.text import rfc3339
 
@@ -209,14 +208,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         return await self._rt.store.get(sha)
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
-        return (await self._infos([sha256]))[0]
-
-    async def _infos(self, shas: Sequence[str]) -> list[certsync_pb2.CertificateInfo]:
-        """Stored certificates with lifecycle and chain over the whole store (one reading)."""
-        view = await self._rt.store.view()
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), view, only=set(shas))
-        return [cert_info(view.require(sha), statuses.get(sha),
-                          await asyncio.to_thread(chain_state, view, sha)) for sha in shas]
+        return (await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now(), [sha256]))[0]
 
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
@@ -326,7 +318,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         shas = [formats.cert_sha256(e.cert) for e in entries]
-        infos = await self._infos(shas)
+        infos = await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now(), shas)
+        warnings = await import_warnings(material, warnings, infos, identity_sha)  # the store's
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
@@ -341,12 +334,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.ListResponse:
-        view = await self._rt.store.view()  # one reading for states and chains
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), view)
-        chains = await asyncio.to_thread(chain_states, view)  # over the whole store
-        return certsync_pb2.ListResponse(certificates=[
-            cert_info(s, statuses.get(s.sha256), chains.get(s.sha256)) for s in view.certs
-        ])
+        return certsync_pb2.ListResponse(  # chains over the whole store (issue 11)
+            certificates=await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now()))
 
     @_rpc(change=False)
     async def Export(

@@ -26,7 +26,7 @@ the chain that is not self-signed (:mod:`node.app` serves exactly these).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -36,7 +36,9 @@ from node.formats import cert_sha256
 from node.model import Role
 from node.store_view import StoreView
 
-__all__ = ["ChainLink", "ChainState", "chain_state", "chain_states", "sent_chain"]
+__all__ = [
+    "ChainLink", "ChainState", "chain_state", "chain_states", "over_the_store", "sent_chain",
+]
 
 
 @dataclass(frozen=True)
@@ -150,3 +152,14 @@ def chain_states(view: StoreView) -> dict[str, ChainState]:
     sha_of = {id(c.certificate()): c.sha256 for c in view.certs}
     subjects = frozenset(c.certificate().subject for c in view.certs)
     return {c.sha256: chain_state(view, c.sha256, sha_of, subjects) for c in view.certs}
+
+
+def over_the_store(warnings: Sequence[str], file_problems: Sequence[str],
+                   stored: Sequence[str] | None) -> list[str]:
+    """An import's warnings with its chain judged over the whole store: the problems of the
+    chain of the imported files alone (``file_problems``) give way to the problems of the
+    identity's chain as stored now (``stored``; ``None``: the import has no identity)."""
+    if stored is None:
+        return list(warnings)
+    drop = set(file_problems)
+    return [*stored, *(w for w in warnings if w not in drop)]

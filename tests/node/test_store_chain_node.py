@@ -145,3 +145,18 @@ async def test_show_of_an_unknown_certificate_is_not_found(node: Node) -> None:
     async with node.client() as c:
         with pytest.raises(NotFound):
             await c.show_certificate("0" * 64)
+
+
+@pytest.mark.parametrize("stored_first", [True, False])
+async def test_an_import_warns_about_the_chain_as_stored(node: Node, stored_first: bool) -> None:
+    """The leaf imported alone: no warning about its issuer when the intermediate (and root)
+    are stored already; the twin, an empty store, names the missing issuer."""
+    pki = make_chain(intermediate_cn="Example Intermediate CA")
+    async with node.client() as c:
+        if stored_first:
+            await c.import_files([("ca.pem", pem_bundle(pki.intermediate.cert, pki.root.cert))])
+        resp = await c.import_files([("leaf.pem", pem_bundle(pki.leaf.cert, key=pki.leaf.key))])
+    issuer_warnings = [w for w in resp.warnings if "Example Intermediate CA" in w]
+    assert bool(issuer_warnings) is not stored_first, list(resp.warnings)
+    leaf_info = next(i for i in resp.certificates if i.sha256 == resp.identity_sha256)
+    assert leaf_info.chain_complete is stored_first

@@ -122,3 +122,15 @@ def test_a_sha1_chain_is_complete_and_names_the_weak_algorithm(tmp_path: Path,
         assert len(weak) == 2 and all("SHA1" in p for p in weak)
     else:  # twin: no problem at all
         assert state.problems == ()
+
+
+def test_over_the_store_replaces_the_files_problems_by_the_stored_ones() -> None:
+    from node.store_chain import over_the_store
+
+    warnings = ["no certificate for issuer CN=I", "certificate X expired on ..."]
+    assert over_the_store(warnings, ["no certificate for issuer CN=I"], []) == [
+        "certificate X expired on ..."]
+    assert over_the_store(warnings, ["no certificate for issuer CN=I"], ["root missing"]) == [
+        "root missing", "certificate X expired on ..."]
+    # twin: without an identity, the warnings stay as they are
+    assert over_the_store(warnings, ["no certificate for issuer CN=I"], None) == warnings
