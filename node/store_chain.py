@@ -26,6 +26,7 @@ the chain that is not self-signed (:mod:`node.app` serves exactly these).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,37 +93,48 @@ def sent_chain(chain: tuple[x509.Certificate, ...], cert: x509.Certificate
     return tuple(c for c in chain if c != cert and not _self_signed_name(c))
 
 
-def chain_state(view: StoreView, sha256: str, sha_of: Mapping[int, str] | None = None,
-                subjects: frozenset[x509.Name] | None = None) -> ChainState:
+class _Pool:
+    """What judging chains needs of the whole store, worked out once for many certificates
+    (each lazily): sha256 by parsed certificate, every stored subject, the links named."""
+
+    def __init__(self, view: StoreView) -> None:
+        self._view = view
+        self.links: dict[str, ChainLink] = {}
+
+    @functools.cached_property
+    def sha_of(self) -> Mapping[int, str]:
+        return {id(c.certificate()): c.sha256 for c in self._view.certs}
+
+    @functools.cached_property
+    def subjects(self) -> frozenset[x509.Name]:
+        return frozenset(c.certificate().subject for c in self._view.certs)
+
+    def link(self, cert: x509.Certificate) -> ChainLink:
+        sha = self.sha_of.get(id(cert)) or cert_sha256(cert)
+        found = self.links.get(sha)
+        if found is None:
+            row = self._view.get(sha)
+            role = row.role if row is not None else classify(cert)
+            found = self.links[sha] = ChainLink(sha, _name(cert.subject), role)
+        return found
+
+
+def chain_state(view: StoreView, sha256: str, pool: _Pool | None = None) -> ChainState:
     """The chain of the stored certificate ``sha256`` over every stored certificate, judged
-    (:class:`~node.errors.NotFound` when it is not stored). ``sha_of`` maps ``id()`` of the
-    view's parsed certificates to their sha256 and ``subjects`` holds every stored subject
-    (both save work over many certificates; :func:`chain_states` passes them)."""
+    (:class:`~node.errors.NotFound` when it is not stored); ``pool`` is shared by the calls
+    of :func:`chain_states`."""
+    pool = pool or _Pool(view)
     stored = view.require(sha256)
     cert = stored.certificate()
     chain, build_problems = view.chain(sha256)
     chain = tuple(c for c in chain if c != cert)
-    known = sha_of or {}
-
-    def sha(c: x509.Certificate) -> str:
-        return known.get(id(c)) or cert_sha256(c)
-
-    def role(c: x509.Certificate, s: str) -> Role:
-        row = view.get(s)
-        return row.role if row is not None else classify(c)
-
-    links = (
-        ChainLink(sha256, _name(cert.subject), stored.role),
-        *(ChainLink(s, _name(c.subject), role(c, s)) for c in chain for s in (sha(c),)),
-    )
+    links = (ChainLink(sha256, _name(cert.subject), stored.role), *map(pool.link, chain))
     head = (cert, *chain)
     top = head[-1]
     problems: list[str] = []
     missing_root = False
     if build_problems:
-        if subjects is None:
-            subjects = frozenset(c.certificate().subject for c in view.certs)
-        if top.issuer in subjects:
+        if top.issuer in pool.subjects:
             problems.extend(build_problems)  # a signature that does not verify, a loop
         elif _is_ca(top):
             missing_root = True
@@ -143,15 +155,14 @@ def chain_state(view: StoreView, sha256: str, sha_of: Mapping[int, str] | None =
         complete=not build_problems,
         missing_root=missing_root,
         problems=tuple(problems),
-        sent=tuple(sha(c) for c in sent_chain(chain, cert)),
+        sent=tuple(pool.link(c).sha256 for c in sent_chain(chain, cert)),
     )
 
 
 def chain_states(view: StoreView) -> dict[str, ChainState]:
     """:func:`chain_state` of every stored certificate, by sha256."""
-    sha_of = {id(c.certificate()): c.sha256 for c in view.certs}
-    subjects = frozenset(c.certificate().subject for c in view.certs)
-    return {c.sha256: chain_state(view, c.sha256, sha_of, subjects) for c in view.certs}
+    pool = _Pool(view)
+    return {c.sha256: chain_state(view, c.sha256, pool) for c in view.certs}
 
 
 def over_the_store(warnings: Sequence[str], file_problems: Sequence[str],
