@@ -29,6 +29,7 @@ from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import load_node_config, load_store_key
 from sync.daemon import cluster_of
+from sync.probe import served_chain
 from tests._ci import require_tool
 from tests.node.helpers import serve_store_api
 from tests.pki import make_chain, pem_bundle
@@ -102,6 +103,8 @@ async def test_the_chain_follows_the_store_and_the_endpoint_sends_it(
     root_pem = tmp_path / "root.pem"
     root_pem.write_bytes(pem_bundle(root))
 
+    address = f"127.0.0.1:{node.tls_port}"
+
     async def verify() -> int:
         return await asyncio.to_thread(_verify_code, node.tls_port, root_pem)
 
@@ -122,6 +125,8 @@ async def test_the_chain_follows_the_store_and_the_endpoint_sends_it(
         assert [link.sha256 for link in info.chain] == [sha, _sha(inter)]
         assert list(info.chain_sent) == [_sha(inter)]
         assert await verify() == 0  # the intermediate imported later is sent
+        # the probe of status records the same chain
+        assert await served_chain(address, SITE, timeout=10) == (sha, _sha(inter))
 
         await c.import_files([("root.pem", pem_bundle(root))])
         info = await c.show_certificate(sha)
@@ -139,6 +144,7 @@ async def test_the_chain_follows_the_store_and_the_endpoint_sends_it(
         listed = {x.sha256: x for x in await c.list_certificates()}
         assert not listed[sha].chain_complete and listed[sha].chain_problems
         assert await verify() != 0
+        assert await served_chain(address, SITE, timeout=10) == (sha,)
 
 
 async def test_show_of_an_unknown_certificate_is_not_found(node: Node) -> None:
