@@ -113,7 +113,7 @@ def print_show(data: Mapping[str, Any]) -> None:
     line("dns names", ", ".join(data["dns_names"]) or "-")
     if data["ip_addresses"]:
         line("ip addresses", ", ".join(data["ip_addresses"]))
-    key = f"{data['key_source']} key" if data["has_key"] else "no key stored"
+    key = f"key stored (from {data['key_source']})" if data["has_key"] else "no key stored"
     line("key", f"{data['key_type'] or 'unknown type'}, {key}")
     line("valid", f"{data['not_before']} .. {data['not_after']} ({data['days_left']} days left)")
     line("renewal", data["renewal_state"] or "-")
