@@ -14,16 +14,19 @@ from cryptography import x509
 
 from node import create
 from node.api import certsync_pb2
-from node.errors import BadInput
+from node.errors import BadInput, FormatError
+from node.formats import key_type_of
 from node.lifecycle import StagedCaChange
 from node.model import CREATABLE_KEY_TYPES, KeyType
 from node.renewal_plan import CertStatus
+from node.store_chain import ChainState
 from node.store_view import StoredCert, StoredCsr
 from node.text import rfc3339
 
 __all__ = [
     "cert_info",
     "csr_info",
+    "key_source_of",
     "key_type_of_text",
     "pending_msg",
     "sans_of_request",
@@ -31,10 +34,24 @@ __all__ = [
 ]
 
 
+def key_source_of(stored: StoredCert) -> str:
+    """Where the certificate's key came from: ``import`` (stored with it), ``csr`` (the key
+    of a stored request) or ``""`` (no key stored). The store keeps no CSR link yet, so a
+    stored key reads as ``import``; the link to a request's key goes here."""
+    return "import" if stored.has_key else ""
+
+
+def _key_type(cert: x509.Certificate) -> str:
+    try:
+        return key_type_of(cert.public_key())
+    except (FormatError, ValueError):  # a key type certsync does not create nor serve
+        return ""
+
+
 def cert_info(
-    stored: StoredCert, status: CertStatus | None = None
+    stored: StoredCert, status: CertStatus | None = None, chain: ChainState | None = None
 ) -> certsync_pb2.CertificateInfo:
-    cert = x509.load_der_x509_certificate(stored.der)
+    cert = stored.certificate()
     info = certsync_pb2.CertificateInfo(
         sha256=stored.sha256,
         name=stored.name,
@@ -54,6 +71,18 @@ def cert_info(
         info.replaceable = status.replaceable
         info.next_attempt = rfc3339(status.next_attempt)
         info.acme = status.acme
+    info.not_before = rfc3339(cert.not_valid_before_utc)
+    info.key_type = _key_type(cert)
+    info.key_source = key_source_of(stored)
+    if chain is not None:  # the chain over the whole store (issue 11)
+        info.chain_complete = chain.complete
+        info.chain_problems.extend(chain.problems)
+        info.chain_missing_root = chain.missing_root
+        info.chain_sent.extend(chain.sent)
+        info.chain.extend(
+            certsync_pb2.ChainLink(sha256=link.sha256, subject=link.subject, role=link.role)
+            for link in chain.links
+        )
     return info
 
 

@@ -7,8 +7,10 @@
   ``last_alert_at``); a pending CA change as ``pending_ca_change`` -> JSON (``""``: none).
   Meta is local to the node: every node keeps its own alert clock.
 * **Replaced** is computed from the set, not stored: a certificate with a key is replaceable
-  when another certificate with a key has the same names and a later ``not_after``
-  (:func:`replaced_by`). That holds on every node after replication.
+  when another certificate with a key has the same names, a later ``not_after`` and the same
+  CA by the stored chains (:func:`replaced_by`), and it is not the default (served to
+  clients without SNI, so alerted on until the default moves). That holds on every node
+  after replication.
 * :meth:`Lifecycle.tick` is one round of the monitor, "decide, then act": it takes a
   snapshot, plans with :func:`plan_tick` (pure), then renews due ACME certificates (primary
   only, back-off through :func:`~node.lifecycle.record_failure`), delivers expiry alerts
@@ -67,6 +69,7 @@ from node.renewal_plan import (
     pending_to_json,
     plan_tick,
     replaced_by,
+    same_ca_in,
     state_key,
 )
 from node.store import Store
@@ -156,8 +159,12 @@ class Lifecycle:
                    for c in certs}
         memo = self._replaced
         if memo is None or memo[0] is not view.cert_rows:  # the same rows: the same answer
-            memo = self._replaced = (view.cert_rows, replaced_by(certs))
-        return certs, records, memo[1]
+            memo = self._replaced = (view.cert_rows,
+                                     replaced_by(certs, same_ca=same_ca_in(view)))
+        # the default is served to every client without SNI: it is not superseded (and stays
+        # alerted on) until the default moves to its replacement
+        default = view.default_sha256
+        return certs, records, {k: v for k, v in memo[1].items() if k != default}
 
     async def pending(self, view: StoreView | None = None) -> StagedCaChange | None:
         """The staged CA change, if any (in ``view``, a view of the store just read, when

@@ -2,7 +2,8 @@
 
 What :class:`node.renewal.Lifecycle` (the shell) decides before it acts: each certificate's
 lifecycle record in store meta (``lifecycle:<sha256>`` -> JSON) and the pending CA change
-(``pending_ca_change`` -> JSON), which certificates are superseded (:func:`replaced_by`), and
+(``pending_ca_change`` -> JSON), which certificates are superseded (:func:`replaced_by`: same
+names, later expiry, same CA by the stored chains), and
 what one monitor round does (:func:`plan_tick`). The rules themselves (windows, back-off,
 alerts, CA changes) are :mod:`node.lifecycle`'s; time is always a parameter.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -21,12 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from node.lifecycle import (
     CertState,
     RenewalDecision,
+    RootId,
     StagedCaChange,
     ca_change_due,
     renewal_decision,
+    root_of,
     supersedes,
 )
-from node.store_view import StoredCert
+from node.store_view import StoredCert, StoreView
 from node.text import common_name, rfc3339
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "pending_to_json",
     "plan_tick",
     "replaced_by",
+    "same_ca_in",
     "state_key",
 ]
 
@@ -167,11 +171,16 @@ def _names_key(names: Sequence[str]) -> frozenset[str]:
     return frozenset(n.lower().rstrip(".") for n in names)
 
 
-def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
+def replaced_by(
+    certs: Sequence[StoredCert], *, same_ca: Callable[[StoredCert, StoredCert], bool]
+) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
     A renewal has the same DNS names and a strictly later ``not_after``
-    (:func:`node.lifecycle.supersedes`) and a key too, so it can be served instead.
+    (:func:`node.lifecycle.supersedes`), a key too, so it can be served instead, and comes
+    from the same CA: ``same_ca(new, old)`` (:func:`same_ca_in`: their stored chains end in
+    the same root), so a self-signed certificate with the names of a CA-signed one does not
+    replace it.
     """
     keyed = [c for c in certs if c.has_key and c.dns_names]
     # only certificates with the same names can supersede each other: compare within groups
@@ -179,14 +188,31 @@ def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     groups: dict[frozenset[str], list[StoredCert]] = {}
     for c in keyed:
         groups.setdefault(_names_key(c.dns_names), []).append(c)
-    # the latest of a group (the first of equals) supersedes every member it outlives
-    latest = {k: max(group, key=lambda c: c.not_after) for k, group in groups.items()}
     out: dict[str, str] = {}
     for old in keyed:
-        new = latest[_names_key(old.dns_names)]
-        if supersedes(new.dns_names, new.not_after, old.dns_names, old.not_after):
-            out[old.sha256] = new.sha256
+        newer = [c for c in groups[_names_key(old.dns_names)]
+                 if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)
+                 and same_ca(c, old)]
+        if newer:  # the latest (the first of equals)
+            out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
     return out
+
+
+def same_ca_in(view: StoreView) -> Callable[[StoredCert, StoredCert], bool]:
+    """``same_ca`` of :func:`replaced_by` over ``view``: the chains the store builds for both
+    end in the same root (:meth:`node.lifecycle.RootId.same_ca`); roots are worked out once
+    per certificate asked about."""
+    roots: dict[str, RootId] = {}
+
+    def root(c: StoredCert) -> RootId:
+        found = roots.get(c.sha256)
+        if found is None:
+            cert = c.certificate()
+            chain, _problems = view.chain(c.sha256)
+            found = roots[c.sha256] = root_of((cert, *(x for x in chain if x != cert)))
+        return found
+
+    return lambda new, old: root(new).same_ca(root(old))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
+from node.cert_views import cert_infos, import_warnings
 from node.errors import (
     BadInput,
     Conflict,
@@ -39,7 +40,6 @@ from node.errors import (
 from node.identity import Identity, identity_from_certificate
 from node.importing import plan_import
 from node.messages import (
-    cert_info,
     csr_info,
     key_type_of_text,
     pending_msg,
@@ -208,8 +208,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         return await self._rt.store.get(sha)
 
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only={sha256})
-        return cert_info(await self._rt.store.get(sha256), statuses.get(sha256))
+        return (await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now(), [sha256]))[0]
 
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
@@ -319,8 +318,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         shas = [formats.cert_sha256(e.cert) for e in entries]
-        statuses = await self._rt.lifecycle.statuses(self._rt.now(), only=set(shas))
-        infos = [cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
+        infos = await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now(), shas)
+        warnings = await import_warnings(material, warnings, infos, identity_sha)  # the store's
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
@@ -335,11 +334,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.ListResponse:
-        stored = await self._rt.store.list_certificates()
-        statuses = await self._rt.lifecycle.statuses(self._rt.now())
-        return certsync_pb2.ListResponse(
-            certificates=[cert_info(s, statuses.get(s.sha256)) for s in stored]
-        )
+        return certsync_pb2.ListResponse(  # chains over the whole store (issue 11)
+            certificates=await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now()))
 
     @_rpc(change=False)
     async def Export(
@@ -582,3 +578,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         return certsync_pb2.StageCaChangeResponse(pending=pending_msg(staged))
+
+    @_rpc(change=False)  # the detail view (issue 11)
+    async def ShowCertificate(
+        self,
+        request: certsync_pb2.ShowCertificateRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.CertificateInfo:
+        return await self._info((await self._stored(request.sha256)).sha256)

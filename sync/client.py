@@ -326,6 +326,10 @@ class NodeClient:
         resp = await self._call(lambda: self._stub.StageCaChange(req, timeout=self._timeout))
         return resp.pending
 
+    async def show_certificate(self, sha256: str) -> certsync_pb2.CertificateInfo:
+        req = certsync_pb2.ShowCertificateRequest(sha256=sha256)
+        return await self._call(lambda: self._stub.ShowCertificate(req, timeout=self._timeout))
+
     # -- service Replication -------------------------------------------------------------
 
     async def stage(self, request: certsync_pb2.StageRequest) -> certsync_pb2.StageResponse:

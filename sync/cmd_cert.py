@@ -1,5 +1,5 @@
-"""[shell] ``certsync cert create-self-signed|import|list|export|default|delete|stage-ca-change``
-against one node."""
+"""[shell] ``certsync cert create-self-signed|import|list|show|export|default|delete``
+and ``cert stage-ca-change`` against one node."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from node.api import certsync_pb2
 from node.errors import BadInput
 from node.model import CREATABLE_KEY_TYPES
+from sync import cmd_show
 from sync._io import MAX_INPUT_BYTES, print_json, read_input_file, read_passphrase_file
 from sync.client import call_node
 
@@ -69,6 +70,9 @@ def cert_json(c: certsync_pb2.CertificateInfo) -> dict[str, Any]:
         "replaceable": c.replaceable,
         "acme": c.acme,
         "next_attempt": c.next_attempt or None,
+        # the chain over the whole store (issue 11)
+        "chain_complete": c.chain_complete,
+        "chain_problems": list(c.chain_problems),
     }
 
 
@@ -142,6 +146,9 @@ def _list(args: argparse.Namespace) -> int:
             f"{'*' if c.is_default else ' ':<3}  {c.not_after:<20}  {c.name}"
             + (f" ({names})" if names else "")
         )
+        if not c.chain_complete:  # a warning beneath it, one line per problem
+            for problem in c.chain_problems or ["its chain is incomplete"]:
+                print(f"  warning: chain incomplete: {problem}")
     return 0
 
 
@@ -259,6 +266,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     delete = sub.add_parser("delete", help="delete a certificate and its key")
     delete.add_argument("sha256", metavar="SHA256")
     delete.set_defaults(func=_delete)
+
+    cmd_show.register(sub)
 
     stage = sub.add_parser(
         "stage-ca-change",

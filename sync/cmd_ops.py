@@ -38,8 +38,8 @@ from node.errors import CertsyncError, NodeUnreachable
 from sync._io import print_json
 from sync.client import NodeClient, admin_config, admin_target, call_node
 from sync.config import AdminConfig
-from sync.probe import served_sha256
-from sync.report import Observed, ServerName, runtime_primary, status_report
+from sync.probe import served_chain
+from sync.report import Observed, ServerName, StoredChain, runtime_primary, status_report
 
 __all__ = [
     "PROBE_TIMEOUT",
@@ -112,9 +112,11 @@ async def _expected(
     return {} if not any(expected.values()) else expected
 
 
-async def _probe(address: str, name: ServerName, rpc_timeout: float) -> tuple[str | None, str]:
+async def _probe(
+    address: str, name: ServerName, rpc_timeout: float
+) -> tuple[tuple[str, ...] | None, str]:
     try:
-        return await served_sha256(address, name, timeout=rpc_timeout), ""
+        return await served_chain(address, name, timeout=rpc_timeout), ""
     except (CertsyncError, OSError) as err:
         return None, str(err) or type(err).__name__
 
@@ -124,9 +126,28 @@ async def _probe_node(
 ) -> Observed:
     address = config.topology.node(node.name).tls_address
     results = await asyncio.gather(*(_probe(address, n, rpc_timeout) for n in names))
-    served = {n: sha for n, (sha, _) in zip(names, results, strict=True)}
-    errors = {n: why for n, (sha, why) in zip(names, results, strict=True) if sha is None}
-    return replace(node, served=served, probe_errors=errors)
+    served = {n: (got[0] if got else None) for n, (got, _) in zip(names, results, strict=True)}
+    chains = {n: got[1:] for n, (got, _) in zip(names, results, strict=True) if got}
+    errors = {n: why for n, (got, why) in zip(names, results, strict=True) if got is None}
+    return replace(node, served=served, probe_errors=errors, served_chains=chains)
+
+
+async def _stored_chains(
+    config: AdminConfig, node: Observed, rpc_timeout: float
+) -> Observed:
+    """``node`` with the stored chain of each of its certificates (issue 11); as it was when
+    it does not answer (then no chain is judged)."""
+    try:
+        async with NodeClient(admin_target(config, node.name), timeout=rpc_timeout) as client:
+            listed = await client.list_certificates()
+    except CertsyncError:
+        return node
+    return replace(node, stored_chains={
+        c.sha256: StoredChain(sent=tuple(c.chain_sent), complete=c.chain_complete,
+                              missing_root=c.chain_missing_root,
+                              problems=tuple(c.chain_problems))
+        for c in listed
+    })
 
 
 async def gather(
@@ -151,6 +172,8 @@ async def gather(
     expected = await _expected(config, leader.name, names, rpc_timeout)
     if not expected:
         return observed, expected
+    leader = await _stored_chains(config, leader, rpc_timeout)
+    observed = [leader if o.name == leader.name else o for o in observed]
     probed = list(await asyncio.gather(*(
         _probe_node(config, o, [*topology.served_names(o.name), None], probe_timeout)
         if o.reachable and o.same_set(leader) else _done(o)

@@ -19,10 +19,21 @@ from typing import Any
 from sync import plan as plan_mod
 from sync.topology import Topology
 
-__all__ = ["Observed", "ServerName", "runtime_primary", "status_report"]
+__all__ = ["Observed", "ServerName", "StoredChain", "runtime_primary", "status_report"]
 
 #: a server name of a probe; ``None`` is a ClientHello without SNI
 ServerName = str | None
+
+
+@dataclass(frozen=True)
+class StoredChain:
+    """A certificate's chain as its node stores it (over the whole store, issue 11):
+    ``sent`` is what its endpoint sends after the leaf (the chain without roots)."""
+
+    sent: tuple[str, ...] = ()
+    complete: bool = True
+    missing_root: bool = False
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,10 @@ class Observed:
     # lifecycle (issue 6): [{"sha256","days_left","renewal_state","next_attempt"}], pending
     certificates: tuple[Mapping[str, Any], ...] = ()
     pending_ca_change: Mapping[str, str] | None = None
+    # the chain over the store (issue 11): what each probe got after the leaf, and (asked
+    # of the primary only) the stored chain of each certificate by sha256
+    served_chains: Mapping[ServerName, tuple[str, ...]] = field(default_factory=dict)
+    stored_chains: Mapping[str, StoredChain] = field(default_factory=dict)
 
     def same_set(self, other: Observed) -> bool:
         return (self.epoch, self.revision, self.digest) == (
@@ -94,7 +109,8 @@ def _short(sha: str | None) -> str:
     return sha[:16] if sha else "nothing"
 
 
-def _serving_ok(node: Observed, expected: Mapping[ServerName, str] | None) -> bool | None:
+def _serving_ok(node: Observed, expected: Mapping[ServerName, str] | None,
+                chains: Mapping[str, StoredChain]) -> bool | None:
     """True when ``node`` served what the primary names for every name; None: unknown."""
     if expected is None:
         return None
@@ -103,7 +119,23 @@ def _serving_ok(node: Observed, expected: Mapping[ServerName, str] | None) -> bo
     if not node.served:
         return None
     # each node is probed for the names clients reach it by (Topology.served_names)
-    return all(node.served[name] == sha for name, sha in expected.items() if name in node.served)
+    return all(node.served[name] == sha for name, sha in expected.items()
+               if name in node.served) and not _chain_gaps(node, expected, chains)
+
+
+def _chain_gaps(node: Observed, expected: Mapping[ServerName, str],
+                chains: Mapping[str, StoredChain]) -> dict[ServerName, tuple[str, ...]]:
+    """Per probed name for which ``node`` served the leaf the primary names: the certificates
+    of the primary's stored chain for it (roots left out) that the node did not send."""
+    gaps: dict[ServerName, tuple[str, ...]] = {}
+    for name, want in expected.items():
+        stored = chains.get(want)
+        if stored is None or node.served.get(name) != want or name not in node.served_chains:
+            continue
+        missing = tuple(s for s in stored.sent if s not in node.served_chains[name])
+        if missing:
+            gaps[name] = missing
+    return gaps
 
 
 def _plan_state(node: Observed, serving_ok: bool | None) -> plan_mod.NodeState:
@@ -151,6 +183,11 @@ def _problems(
             elif got != want:
                 out.append(f"serves {_short(got)} for {_label(name)}, but the primary names "
                            f"{_short(want)}")
+        for name, missing in _chain_gaps(node, expected, leader.stored_chains).items():
+            out.append(f"serves {_short(expected[name])} for {_label(name)} without "
+                       f"{len(missing)} certificate(s) of its stored chain "
+                       f"({', '.join(_short(m) for m in missing)}), so clients cannot verify "
+                       "it; its chain is incomplete")
     if stale:
         when = node.last_sync or "never"
         out.append(f"last successful sync ({when}) is older than {stale_after} s")
@@ -179,7 +216,24 @@ def _cluster_problems(primary: str | None, leader: Observed | None,
     if expected is None:
         return [f"the primary {leader.name!r} did not say which certificate each name gets, "
                 "so no node can be shown in sync; run status again"]
-    return []
+    return _chain_warnings(leader, expected)
+
+
+def _chain_warnings(leader: Observed, expected: Mapping[ServerName, str]) -> list[str]:
+    """One sentence per certificate the primary serves whose stored chain is not complete: a
+    missing root is a warning (clients that trust it verify), a missing issuer is worse."""
+    out: list[str] = []
+    for sha in dict.fromkeys(expected.values()):
+        stored = leader.stored_chains.get(sha)
+        if stored is None or stored.complete:
+            continue
+        names = ", ".join(_label(n) for n, want in expected.items() if want == sha)
+        what = "lacks its root" if stored.missing_root else "is incomplete"
+        why = "; ".join(stored.problems) or "no root is stored"
+        kind = "warning: " if stored.missing_root else ""
+        out.append(f"{kind}the primary's stored chain of {_short(sha)} (served for {names}) "
+                   f"{what}: {why}")
+    return out
 
 
 def _sync_states(
@@ -194,14 +248,15 @@ def _sync_states(
     if leader is None:
         return set(), set()
     others = [by_name[s.name] for s in topology.nodes if s.name != leader.name]
+    chains = leader.stored_chains
     decided = plan_mod.plan(
-        _plan_state(leader, _serving_ok(leader, expected)),
-        [_plan_state(o, _serving_ok(o, expected)) for o in others],
+        _plan_state(leader, _serving_ok(leader, expected, chains)),
+        [_plan_state(o, _serving_ok(o, expected, chains)) for o in others],
         now=now,
         stale_after=dt.timedelta(seconds=topology.stale_after_seconds),
     )
     in_sync = set(decided.in_sync)
-    if _serving_ok(leader, expected) is True:
+    if _serving_ok(leader, expected, chains) is True:
         in_sync.add(leader.name)
     return in_sync, set(decided.stale)
 

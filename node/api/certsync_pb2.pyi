@@ -448,6 +448,14 @@ class CertificateInfo(_message.Message):
     REPLACEABLE_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_FIELD_NUMBER: _builtins.int
     ACME_FIELD_NUMBER: _builtins.int
+    CHAIN_COMPLETE_FIELD_NUMBER: _builtins.int
+    CHAIN_PROBLEMS_FIELD_NUMBER: _builtins.int
+    CHAIN_FIELD_NUMBER: _builtins.int
+    CHAIN_MISSING_ROOT_FIELD_NUMBER: _builtins.int
+    CHAIN_SENT_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    KEY_SOURCE_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     name: _builtins.str
     role: _builtins.str
@@ -470,10 +478,33 @@ class CertificateInfo(_message.Message):
     """next ACME renewal attempt; empty: none planned"""
     acme: _builtins.bool
     """issued through ACME and renewed by certsync"""
+    chain_complete: _builtins.bool
+    """--- chain over the whole store and the detail view (issue 11): numbers from 70 on ---
+    complete: the chain ends at a stored root, every signature verifying
+    """
+    chain_missing_root: _builtins.bool
+    """only the root is missing (a warning, not out of sync)"""
+    not_before: _builtins.str
+    key_type: _builtins.str
+    """of the certificate's public key, e.g. ec-p256"""
+    key_source: _builtins.str
+    """import | csr; empty: no key stored"""
     @_builtins.property
     def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def ip_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def chain_problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """one sentence each"""
+
+    @_builtins.property
+    def chain(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChainLink]:
+        """this certificate first, then its issuers nearest first"""
+
+    @_builtins.property
+    def chain_sent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sha256 of what the endpoint sends after the leaf"""
+
     def __init__(
         self,
         *,
@@ -493,10 +524,18 @@ class CertificateInfo(_message.Message):
         replaceable: _builtins.bool = ...,
         next_attempt: _builtins.str = ...,
         acme: _builtins.bool = ...,
+        chain_complete: _builtins.bool = ...,
+        chain_problems: _abc.Iterable[_builtins.str] | None = ...,
+        chain: _abc.Iterable[Global___ChainLink] | None = ...,
+        chain_missing_root: _builtins.bool = ...,
+        chain_sent: _abc.Iterable[_builtins.str] | None = ...,
+        not_before: _builtins.str = ...,
+        key_type: _builtins.str = ...,
+        key_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acme", b"acme", "added_at", b"added_at", "days_left", b"days_left", "dns_names", b"dns_names", "has_key", b"has_key", "ip_addresses", b"ip_addresses", "is_default", b"is_default", "issuer", b"issuer", "name", b"name", "next_attempt", b"next_attempt", "not_after", b"not_after", "renewal_state", b"renewal_state", "replaceable", b"replaceable", "role", b"role", "sha256", b"sha256", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acme", b"acme", "added_at", b"added_at", "chain", b"chain", "chain_complete", b"chain_complete", "chain_missing_root", b"chain_missing_root", "chain_problems", b"chain_problems", "chain_sent", b"chain_sent", "days_left", b"days_left", "dns_names", b"dns_names", "has_key", b"has_key", "ip_addresses", b"ip_addresses", "is_default", b"is_default", "issuer", b"issuer", "key_source", b"key_source", "key_type", b"key_type", "name", b"name", "next_attempt", b"next_attempt", "not_after", b"not_after", "not_before", b"not_before", "renewal_state", b"renewal_state", "replaceable", b"replaceable", "role", b"role", "sha256", b"sha256", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1224,3 +1263,50 @@ class StageCaChangeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StageCaChangeResponse: _TypeAlias = StageCaChangeResponse  # noqa: Y015
+
+@_typing.final
+class ChainLink(_message.Message):
+    """--- the detail view (issue 11) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    subject: _builtins.str
+    role: _builtins.str
+    """identity | intermediate | root"""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "sha256", b"sha256", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChainLink: _TypeAlias = ChainLink  # noqa: Y015
+
+@_typing.final
+class ShowCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShowCertificateRequest: _TypeAlias = ShowCertificateRequest  # noqa: Y015

@@ -100,6 +100,11 @@ class CertStoreStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
                 _registered_method=True)
+        self.ShowCertificate = channel.unary_unary(
+                '/certsync.v1.CertStore/ShowCertificate',
+                request_serializer=node_dot_api_dot_certsync__pb2.ShowCertificateRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.CertificateInfo.FromString,
+                _registered_method=True)
 
 
 class CertStoreServicer:
@@ -199,6 +204,14 @@ class CertStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShowCertificate(self, request, context):
+        """--- the detail view (issue 11) ---
+        One stored certificate with its chain over the whole store and its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +279,11 @@ def add_CertStoreServicer_to_server(servicer, server):
                     servicer.StageCaChange,
                     request_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.SerializeToString,
+            ),
+            'ShowCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowCertificate,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.ShowCertificateRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.CertificateInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +638,33 @@ class CertStore:
             '/certsync.v1.CertStore/StageCaChange',
             node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/ShowCertificate',
+            node_dot_api_dot_certsync__pb2.ShowCertificateRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.CertificateInfo.FromString,
             options,
             channel_credentials,
             insecure,

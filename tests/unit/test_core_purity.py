@@ -42,7 +42,7 @@ PACKAGES = ("node", "sync")
 CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
     "node.importing", "node.lifecycle", "node.model", "node.names", "node.renewal_plan",
-    "node.sealing", "node.selection", "node.store_view", "node.text",
+    "node.sealing", "node.selection", "node.store_chain", "node.store_view", "node.text",
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
