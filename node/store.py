@@ -69,6 +69,28 @@ def _nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
+def _changes_nothing(
+    view: StoreView, prepared: Sequence[PreparedCert], make_default: str | None
+) -> bool:
+    """Whether adding ``prepared`` (making ``make_default`` the default) to ``view`` would
+    leave every row and the default as they are (what :meth:`Store._upsert` would do)."""
+    default = view.meta.get("default_sha256")
+    if make_default is not None and make_default != default:
+        return False
+    if default is None and any(p.sealed is not None for p in prepared):
+        return False  # the first entry with a key would become the default
+    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
+    for p in prepared:
+        row = stored.get(p.sha256)
+        if row is None:
+            return False
+        name, role, has_key = row
+        if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
+                or (p.sealed is not None and not has_key)):
+            return False
+    return True
+
+
 class Store(StoreFile):
     """The node's certificate store in one SQLite file.
 
@@ -144,6 +166,8 @@ class Store(StoreFile):
     async def _current(self) -> StoreView:
         """The view of the store now (the caller holds ``self._lock``); one query when
         nothing changed since the last call."""
+        if self._via_reader():
+            return await self._reader_view()
         data_version = await self._scalar_int("PRAGMA data_version")
         token = (self._generation, data_version)
         if self._view is not None:
@@ -167,6 +191,16 @@ class Store(StoreFile):
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._view = (token, view)
         return view
+
+    async def _reader_view(self) -> StoreView:
+        """The view read through the reader connection while a change holds the writer's:
+        read afresh and cached nowhere; parsed rows are reused (each is checked against its
+        DER), chains and the digest are worked out again."""
+        meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
+        rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
+        seen = dict(self._rows_seen)
+        cert_rows = CertRows(rows=rows, load=lambda r: row_to_cert(r, seen.get(str(r[0])))[1])
+        return StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
 
     def _carried_chains(
         self, rows: Sequence[Sequence[Any]], present: set[str]
@@ -226,13 +260,15 @@ class Store(StoreFile):
         make_default: str | None,
         actor: str,
         now: datetime,
-    ) -> None:
+    ) -> bool:
         """Store certificates (with keys, and chain certificates without) in one transaction.
 
         A certificate stored already keeps its row and gains a key if it had none; a non-empty
         name replaces the stored one. ``make_default`` (a sha256 with a key, in ``entries`` or
         stored) becomes the default; when the store has no default, the first entry with a key
-        becomes it. Each add bumps the ``revision`` meta value.
+        becomes it. Each add that changes something bumps the ``revision`` meta value; one
+        that would change nothing (everything stored as given, the default as asked) writes
+        nothing, not even an audit row, and returns False.
         """
         when = stored_time(now)
         prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
@@ -241,6 +277,8 @@ class Store(StoreFile):
             if make_default is not None and make_default not in keyed_new:
                 in_batch = any(p.sha256 == make_default for p in prepared)
                 await self._require_key(make_default, "default", stored=not in_batch)
+            if _changes_nothing(await self._current(), prepared, make_default):
+                return False
             async with self._transaction():
                 await self._upsert(prepared, when)
                 default = make_default
@@ -271,6 +309,7 @@ class Store(StoreFile):
                     },
                     now,
                 )
+        return True
 
     async def list_certificates(self) -> list[StoredCert]:
         """Every certificate, oldest first."""
@@ -283,7 +322,7 @@ class Store(StoreFile):
     async def get_key(self, sha256: str) -> PrivateKey | None:
         """The private key of a certificate (``None`` if stored without one);
         :class:`NotFound` when the certificate is not stored."""
-        async with self._lock:
+        async with self._read_section():
             await self._get(sha256)
         return (await self.keys([sha256])).get(sha256)
 
@@ -300,7 +339,7 @@ class Store(StoreFile):
         wanted = list(dict.fromkeys(sha256s))
         if view is not None and all(s in self._keys for s in wanted if s in view.keyed):
             return {s: self._keys[s] for s in wanted if s in view.keyed}
-        async with self._lock:
+        async with self._read_section():
             view = await self._current()
             keyed = view.keyed
             wanted = [s for s in wanted if s in keyed]
