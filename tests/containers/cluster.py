@@ -73,6 +73,8 @@ class ContainerCluster(LocalCluster):
             for spec in inside.nodes
         }
         self.volumes: dict[str, str] = {}
+        #: nodes whose data directory is a tmpfs with these mount options, not a volume
+        self.tmpfs_data: dict[str, str] = {}
         self.containers: dict[str, DockerContainer] = {}
         #: time.monotonic() of each node's last `docker start`
         self.started_at: dict[str, float] = {}
@@ -103,15 +105,18 @@ class ContainerCluster(LocalCluster):
 
     def _new_container(self, name: str) -> DockerContainer:
         node_dir = self.directory / name
+        tmpfs = ({"tmpfs": {"/var/lib/certsync": self.tmpfs_data[name]}}
+                 if name in self.tmpfs_data else {})
         container = (
-            self.tracker.container(self.image, labels={"org.certsync.node": name})
+            self.tracker.container(self.image, labels={"org.certsync.node": name}, **tmpfs)
             .with_network(self.network)
             .with_network_aliases(name)
             .with_volume_mapping(self.directory / "compose" / name, "/etc/certsync", "ro")
             .with_volume_mapping(node_dir / "node-key.pem", "/run/secrets/node-key", "ro")
             .with_volume_mapping(node_dir / "store.key", "/run/secrets/store-key", "ro")
-            .with_volume_mapping(self.volumes[name], "/var/lib/certsync", "rw")
         )
+        if not tmpfs:
+            container.with_volume_mapping(self.volumes[name], "/var/lib/certsync", "rw")
         spec = self.spec(name)
         for inside, host_address in zip(self.inside_ports[name],
                                         (spec.grpc_address, spec.tls_address), strict=True):
