@@ -14,6 +14,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -32,6 +34,7 @@ from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
 from sync.config import load_node_config, load_store_key
 from sync.daemon import cluster_of
+from sync.receiver import ReplicationService
 from tests.node.helpers import serve_store_api
 
 PASSPHRASE = b"refusal-canary-pass-51c0"
@@ -61,6 +64,10 @@ class Node:
 
     def crafted_client(self, sans: list[x509.GeneralName], cn: str) -> NodeClient:
         """A client whose certificate this cluster's CA signed with ``sans``."""
+        return NodeClient(self.crafted_target(sans, cn), timeout=10)
+
+    def crafted_target(self, sans: list[x509.GeneralName], cn: str) -> NodeTarget:
+        """A target whose client certificate this cluster's CA signed with ``sans``."""
         ca_cert = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
         ca_key = serialization.load_pem_private_key(
             (self.directory / "ca-key.pem").read_bytes(), None)
@@ -81,13 +88,13 @@ class Node:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        return NodeClient(NodeTarget(
+        return NodeTarget(
             name="p1", address=f"127.0.0.1:{self.port}",
             ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
             cert_pem=cert.public_bytes(serialization.Encoding.PEM),
             key_pem=key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())), timeout=10)
+                                      serialization.NoEncryption()))
 
     async def refusals(self) -> list[AuditEvent]:
         return [e for e in await self.app.store.audit_log(1000) if e.action == REFUSED]
@@ -214,4 +221,44 @@ async def test_a_certificate_naming_this_cluster_is_not_refused(node: Node) -> N
         assert await c.list_certificates() == []
         with pytest.raises(Exception, match="no certificate"):
             await c.delete("0" * 64)  # authorised: refused by the store, not audited
+    assert await node.refusals() == []
+
+
+# --------------------------------------------------------------------------- replication
+
+
+class _Context:
+    """What :func:`node.refusals.authenticate` reads of a gRPC call: its peer certificate."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._pem = pem
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+
+def _replication_service(node: Node) -> ReplicationService:
+    replica = SimpleNamespace(topology=SimpleNamespace(cluster_id=_cluster_id(node)),
+                              store=node.app.store, now=dt.datetime.now(dt.UTC))
+    return ReplicationService(cast(Any, replica), cast(Any, None))
+
+
+async def test_the_replication_service_audits_a_certificate_naming_no_identity(
+    node: Node,
+) -> None:
+    crafted = node.crafted_target([x509.DNSName("intruder.example.com")], cn="intruder")
+    service = _replication_service(node)
+    with pytest.raises(PermissionDenied, match="certsync identity URIs"):
+        await service._authenticate(cast(Any, _Context(crafted.cert_pem)), "Stage")
+    [row] = await node.refusals()
+    assert (row.actor, row.detail["method"], row.detail["outcome"]) == (
+        "cert:CN=intruder", "Stage", "refused")
+
+
+async def test_the_replication_service_accepts_a_node_of_this_cluster(node: Node) -> None:
+    """The twin: t1's own certificate is an identity, and nothing is audited."""
+    service = _replication_service(node)
+    pem = (node.directory / "t1" / "node.pem").read_bytes()
+    identity = await service._authenticate(cast(Any, _Context(pem)), "Stage")
+    assert (identity.kind, identity.name) == ("node", "t1")
     assert await node.refusals() == []
