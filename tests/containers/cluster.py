@@ -105,17 +105,17 @@ class ContainerCluster(LocalCluster):
 
     def _new_container(self, name: str) -> DockerContainer:
         node_dir = self.directory / name
-        tmpfs = ({"tmpfs": {"/var/lib/certsync": self.tmpfs_data[name]}}
-                 if name in self.tmpfs_data else {})
         container = (
-            self.tracker.container(self.image, labels={"org.certsync.node": name}, **tmpfs)
+            self.tracker.container(self.image, labels={"org.certsync.node": name})
             .with_network(self.network)
             .with_network_aliases(name)
             .with_volume_mapping(self.directory / "compose" / name, "/etc/certsync", "ro")
             .with_volume_mapping(node_dir / "node-key.pem", "/run/secrets/node-key", "ro")
             .with_volume_mapping(node_dir / "store.key", "/run/secrets/store-key", "ro")
         )
-        if not tmpfs:
+        if name in self.tmpfs_data:  # options as for mount(8): size=4m,uid=...,mode=...
+            container.with_tmpfs_mount("/var/lib/certsync", self.tmpfs_data[name])
+        else:
             container.with_volume_mapping(self.volumes[name], "/var/lib/certsync", "rw")
         spec = self.spec(name)
         for inside, host_address in zip(self.inside_ports[name],

@@ -55,7 +55,8 @@ def test_a_full_data_volume_is_said_and_changes_nothing(
     certsync_image: BuiltImage, docker_tracker: Tracker, tmp_path: Path
 ) -> None:
     cluster = ContainerCluster.make(docker_tracker, certsync_image.tag, tmp_path / "c",
-                                    init_args=["--primary", "p1=p1.example.com"])
+                                    init_args=["--site", "support.example.com",
+                                               "--primary", "p1=p1.example.com"])
     cluster.tmpfs_data["p1"] = "size=4m,uid=10001,gid=10001,mode=0700"
     cluster.start_all()
     first, first_sha = openssl_certificate(tmp_path, "first", ("p1.example.com",
