@@ -124,6 +124,8 @@ class Store(StoreFile):
         self._view: tuple[tuple[int, int], StoreView] | None = None
         self._rows_seen: dict[str, tuple[RowFields, StoredCert]] = {}
         self._keys: dict[str, PrivateKey] = {}
+        #: the last view read through the reader connection, by its ``data_version``
+        self._reader_cache: tuple[int, StoreView] | None = None
 
     # ---------------------------------------------------------------- views
 
@@ -194,13 +196,18 @@ class Store(StoreFile):
 
     async def _reader_view(self) -> StoreView:
         """The view read through the reader connection while a change holds the writer's:
-        read afresh and cached nowhere; parsed rows are reused (each is checked against its
-        DER), chains and the digest are worked out again."""
+        kept only while the reader's ``data_version`` stays (any commit, ours included,
+        moves it); parsed rows are reused (each is checked against its DER)."""
+        data_version = await self._scalar_int("PRAGMA data_version")
+        if self._reader_cache is not None and self._reader_cache[0] == data_version:
+            return self._reader_cache[1]
         meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
         rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
         seen = dict(self._rows_seen)
         cert_rows = CertRows(rows=rows, load=lambda r: row_to_cert(r, seen.get(str(r[0])))[1])
-        return StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
+        view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
+        self._reader_cache = (data_version, view)
+        return view
 
     def _carried_chains(
         self, rows: Sequence[Sequence[Any]], present: set[str]
