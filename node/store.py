@@ -94,10 +94,13 @@ def _changes_nothing(
 class Store(StoreFile):
     """The node's certificate store in one SQLite file.
 
-    Concurrency: one aiosqlite connection per ``Store``; every operation, read or write, runs
-    under one :class:`asyncio.Lock`, so changes are serialised and a read never sees a change
-    half-made. Each change is one ``BEGIN IMMEDIATE ... COMMIT`` transaction; other processes
-    opening the same file wait up to ``busy_timeout`` for the write lock.
+    Concurrency: a writer connection and a reader connection per ``Store``. Every change runs
+    on the writer under one :class:`asyncio.Lock`, so changes are serialised; each is one
+    ``BEGIN IMMEDIATE ... COMMIT`` transaction that waits up to ``busy_seconds`` for another
+    process's write lock, then fails with :class:`StoreBusy` (a full volume:
+    :class:`StoreFull`), changing nothing. A read runs on the writer (with its cached views)
+    when no change holds or waits for it, else on the reader: in WAL mode it never waits for
+    a writer, and it never sees a change half-made.
 
     Missing keys: asking for a certificate, request or key that does not exist raises
     :class:`NotFound` with a one-sentence message; :meth:`get_key` returns ``None`` for a
