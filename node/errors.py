@@ -31,6 +31,8 @@ __all__ = [
     "PassphraseError",
     "PermissionDenied",
     "StaleEpoch",
+    "StoreBusy",
+    "StoreFull",
     "TransferRejected",
 ]
 
@@ -151,3 +153,12 @@ class AcmeError(CertsyncError):
         super().__init__(message, hostname=hostname, retryable=retryable)
         self.hostname = hostname
         self.retryable = retryable
+
+
+class StoreBusy(CertsyncError):
+    """The store's write lock stayed held by another connection past the bounded wait; the
+    change was not made and asking again may work."""
+
+
+class StoreFull(CertsyncError):
+    """The node's data volume had no space left for a change; the change was not made."""

@@ -33,6 +33,8 @@ from node.errors import (
     NotFound,
     PermissionDenied,
     StaleEpoch,
+    StoreBusy,
+    StoreFull,
     TransferRejected,
 )
 from node.limits import GRPC_MAX_MESSAGE_BYTES
@@ -67,6 +69,8 @@ STATUS_TABLE: Final[tuple[tuple[type[CertsyncError], grpc.StatusCode], ...]] = (
     (TransferRejected, grpc.StatusCode.FAILED_PRECONDITION),
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
     (NodeUnreachable, grpc.StatusCode.UNAVAILABLE),
+    (StoreBusy, grpc.StatusCode.UNAVAILABLE),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CertsyncError, grpc.StatusCode.UNKNOWN),
 )
 

@@ -47,6 +47,7 @@ from node.messages import (
     subject_of,
 )
 from node.names import parse_hostname
+from node.refusals import authenticate, record_refusal
 from node.renewal import Lifecycle
 from node.rpc import run_rpc
 from node.selection import Selection
@@ -147,7 +148,7 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
         @functools.wraps(fn)
         async def wrapper(self: CertStoreService, request: _Req, context: _Context) -> _Resp:
             async def call() -> _Resp:
-                identity = self._identity(context)
+                identity = await self._authenticate(context, method)
                 structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
                 await self._authorize(identity, method, change=change)
                 return await fn(self, request, context, identity)
@@ -171,6 +172,11 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     def _identity(self, context: _Context) -> Identity:
         return peer_identity(context, cluster_id=self._rt.cluster_id)
 
+    async def _authenticate(self, context: _Context, method: str) -> Identity:
+        """The caller's identity; a certificate naming none of this cluster's is audited."""
+        return await authenticate(context, cluster_id=self._rt.cluster_id,
+                                  sink=self._rt.store, now=self._rt.now, method=method)
+
     async def _authorize(self, identity: Identity, method: str, *, change: bool) -> None:
         if identity.kind == "admin":
             return
@@ -181,12 +187,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             if change
             else f"node {identity.name!r} is not in this cluster's topology"
         )
-        await self._rt.store.record_audit(
-            actor=f"{identity.kind}:{identity.name}",
-            action="rpc.refused",
-            detail={"method": method, "why": why},
-            now=self._rt.now(),
-        )
+        await record_refusal(self._rt.store, actor=self._actor(identity), method=method,
+                             why=why, now=self._rt.now())
         raise PermissionDenied(
             f"{identity.kind} {identity.name!r} may not call {method}: {why}; "
             "use the admin configuration (admin.toml)"
@@ -354,6 +356,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         chain = tuple(c for c in chain if c != cert)
         if fmt == "p12":
             if identity.kind != "admin":
+                await record_refusal(self._rt.store, actor=self._actor(identity),
+                                     method="Export", why="only an admin may export a key",
+                                     now=self._rt.now(), sha256=stored.sha256, format="p12")
                 raise PermissionDenied(
                     f"{identity.kind} {identity.name!r} may not export a private key; "
                     "use the admin configuration (admin.toml)"

@@ -69,13 +69,38 @@ def _nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
+def _changes_nothing(
+    view: StoreView, prepared: Sequence[PreparedCert], make_default: str | None
+) -> bool:
+    """Whether adding ``prepared`` (making ``make_default`` the default) to ``view`` would
+    leave every row and the default as they are (what :meth:`Store._upsert` would do)."""
+    default = view.meta.get("default_sha256")
+    if make_default is not None and make_default != default:
+        return False
+    if default is None and any(p.sealed is not None for p in prepared):
+        return False  # the first entry with a key would become the default
+    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
+    for p in prepared:
+        row = stored.get(p.sha256)
+        if row is None:
+            return False
+        name, role, has_key = row
+        if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
+                or (p.sealed is not None and not has_key)):
+            return False
+    return True
+
+
 class Store(StoreFile):
     """The node's certificate store in one SQLite file.
 
-    Concurrency: one aiosqlite connection per ``Store``; every operation, read or write, runs
-    under one :class:`asyncio.Lock`, so changes are serialised and a read never sees a change
-    half-made. Each change is one ``BEGIN IMMEDIATE ... COMMIT`` transaction; other processes
-    opening the same file wait up to ``busy_timeout`` for the write lock.
+    Concurrency: a writer connection and a reader connection per ``Store``. Every change runs
+    on the writer under one :class:`asyncio.Lock`, so changes are serialised; each is one
+    ``BEGIN IMMEDIATE ... COMMIT`` transaction that waits up to ``busy_seconds`` for another
+    process's write lock, then fails with :class:`StoreBusy` (a full volume:
+    :class:`StoreFull`), changing nothing. A read runs on the writer (with its cached views)
+    when no change holds or waits for it, else on the reader: in WAL mode it never waits for
+    a writer, and it never sees a change half-made.
 
     Missing keys: asking for a certificate, request or key that does not exist raises
     :class:`NotFound` with a one-sentence message; :meth:`get_key` returns ``None`` for a
@@ -102,6 +127,8 @@ class Store(StoreFile):
         self._view: tuple[tuple[int, int], StoreView] | None = None
         self._rows_seen: dict[str, tuple[RowFields, StoredCert]] = {}
         self._keys: dict[str, PrivateKey] = {}
+        #: the last view read through the reader connection, by its ``data_version``
+        self._reader_cache: tuple[int, StoreView] | None = None
 
     # ---------------------------------------------------------------- views
 
@@ -144,6 +171,8 @@ class Store(StoreFile):
     async def _current(self) -> StoreView:
         """The view of the store now (the caller holds ``self._lock``); one query when
         nothing changed since the last call."""
+        if self._via_reader():
+            return await self._reader_view()
         data_version = await self._scalar_int("PRAGMA data_version")
         token = (self._generation, data_version)
         if self._view is not None:
@@ -166,6 +195,21 @@ class Store(StoreFile):
             cert_rows = CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._view = (token, view)
+        return view
+
+    async def _reader_view(self) -> StoreView:
+        """The view read through the reader connection while a change holds the writer's:
+        kept only while the reader's ``data_version`` stays (any commit, ours included,
+        moves it); parsed rows are reused (each is checked against its DER)."""
+        data_version = await self._scalar_int("PRAGMA data_version")
+        if self._reader_cache is not None and self._reader_cache[0] == data_version:
+            return self._reader_cache[1]
+        meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
+        rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
+        seen = dict(self._rows_seen)
+        cert_rows = CertRows(rows=rows, load=lambda r: row_to_cert(r, seen.get(str(r[0])))[1])
+        view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
+        self._reader_cache = (data_version, view)
         return view
 
     def _carried_chains(
@@ -226,13 +270,15 @@ class Store(StoreFile):
         make_default: str | None,
         actor: str,
         now: datetime,
-    ) -> None:
+    ) -> bool:
         """Store certificates (with keys, and chain certificates without) in one transaction.
 
         A certificate stored already keeps its row and gains a key if it had none; a non-empty
         name replaces the stored one. ``make_default`` (a sha256 with a key, in ``entries`` or
         stored) becomes the default; when the store has no default, the first entry with a key
-        becomes it. Each add bumps the ``revision`` meta value.
+        becomes it. Each add that changes something bumps the ``revision`` meta value; one
+        that would change nothing (everything stored as given, the default as asked) writes
+        nothing, not even an audit row, and returns False.
         """
         when = stored_time(now)
         prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
@@ -241,6 +287,8 @@ class Store(StoreFile):
             if make_default is not None and make_default not in keyed_new:
                 in_batch = any(p.sha256 == make_default for p in prepared)
                 await self._require_key(make_default, "default", stored=not in_batch)
+            if _changes_nothing(await self._current(), prepared, make_default):
+                return False
             async with self._transaction():
                 await self._upsert(prepared, when)
                 default = make_default
@@ -271,6 +319,7 @@ class Store(StoreFile):
                     },
                     now,
                 )
+        return True
 
     async def list_certificates(self) -> list[StoredCert]:
         """Every certificate, oldest first."""
@@ -283,7 +332,7 @@ class Store(StoreFile):
     async def get_key(self, sha256: str) -> PrivateKey | None:
         """The private key of a certificate (``None`` if stored without one);
         :class:`NotFound` when the certificate is not stored."""
-        async with self._lock:
+        async with self._read_section():
             await self._get(sha256)
         return (await self.keys([sha256])).get(sha256)
 
@@ -300,7 +349,7 @@ class Store(StoreFile):
         wanted = list(dict.fromkeys(sha256s))
         if view is not None and all(s in self._keys for s in wanted if s in view.keyed):
             return {s: self._keys[s] for s in wanted if s in view.keyed}
-        async with self._lock:
+        async with self._read_section():
             view = await self._current()
             keyed = view.keyed
             wanted = [s for s in wanted if s in keyed]

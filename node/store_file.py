@@ -18,6 +18,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
@@ -39,6 +40,7 @@ from node.sealing import (
     spki,
     unseal,
 )
+from node.store_io import STORE_BUSY_SECONDS, open_reader, write_error
 from node.store_view import AuditEvent, StoredCsr, csr_row, no_csr, redact
 from node.text import parse_stored_time, stored_time
 
@@ -87,6 +89,9 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 _T = TypeVar("_T")
 
+#: the connection the current task reads through, set while a change holds the writer's
+_READING: ContextVar[aiosqlite.Connection | None] = ContextVar("store_reading", default=None)
+
 
 class StoreFile:
     """The SQLite file under a :class:`node.store.Store`; see the module docstring."""
@@ -96,14 +101,21 @@ class StoreFile:
         self._path = path
         self._store_key = store_key
         self._lock = asyncio.Lock()
+        #: reads while a change holds ``_lock`` (and the writer's connection) go here
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()
+        self._busy_seconds = STORE_BUSY_SECONDS
         #: our own commits, counted (the views of :class:`node.store.Store` are keyed by it)
         self._generation = 0
 
     # ---------------------------------------------------------------- open / close
 
     @classmethod
-    async def open(cls, path: Path, store_key: bytes) -> Self:
-        """Open (creating the file with mode 0600, and migrating) the store at ``path``."""
+    async def open(
+        cls, path: Path, store_key: bytes, *, busy_seconds: float = STORE_BUSY_SECONDS
+    ) -> Self:
+        """Open (creating the file with mode 0600, and migrating) the store at ``path``; a
+        change waits up to ``busy_seconds`` for another process's write lock."""
         if len(store_key) != STORE_KEY_BYTES:
             raise ConfigError(
                 f"the store key for {str(path)!r} is {len(store_key)} bytes long; "
@@ -119,8 +131,10 @@ class StoreFile:
         os.close(fd)
         conn = await aiosqlite.connect(path, isolation_level=None)
         store = cls(conn, path, store_key)
+        store._busy_seconds = busy_seconds
         try:
             await store._setup()
+            store._reader = await open_reader(path, busy_seconds=busy_seconds)
         except BaseException:
             await conn.close()
             raise
@@ -129,7 +143,7 @@ class StoreFile:
     async def _setup(self) -> None:
         c = self._conn
         try:
-            await c.execute("PRAGMA busy_timeout = 10000")
+            await c.execute(f"PRAGMA busy_timeout = {int(self._busy_seconds * 1000)}")
             mode = await self._fetchall("PRAGMA journal_mode = WAL")
             if not mode or str(mode[0][0]).lower() != "wal":
                 raise ConfigError(
@@ -179,6 +193,9 @@ class StoreFile:
         """Close the connection (waits for a running change to finish)."""
         async with self._lock:
             await self._conn.close()
+        if self._reader is not None:
+            async with self._read_lock:
+                await self._reader.close()
 
     @property
     def path(self) -> Path:
@@ -212,6 +229,12 @@ class StoreFile:
                 await self._conn.execute("BEGIN IMMEDIATE")
             yield
             await asyncio.shield(self._conn.execute("COMMIT"))
+        except sqlite3.Error as err:  # the lock held past the wait, a full volume: say so
+            await asyncio.shield(self._rollback())
+            mapped = write_error(err, self._path, waited=self._busy_seconds)
+            if mapped is None:
+                raise
+            raise mapped from err
         except BaseException:
             await asyncio.shield(self._rollback())
             raise
@@ -220,8 +243,30 @@ class StoreFile:
             if durable:
                 await asyncio.shield(self._conn.execute("PRAGMA synchronous = NORMAL"))
 
+    def _via_reader(self) -> bool:
+        """Whether this task reads through the reader connection now (:meth:`_read_section`)."""
+        return self._reader is not None and _READING.get() is self._reader
+
+    @asynccontextmanager
+    async def _read_section(self) -> AsyncIterator[None]:
+        """Where a read runs: on the writer's connection under ``_lock`` (with the views
+        cached for it) when no change holds or waits for it, else on the reader connection,
+        so a read never waits for a change (which may itself wait for the write lock)."""
+        waiters = getattr(self._lock, "_waiters", None)
+        if self._reader is None or not (self._lock.locked() or waiters):
+            async with self._lock:
+                yield
+            return
+        async with self._read_lock:
+            token = _READING.set(self._reader)
+            try:
+                yield
+            finally:
+                _READING.reset(token)
+
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        rows = await self._conn.execute_fetchall(sql, params)
+        conn = self._reader if self._reader is not None and self._via_reader() else self._conn
+        rows = await conn.execute_fetchall(sql, params)
         return [tuple(r) for r in rows]
 
     async def _scalar_int(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -229,7 +274,7 @@ class StoreFile:
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     async def _locked(self, fn: Callable[[], Awaitable[_T]]) -> _T:
-        async with self._lock:
+        async with self._read_section():  # a read (every caller is one)
             return await fn()
 
     async def _audit(
@@ -293,7 +338,7 @@ class StoreFile:
 
     async def list_csrs(self) -> list[StoredCsr]:
         """Every CSR, oldest first."""
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall(
                 "SELECT id, name, pem, created_at FROM csrs ORDER BY created_at, id"
             )
@@ -301,7 +346,7 @@ class StoreFile:
 
     async def get_csr(self, csr_id: str) -> StoredCsr:
         """One CSR; :class:`NotFound` if there is none with that id."""
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall(
                 "SELECT id, name, pem, created_at FROM csrs WHERE id = ?", (csr_id,)
             )
@@ -311,7 +356,7 @@ class StoreFile:
 
     async def get_csr_key(self, csr_id: str) -> PrivateKey:
         """The key a CSR was made with; :class:`IntegrityError` if its row was tampered with."""
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall(
                 "SELECT pem, nonce, ciphertext FROM csrs WHERE id = ?", (csr_id,)
             )
@@ -335,7 +380,7 @@ class StoreFile:
 
     async def audit_log(self, limit: int = 100) -> list[AuditEvent]:
         """The latest ``limit`` audit events, newest first."""
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall(
                 "SELECT id, at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
             )

@@ -49,8 +49,8 @@ from node.errors import (
     TransferRejected,
 )
 from node.identity import Identity
+from node.refusals import authenticate, record_refusal
 from node.rpc import abort_for, run_rpc
-from node.service import peer_identity
 from node.store import Store
 from node.store_view import StoreView
 from node.text import rfc3339
@@ -211,7 +211,8 @@ class Replica:
     async def _refuse(self, identity: Identity, method: str, err: CertsyncError) -> NoReturn:
         await self.store.record_audit(
             actor=f"{identity.kind}:{identity.name}", action="replication.refused",
-            detail={"method": method, "error": type(err).__name__, "why": err.message},
+            detail={"outcome": "refused", "method": method, "error": type(err).__name__,
+                    "why": err.message},
             now=self.now,
         )
         _log.warning("replication.refused", method=method, error=type(err).__name__,
@@ -403,7 +404,7 @@ def _unary(
     @functools.wraps(fn)
     async def wrapper(self: ReplicationService, request: _Req, context: _Context) -> _Resp:
         async def call() -> _Resp:
-            identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
+            identity = await self._authenticate(context, method)
             structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
             return await fn(self, request, identity)
 
@@ -423,6 +424,12 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
 
     def attach(self, replicator: ReplicateHandler) -> None:
         self._replicator = replicator
+
+    async def _authenticate(self, context: _Context, method: str) -> Identity:
+        """The caller's identity; a certificate naming none of this cluster's is audited."""
+        replica = self._replica
+        return await authenticate(context, cluster_id=replica.topology.cluster_id,
+                                  sink=replica.store, now=lambda: replica.now, method=method)
 
     @_unary
     async def Stage(self, request: certsync_pb2.StageRequest,
@@ -474,14 +481,12 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
         with structlog.contextvars.bound_contextvars(method="Replicate", peer=context.peer(),
                                                      caller=None):
             try:
-                identity = peer_identity(context, cluster_id=self._replica.topology.cluster_id)
+                identity = await self._authenticate(context, "Replicate")
                 actor = f"{identity.kind}:{identity.name}"
                 structlog.contextvars.bind_contextvars(caller=actor)
                 if identity.kind != "admin":
-                    await self._replica.store.record_audit(
-                        actor=actor, action="rpc.refused",
-                        detail={"method": "Replicate", "why": "admin only"},
-                        now=self._replica.now)
+                    await record_refusal(self._replica.store, actor=actor, method="Replicate",
+                                         why="admin only", now=self._replica.now)
                     raise PermissionDenied(
                         f"{identity.kind} {identity.name!r} may not call Replicate: only an "
                         "admin may; use the admin configuration (admin.toml)")

@@ -73,6 +73,8 @@ class ContainerCluster(LocalCluster):
             for spec in inside.nodes
         }
         self.volumes: dict[str, str] = {}
+        #: nodes whose data directory is a tmpfs with these mount options, not a volume
+        self.tmpfs_data: dict[str, str] = {}
         self.containers: dict[str, DockerContainer] = {}
         #: time.monotonic() of each node's last `docker start`
         self.started_at: dict[str, float] = {}
@@ -110,8 +112,11 @@ class ContainerCluster(LocalCluster):
             .with_volume_mapping(self.directory / "compose" / name, "/etc/certsync", "ro")
             .with_volume_mapping(node_dir / "node-key.pem", "/run/secrets/node-key", "ro")
             .with_volume_mapping(node_dir / "store.key", "/run/secrets/store-key", "ro")
-            .with_volume_mapping(self.volumes[name], "/var/lib/certsync", "rw")
         )
+        if name in self.tmpfs_data:  # options as for mount(8): size=4m,uid=...,mode=...
+            container.with_tmpfs_mount("/var/lib/certsync", self.tmpfs_data[name])
+        else:
+            container.with_volume_mapping(self.volumes[name], "/var/lib/certsync", "rw")
         spec = self.spec(name)
         for inside, host_address in zip(self.inside_ports[name],
                                         (spec.grpc_address, spec.tls_address), strict=True):
