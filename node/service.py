@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
+from node.audit_rpc import read_audit
 from node.errors import (
     BadInput,
     Conflict,
@@ -582,3 +583,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         return certsync_pb2.StageCaChangeResponse(pending=pending_msg(staged))
+
+    @_rpc(change=False)
+    async def ReadAudit(self, request: certsync_pb2.ReadAuditRequest, context: _Context,
+                        identity: Identity) -> certsync_pb2.ReadAuditResponse:
+        return await read_audit(self._rt.store, request, identity, now=self._rt.now())

@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "sync.cmd_replicate",
     "sync.cmd_bundle",
     "sync.cmd_acme",
+    "sync.cmd_audit",
 )
 
 

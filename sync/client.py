@@ -326,6 +326,12 @@ class NodeClient:
         resp = await self._call(lambda: self._stub.StageCaChange(req, timeout=self._timeout))
         return resp.pending
 
+    async def read_audit(self, *, since: str = "", actor: str = "", limit: int = 0
+                         ) -> certsync_pb2.ReadAuditResponse:
+        """The node's audit log, newest first (``since``: RFC 3339; admin identities only)."""
+        req = certsync_pb2.ReadAuditRequest(since=since, actor=actor, limit=limit)
+        return await self._call(lambda: self._stub.ReadAudit(req, timeout=self._timeout))
+
     # -- service Replication -------------------------------------------------------------
 
     async def stage(self, request: certsync_pb2.StageRequest) -> certsync_pb2.StageResponse:

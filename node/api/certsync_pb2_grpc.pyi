@@ -81,6 +81,10 @@ class CertStoreStub:
     """Stages a CA change: the new chain is published in the trust bundle at once and the
     certificate becomes the default once the wait is over.
     """
+    ReadAudit: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.ReadAuditRequest, _certsync_pb2.ReadAuditResponse]
+    """--- audit (issue 13) ---
+    The node's audit log, newest first (admin identities only).
+    """
 
 @_typing.type_check_only
 class CertStoreAsyncStub(CertStoreStub):
@@ -118,6 +122,10 @@ class CertStoreAsyncStub(CertStoreStub):
     StageCaChange: _aio.UnaryUnaryMultiCallable[_certsync_pb2.StageCaChangeRequest, _certsync_pb2.StageCaChangeResponse]  # type: ignore[assignment]
     """Stages a CA change: the new chain is published in the trust bundle at once and the
     certificate becomes the default once the wait is over.
+    """
+    ReadAudit: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ReadAuditRequest, _certsync_pb2.ReadAuditResponse]  # type: ignore[assignment]
+    """--- audit (issue 13) ---
+    The node's audit log, newest first (admin identities only).
     """
 
 class CertStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -231,6 +239,16 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_certsync_pb2.StageCaChangeResponse, _abc.Awaitable[_certsync_pb2.StageCaChangeResponse]]:
         """Stages a CA change: the new chain is published in the trust bundle at once and the
         certificate becomes the default once the wait is over.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadAudit(
+        self,
+        request: _certsync_pb2.ReadAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.ReadAuditResponse, _abc.Awaitable[_certsync_pb2.ReadAuditResponse]]:
+        """--- audit (issue 13) ---
+        The node's audit log, newest first (admin identities only).
         """
 
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
