@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "sync.cmd_bundle",
     "sync.cmd_acme",
     "sync.cmd_audit",
+    "sync.cmd_completion",
 )
 
 
