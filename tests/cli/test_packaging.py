@@ -168,3 +168,86 @@ def test_prometheus_scrapes_each_node_with_the_monitor_identity() -> None:
         assert not tls.get("insecure_skip_verify", False)
         (target,) = job["static_configs"][0]["targets"]
         assert int(target.rpartition(":")[2]) == 7400 + 2 * len(jobs) + i
+
+
+# --------------------------------------------------------------------------- the lock file
+
+LOCK = ROOT / "deploy" / "requirements.lock"
+
+
+def parse_lock(text: str) -> dict[str, tuple[str, str, int]]:
+    """name -> (version, marker, number of hashes), from a ``--generate-hashes`` lock."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, tuple[str, str, int]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2]):
+        head = block.split("\\", 1)[0].strip()
+        req = Requirement(head)
+        (spec,) = req.specifier
+        assert spec.operator == "==", head
+        pins[canonicalize_name(req.name)] = (spec.version, str(req.marker or ""),
+                                             block.count("--hash=sha256:"))
+    return pins
+
+
+def lock_problems(pyproject: dict[str, Any], pins: dict[str, tuple[str, str, int]]
+                  ) -> list[str]:
+    """Every requirement of pyproject (runtime, dev, build) pinned, hashed, within range."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = [*pyproject["project"]["dependencies"],
+              *pyproject["project"]["optional-dependencies"]["dev"],
+              *pyproject["build-system"]["requires"]]
+    problems = []
+    for text in wanted:
+        req = Requirement(text)
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is None:
+            problems.append(f"{req.name} is not in the lock")
+        elif not req.specifier.contains(pin[0], prereleases=True):
+            problems.append(f"{req.name}=={pin[0]} is outside {req.specifier}")
+        elif pin[2] == 0:
+            problems.append(f"{req.name} has no hash")
+    return problems
+
+
+def test_the_lock_pins_every_requirement_with_hashes() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = parse_lock(LOCK.read_text())
+    assert lock_problems(pyproject, pins) == []
+    assert all(hashes >= 1 for _, _, hashes in pins.values())
+    for name in ("aiohttp", "jinja2", "playwright", "prometheus-client", "shtab", "setuptools"):
+        assert name in pins, name
+    # twin: a requirement the lock does not satisfy is reported
+    pyproject["project"]["dependencies"].append("grpcio>=999")
+    assert lock_problems(pyproject, pins) == ["grpcio==" + pins["grpcio"][0]
+                                              + " is outside >=999"]
+
+
+def test_this_environment_is_the_locked_one() -> None:
+    """What setup.sh installed is exactly what the lock says (for this platform)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.markers import Marker
+
+    pins = parse_lock(LOCK.read_text())
+    mismatched = {}
+    for name, (pinned, marker, _) in pins.items():
+        if marker and not Marker(marker).evaluate():
+            continue
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            mismatched[name] = (pinned, installed)
+    assert mismatched == {}
+
+
+def test_setup_installs_from_the_lock_with_hashes() -> None:
+    setup = (ROOT / "deploy" / "setup.sh").read_text()
+    assert "pip install -q --require-hashes --no-deps -r deploy/requirements.lock" in setup
+    assert "--no-build-isolation -e ." in setup  # nothing resolved anew
+    assert "bash deploy/lock.sh" in LOCK.read_text().splitlines()[1]
