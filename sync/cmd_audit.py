@@ -3,7 +3,7 @@
 Reads the ``ReadAudit`` RPC of the node (the global ``--node``; default: the primary),
 newest first. ``--since 30m|24h|7d`` is turned into a time with this machine's clock before
 anything is asked (a bad duration: one line, exit 2); ``--actor`` matches the actor exactly
-(``admin:ops``, ``node:p1``, ``monitor``). JSON entries are DESIGN.md's
+(``admin:ops``, ``node:p1``, ``node:lifecycle``). JSON entries are DESIGN.md's
 ``{"time", "actor", "action", "target", "outcome", "detail"}``. When more entries match than
 ``--limit`` a note on stderr says so.
 """
