@@ -12,6 +12,8 @@ command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || need+=(pebble)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 # systemd-analyze verifies deploy/certsync-node@.service in the tests
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# bash and zsh load `certsync completion` scripts in the tests
+command -v zsh >/dev/null || need+=(zsh)
 # the container suite drives `docker-compose` too, where a Docker engine is present
 if command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
   need+=(docker-compose)
