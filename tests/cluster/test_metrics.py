@@ -9,7 +9,9 @@ primary's ``on_converge`` hook (a queue), never slept for.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -197,14 +199,10 @@ async def test_handshakes_by_outcome(running: Running) -> None:
 
 
 def _handshake(ctx: ssl.SSLContext, host: str, port: int, server_name: str) -> None:
-    import socket
-
     with socket.create_connection((host, port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname=server_name):
         pass
 
 
 def dt_seconds(text: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(text).timestamp()
