@@ -180,13 +180,13 @@ async def run_node(
             interval=float(topology.sync_interval_seconds),
             concurrency=_push_concurrency(),
         )
+        metrics = NodeMetrics(store=store, replicator=replication.replicator, endpoint=endpoint)
+        if on_metrics is not None:
+            on_metrics(metrics)
         server, grpc_port = await start_grpc_server(
             store_service, address=config.grpc_listen, credentials=creds,
             replication=replication.service,
         )
-        metrics = NodeMetrics(store=store, replicator=replication.replicator, endpoint=endpoint)
-        if on_metrics is not None:
-            on_metrics(metrics)
         pusher = asyncio.create_task(replication.replicator.run())
         _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
         if started is not None:
