@@ -10,6 +10,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || need+=(pebble)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# systemd-analyze verifies deploy/certsync-node@.service in the tests
+command -v systemd-analyze >/dev/null || need+=(systemd)
+# bash and zsh load `certsync completion` scripts in the tests
+command -v zsh >/dev/null || need+=(zsh)
 # the container suite drives `docker-compose` too, where a Docker engine is present
 if command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
   need+=(docker-compose)
@@ -29,10 +33,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# the exact versions and hashes CI tested (deploy/requirements.lock; `bash deploy/lock.sh`
+# regenerates it), then certsync itself, editable, with nothing resolved anew
 stamp=.venv/.certsync-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml deploy/requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r deploy/requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check >&2
   echo "$want" > "$stamp"
 fi

@@ -548,12 +548,16 @@ async def run_monitor(
     clock: Callable[[], dt.datetime],
     interval: float,
     stop: asyncio.Event,
+    observe: Callable[[TickReport], None] | None = None,
 ) -> None:
     """Call ``lifecycle.tick(clock())`` now and then every ``interval`` seconds until
-    ``stop`` is set. A round that fails is logged with its traceback; the next one runs."""
+    ``stop`` is set; ``observe`` gets each round's report (the node's metrics). A round
+    that fails is logged with its traceback; the next one runs."""
     while not stop.is_set():
         try:
             report = await lifecycle.tick(clock())
+            if observe is not None:
+                observe(report)
             _log.info(
                 "lifecycle.tick",
                 renewed=len(report.renewed),

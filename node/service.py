@@ -32,6 +32,7 @@ from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.cert_views import cert_infos, import_warnings
+from node.audit_rpc import read_audit
 from node.errors import (
     BadInput,
     Conflict,
@@ -592,3 +593,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.CertificateInfo:
         return await self._info((await self._stored(request.sha256)).sha256)
+    @_rpc(change=False)
+    async def ReadAudit(self, request: certsync_pb2.ReadAuditRequest, context: _Context,
+                        identity: Identity) -> certsync_pb2.ReadAuditResponse:
+        return await read_audit(self._rt.store, request, identity, now=self._rt.now())

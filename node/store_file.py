@@ -378,11 +378,26 @@ class StoreFile:
 
     # ---------------------------------------------------------------- audit
 
-    async def audit_log(self, limit: int = 100) -> list[AuditEvent]:
-        """The latest ``limit`` audit events, newest first."""
+    async def audit_log(
+        self, limit: int = 100, *, since: datetime | None = None, actor: str | None = None,
+        action: str | None = None, before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """The latest ``limit`` audit events, newest first: at or after ``since``, by
+        ``actor`` (exactly, e.g. ``admin:ops``), of ``action``, with an id below
+        ``before_id`` (the next page), each filter when given."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        for clause, value in (("at >= ?", None if since is None else stored_time(since)),
+                              ("actor = ?", actor), ("action = ?", action),
+                              ("id < ?", before_id)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
         async with self._read_section():
             rows = await self._fetchall(
-                "SELECT id, at, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+                # only the fixed clauses above are joined in; every value is a parameter
+                f"SELECT id, at, actor, action, detail FROM audit WHERE {' AND '.join(where)} "  # noqa: S608
+                "ORDER BY id DESC LIMIT ?", (*params, limit),
             )
         return [
             AuditEvent(

@@ -35,6 +35,8 @@ _COMMAND_MODULES = (
     "sync.cmd_replicate",
     "sync.cmd_bundle",
     "sync.cmd_acme",
+    "sync.cmd_audit",
+    "sync.cmd_completion",
 )
 
 

@@ -329,6 +329,11 @@ class NodeClient:
     async def show_certificate(self, sha256: str) -> certsync_pb2.CertificateInfo:
         req = certsync_pb2.ShowCertificateRequest(sha256=sha256)
         return await self._call(lambda: self._stub.ShowCertificate(req, timeout=self._timeout))
+    async def read_audit(self, *, since: str = "", actor: str = "", limit: int = 0
+                         ) -> certsync_pb2.ReadAuditResponse:
+        """The node's audit log, newest first (``since``: RFC 3339; admin identities only)."""
+        req = certsync_pb2.ReadAuditRequest(since=since, actor=actor, limit=limit)
+        return await self._call(lambda: self._stub.ReadAudit(req, timeout=self._timeout))
 
     # -- service Replication -------------------------------------------------------------
 

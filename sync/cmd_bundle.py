@@ -8,11 +8,13 @@ The zip holds:
 * ``chains/SHA256.pem`` -- every certificate of the primary with its chain, from a PEM
   ``Export`` (certificates only: that export never carries a key);
 * ``cluster.toml`` -- the topology (public: names, addresses, certificate paths);
+* ``audit/NODE.json`` -- each node's audit log (``ReadAudit``, newest first, the newest
+  :data:`AUDIT_LIMIT` entries), or ``{"error": ...}`` for a node that did not answer;
 * ``README.txt`` -- when, for which cluster, from which node, and what is left out.
 
-There is no audit-log RPC, so the audit log is not included. No private key, passphrase,
-node key or store key is read by this command at all; as a second line of defence, every
-member is checked for PEM key markers and the bundle is refused if one shows up.
+No private key, passphrase, node key or store key is read by this command at all (audit
+details never hold one: the store redacts them); as a second line of defence, every member
+is checked for PEM key markers and the bundle is refused if one shows up.
 
 The file is written atomically (a temporary file in the same directory, then a rename),
 with mode 0600, and an existing ``--out`` is refused unless ``--force``.
@@ -27,7 +29,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,13 +39,17 @@ from node.api import certsync_pb2
 from node.errors import AlreadyExists, BadInput, CertsyncError
 from node.text import rfc3339
 from sync.client import NodeClient, admin_config, admin_target
+from sync.cmd_audit import entry_json
 from sync.cmd_cert import cert_json
 from sync.cmd_coverage import collect_cluster_coverage
 from sync.cmd_ops import collect_status, utcnow
 from sync.config import AdminConfig
 from sync.topology import topology_to_dict
 
-__all__ = ["build_members", "collect_bundle", "register", "write_zip_atomically"]
+__all__ = ["AUDIT_LIMIT", "build_members", "collect_bundle", "register", "write_zip_atomically"]
+
+#: the newest audit entries taken from each node
+AUDIT_LIMIT: Final = 5000
 
 #: the PEM label part of every private key kind (PKCS#8 plain and encrypted, RSA, EC)
 _KEY_MARKERS: Final = (b"PRIVATE KEY",)
@@ -62,9 +68,10 @@ def build_members(
     certificates: Sequence[dict[str, Any]],
     chains: dict[str, bytes],
     now: dt.datetime,
+    audit: Mapping[str, list[dict[str, Any]] | str] | None = None,
 ) -> dict[str, bytes]:
     """The zip's members, name -> content (pure). ``coverage`` is the JSON object or, when
-    it could not be made, the sentence saying why."""
+    it could not be made, the sentence saying why; ``audit`` likewise per node."""
     topology = config.topology
     members: dict[str, bytes] = {
         "README.txt": (
@@ -74,9 +81,9 @@ def build_members(
             f"site: {topology.site}\n"
             f"certificates from node: {node}\n"
             "contents: status.json, coverage.json, certificates.json, chains/*.pem "
-            "(certificates only), cluster.toml\n"
-            "not included: private keys, passphrases, node and store keys, the audit log "
-            "(no RPC exposes it)\n"
+            "(certificates only), cluster.toml, audit/NODE.json (each node's audit log, "
+            "newest first)\n"
+            "not included: private keys, passphrases, node and store keys\n"
         ).encode(),
         "status.json": _json(status),
         "coverage.json": _json(coverage if isinstance(coverage, dict)
@@ -86,6 +93,9 @@ def build_members(
     }
     for sha256, pem in sorted(chains.items()):
         members[f"chains/{sha256}.pem"] = pem
+    for name, entries in sorted((audit or {}).items()):
+        members[f"audit/{name}.json"] = _json(entries if isinstance(entries, list)
+                                              else {"error": entries})
     for name, data in members.items():
         if any(marker in data for marker in _KEY_MARKERS):
             # a bug somewhere upstream; never ship it (and never show the content)
@@ -110,6 +120,8 @@ async def collect_bundle(
         listed = await client.list_certificates()
         pems = await asyncio.gather(*(
             client.export(c.sha256, certsync_pb2.EXPORT_FORMAT_PEM) for c in listed))
+    names = config.topology.names
+    audits = await asyncio.gather(*(_audit_of(config, n) for n in names))
     return build_members(
         config=config,
         status=status,
@@ -118,7 +130,18 @@ async def collect_bundle(
         certificates=[cert_json(c) for c in listed],
         chains={c.sha256: pem for c, pem in zip(listed, pems, strict=True)},
         now=now,
+        audit=dict(zip(names, audits, strict=True)),
     )
+
+
+async def _audit_of(config: AdminConfig, node: str) -> list[dict[str, Any]] | str:
+    """Node ``node``'s audit log as JSON entries, or why it could not be read."""
+    try:
+        async with NodeClient(admin_target(config, node), timeout=10.0) as client:
+            resp = await client.read_audit(limit=AUDIT_LIMIT)
+    except CertsyncError as err:
+        return str(err)
+    return [entry_json(e) for e in resp.entries]
 
 
 def write_zip_atomically(out: Path, members: dict[str, bytes], *, force: bool) -> None:
@@ -176,7 +199,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="zip of status, coverage, certificate chains and topology; never a private key",
         description=(
             "Write a zip for support: status.json, coverage.json, certificates.json, every "
-            "certificate's chain as PEM (certificates only), cluster.toml. Never a private "
+            "certificate's chain as PEM (certificates only), cluster.toml, every node's "
+            "audit log (audit/NODE.json). Never a private "
             "key or passphrase. The certificates come from the primary (or the global "
             "--node). The file is created with mode 0600."
         ),

@@ -34,6 +34,7 @@ from node.service import CertStoreService, NodeRuntime
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.config import NodeConfig, load_store_key
+from sync.metrics import NodeMetrics
 from sync.receiver import NodeStateFn, Replica, ReplicationService, describe_promotion
 from sync.replicator import DEFAULT_CONCURRENCY, Peer, Replicator, peers_from_topology
 from sync.topology import Topology, split_address
@@ -128,10 +129,13 @@ async def run_node(
     *,
     stop: asyncio.Event,
     started: Callable[[NodeApp, int, int], None] | None = None,
+    on_metrics: Callable[[NodeMetrics], None] | None = None,
 ) -> None:
     """Run the node of ``config`` (a ``NodeConfig``) until ``stop`` is set.
 
-    ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0).
+    ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0);
+    ``on_metrics(metrics)`` once the node's :class:`~sync.metrics.NodeMetrics` exist (the
+    admin listener serves ``metrics.render()`` at ``/metrics``; tests read it directly).
     """
     topology: Topology = config.topology
     store = await Store.open(config.store_path, load_store_key(config.store_key_path))
@@ -176,6 +180,9 @@ async def run_node(
             interval=float(topology.sync_interval_seconds),
             concurrency=_push_concurrency(),
         )
+        metrics = NodeMetrics(store=store, replicator=replication.replicator, endpoint=endpoint)
+        if on_metrics is not None:
+            on_metrics(metrics)
         server, grpc_port = await start_grpc_server(
             store_service, address=config.grpc_listen, credentials=creds,
             replication=replication.service,
@@ -186,7 +193,8 @@ async def run_node(
             started(app, grpc_port, tls_bound)
         monitor = asyncio.create_task(
             run_monitor(
-                app.lifecycle, clock=app.now, interval=config.monitor_interval, stop=stop
+                app.lifecycle, clock=app.now, interval=config.monitor_interval, stop=stop,
+                observe=metrics.tick,
             )
         )
         await stop.wait()

@@ -29,9 +29,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
 import structlog
@@ -161,6 +163,14 @@ class Replicator:
         self._wake = asyncio.Event()
         self._stopping = False
         replica.listeners.append(self.trigger)
+        #: when each node was last confirmed serving our set (this primary's clock)
+        self.synced: dict[str, dt.datetime] = {}
+        #: observers (sync.metrics): one push's (node, seconds); a change's seconds until
+        #: a round found every node serving it
+        self.on_push: list[Callable[[str, float], None]] = []
+        self.on_converge: list[Callable[[float], None]] = []
+        self._changes = 0
+        self._changed_at: float | None = None  # monotonic time of the oldest unconverged change
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -197,7 +207,22 @@ class Replicator:
         activation is a store change too; asking around for epochs after each one would
         add 2 RPCs per node and push); it looks for a higher epoch every period."""
         if self.replica.is_primary:
+            self._changes += 1
+            if self._changed_at is None:
+                self._changed_at = time.monotonic()
             self._wake.set()
+
+    @property
+    def served(self) -> Mapping[str, tuple[int, int, str]]:
+        """Per node, the (epoch, revision, digest) its last probe saw it serve."""
+        return MappingProxyType(self._served_ok)
+
+    def _converged(self, changes: int) -> None:
+        """A round that began after ``changes`` changes found every node serving."""
+        if self._changed_at is not None and changes == self._changes:
+            seconds, self._changed_at = time.monotonic() - self._changed_at, None
+            for observe in self.on_converge:
+                observe(seconds)
 
     def stop(self) -> None:
         self._stopping = True
@@ -307,6 +332,7 @@ class Replicator:
         it for a whole round (a change after it triggers the next round)."""
         async with self._lock(name):
             snap: Snapshot | None = None
+            began = time.monotonic()
             try:
                 if not self.replica.is_primary:
                     return progress(name, "fenced", f"{self.name!r} is no longer the primary "
@@ -353,6 +379,9 @@ class Replicator:
                 await client.confirm(epoch=snap.epoch, revision=snap.revision,
                                      set_digest=snap.digest)
                 self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
+                self.synced[name] = self.replica.now
+                for observe in self.on_push if pushed else ():
+                    observe(name, time.monotonic() - began)
                 verb = "pushed, serving" if pushed else "serving"
                 _log.info("replication.in_sync", node=name, epoch=snap.epoch,
                           revision=snap.revision, pushed=pushed)
@@ -477,6 +506,7 @@ class Replicator:
         if not self.replica.is_primary:
             await self.follow()
             return []
+        changes = self._changes
         snap = await self.snapshot()
         try:
             await self._gate(snap, force=False, actor=f"node:{self.name}")
@@ -493,6 +523,7 @@ class Replicator:
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)
+            self._converged(changes)
         return results
 
     async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:

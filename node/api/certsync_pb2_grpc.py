@@ -105,6 +105,11 @@ class CertStoreStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.ShowCertificateRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.CertificateInfo.FromString,
                 _registered_method=True)
+        self.ReadAudit = channel.unary_unary(
+                '/certsync.v1.CertStore/ReadAudit',
+                request_serializer=node_dot_api_dot_certsync__pb2.ReadAuditRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.ReadAuditResponse.FromString,
+                _registered_method=True)
 
 
 class CertStoreServicer:
@@ -212,6 +217,14 @@ class CertStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAudit(self, request, context):
+        """--- audit (issue 13) ---
+        The node's audit log, newest first (admin identities only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +297,11 @@ def add_CertStoreServicer_to_server(servicer, server):
                     servicer.ShowCertificate,
                     request_deserializer=node_dot_api_dot_certsync__pb2.ShowCertificateRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.CertificateInfo.SerializeToString,
+            ),
+            'ReadAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAudit,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.ReadAuditRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.ReadAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +683,33 @@ class CertStore:
             '/certsync.v1.CertStore/ShowCertificate',
             node_dot_api_dot_certsync__pb2.ShowCertificateRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.CertificateInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/ReadAudit',
+            node_dot_api_dot_certsync__pb2.ReadAuditRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.ReadAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

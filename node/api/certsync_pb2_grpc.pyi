@@ -85,6 +85,10 @@ class CertStoreStub:
     """--- the detail view (issue 11) ---
     One stored certificate with its chain over the whole store and its state.
     """
+    ReadAudit: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.ReadAuditRequest, _certsync_pb2.ReadAuditResponse]
+    """--- audit (issue 13) ---
+    The node's audit log, newest first (admin identities only).
+    """
 
 @_typing.type_check_only
 class CertStoreAsyncStub(CertStoreStub):
@@ -126,6 +130,10 @@ class CertStoreAsyncStub(CertStoreStub):
     ShowCertificate: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ShowCertificateRequest, _certsync_pb2.CertificateInfo]  # type: ignore[assignment]
     """--- the detail view (issue 11) ---
     One stored certificate with its chain over the whole store and its state.
+    """
+    ReadAudit: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ReadAuditRequest, _certsync_pb2.ReadAuditResponse]  # type: ignore[assignment]
+    """--- audit (issue 13) ---
+    The node's audit log, newest first (admin identities only).
     """
 
 class CertStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -249,6 +257,16 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_certsync_pb2.CertificateInfo, _abc.Awaitable[_certsync_pb2.CertificateInfo]]:
         """--- the detail view (issue 11) ---
         One stored certificate with its chain over the whole store and its state.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadAudit(
+        self,
+        request: _certsync_pb2.ReadAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.ReadAuditResponse, _abc.Awaitable[_certsync_pb2.ReadAuditResponse]]:
+        """--- audit (issue 13) ---
+        The node's audit log, newest first (admin identities only).
         """
 
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

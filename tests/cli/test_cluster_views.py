@@ -573,6 +573,13 @@ def test_support_bundle_holds_no_key_or_passphrase(cluster: LocalCluster, tmp_pa
     assert x509.load_pem_x509_certificates(canary_pem) == [leaf.cert, root.cert]
     assert json.loads(members["status.json"])["primary"] == "p1"
     assert json.loads(members["coverage.json"])["all_covered"] is True
+    # every node's audit log is in, newest first; the primary's names the canary's import
+    assert {f"audit/{n}.json" for n in ("p1", "b1", "t1", "t2")} <= set(members)
+    audit = json.loads(members["audit/p1.json"])
+    assert [e["time"] for e in audit] == sorted((e["time"] for e in audit), reverse=True)
+    adds = [e for e in audit if e["action"] == "cert.add" and e["target"] == canary_sha]
+    assert len(adds) == 1 and adds[0]["actor"] == "admin:admin" and adds[0]["outcome"] == "ok"
+    assert {"time", "actor", "action", "target", "outcome", "detail"} == set(adds[0])
     needles = [b"PRIVATE KEY", PASS_CANARY.encode(), *_key_forms(canary_key),
                *_secrets_on_disk(cluster)]
     for name, data in [*members.items(), ("<zip bytes>", raw)]:
