@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
-from node.cert_views import cert_infos, import_warnings
 from node.audit_rpc import read_audit
+from node.cert_views import cert_infos, import_warnings
 from node.errors import (
     BadInput,
     Conflict,
