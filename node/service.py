@@ -21,7 +21,7 @@ import asyncio
 import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
@@ -38,7 +38,8 @@ from node.errors import (
     Conflict,
     PermissionDenied,
 )
-from node.identity import Identity, identity_from_certificate
+from node.export_rpc import export
+from node.identity import Identity
 from node.importing import plan_import
 from node.messages import (
     csr_info,
@@ -56,41 +57,10 @@ from node.store import Store
 from node.store_view import SetEntry, StoredCert, StoreView
 from node.text import rfc3339
 
-__all__ = ["CertStoreService", "DescribeState", "NodeRuntime", "peer_identity"]
+__all__ = ["CertStoreService", "DescribeState", "NodeRuntime"]
 
-_EXPORT_FORMATS: Final = {
-    certsync_pb2.EXPORT_FORMAT_UNSPECIFIED: "pem",
-    certsync_pb2.EXPORT_FORMAT_PEM: "pem",
-    certsync_pb2.EXPORT_FORMAT_DER: "der",
-    certsync_pb2.EXPORT_FORMAT_P7B: "p7b",
-    certsync_pb2.EXPORT_FORMAT_P12: "p12",
-}
 
 _log = structlog.get_logger("node.service")
-
-
-def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
-    """The caller's identity from its mTLS client certificate (PermissionDenied if none)."""
-    pems = list(context.auth_context().get("x509_pem_cert", ()))
-    if not pems:
-        raise PermissionDenied(
-            "the call carries no client certificate; connect with mutual TLS using the "
-            "certificates from 'certsync cluster init'"
-        )
-    return _identity_of(bytes(pems[0]), cluster_id)
-
-
-@functools.lru_cache(maxsize=256)  # a peer calls many times with one certificate
-def _identity_of(pem: bytes, cluster_id: str) -> Identity:
-    """The identity a client certificate (PEM, as the TLS layer verified it) names; a
-    refusal is raised, not cached, each time."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as err:
-        raise PermissionDenied(
-            "the client certificate cannot be read; use a certificate from the cluster CA"
-        ) from err
-    return identity_from_certificate(cert, cluster_id=cluster_id)
 
 
 class NodeRuntime(Protocol):
@@ -169,9 +139,6 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         self._describe = describe
 
     # -- authentication and authorisation ----------------------------------------------
-
-    def _identity(self, context: _Context) -> Identity:
-        return peer_identity(context, cluster_id=self._rt.cluster_id)
 
     async def _authenticate(self, context: _Context, method: str) -> Identity:
         """The caller's identity; a certificate naming none of this cluster's is audited."""
@@ -347,60 +314,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         context: _Context,
         identity: Identity,
     ) -> certsync_pb2.ExportResponse:
-        fmt = _EXPORT_FORMATS.get(request.format)
-        if fmt is None:
-            raise BadInput(f"export format {request.format!r} is unknown; use pem, der, p7b or p12")
-        stored = await self._stored(request.sha256)
-        cert = x509.load_der_x509_certificate(stored.der)
-        pool = await self._pool()
-        chain, _problems = await asyncio.to_thread(chain_mod.build_chain, cert, pool)
-        chain = tuple(c for c in chain if c != cert)
-        if fmt == "p12":
-            if identity.kind != "admin":
-                await record_refusal(self._rt.store, actor=self._actor(identity),
-                                     method="Export", why="only an admin may export a key",
-                                     now=self._rt.now(), sha256=stored.sha256, format="p12")
-                raise PermissionDenied(
-                    f"{identity.kind} {identity.name!r} may not export a private key; "
-                    "use the admin configuration (admin.toml)"
-                )
-            if not request.HasField("passphrase") or not request.passphrase:
-                raise BadInput(
-                    "a p12 export carries the private key and needs a passphrase; "
-                    "give --passphrase-file with a non-empty passphrase"
-                )
-            key = await self._rt.store.get_key(stored.sha256)
-            if key is None:
-                raise Conflict(
-                    f"certificate {stored.sha256!r} has no private key, so no p12 can be made; "
-                    "export it as pem, der or p7b"
-                )
-            data = await asyncio.to_thread(
-                functools.partial(
-                    formats.export_pkcs12,
-                    name=stored.name,
-                    key=key,
-                    cert=cert,
-                    chain=chain,
-                    passphrase=request.passphrase,
-                )
-            )
-            await self._rt.store.record_audit(
-                actor=self._actor(identity),
-                action="cert.export_p12",
-                detail={"sha256": stored.sha256},
-                now=self._rt.now(),
-            )
-        else:
-            if request.HasField("passphrase"):
-                raise BadInput(
-                    f"a {fmt} export holds certificates only and takes no passphrase; "
-                    "drop --passphrase-file or use --format p12"
-                )
-            certs = [cert] if fmt == "der" else [cert, *chain]
-            data = formats.export_certificates(certs, "der" if fmt == "der" else
-                                               "p7b" if fmt == "p7b" else "pem")
-        return certsync_pb2.ExportResponse(data=data)
+        return await export(self._rt.store, request, lookup=self._stored, pool=self._pool,
+                            actor=self._actor(identity), admin=identity.kind == "admin",
+                            now=self._rt.now())
 
     @_rpc(change=False)
     async def SniLookup(
