@@ -21,8 +21,9 @@ period), also when the block raised.
 Ports: node *i* uses ``base_port + 2i`` (gRPC), ``+ 2i + 1`` (TLS) and ``+ 2N + i`` (admin
 console), as ``cluster init`` lays them out. Without ``base_port`` a range below the
 kernel's ephemeral range is chosen at random and checked free on the listen address, so
-parallel test runs rarely collide and outgoing connections never take one of its ports. A node that still finds its port taken
-exits, and :meth:`LocalCluster.wait_ready` raises with the tail of its log.
+parallel test runs rarely collide and outgoing connections never take one of its ports. A
+node that still finds its port taken exits, and :meth:`LocalCluster.wait_ready` raises
+with the tail of its log.
 """
 
 from __future__ import annotations

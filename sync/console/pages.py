@@ -249,6 +249,18 @@ def node_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _target(event: AuditEvent) -> str:
+    """What an event is about: its sha256, target or id, else its first certificate's."""
+    d = event.detail
+    for key in ("sha256", "target", "id"):
+        if d.get(key):
+            return str(d[key])
+    certs = d.get("certificates")
+    if isinstance(certs, list) and certs and isinstance(certs[0], Mapping):
+        return str(certs[0].get("sha256") or "")
+    return ""
+
+
 def _outcome(event: AuditEvent) -> str:
     given = event.detail.get("outcome")
     if given:
@@ -264,7 +276,7 @@ def audit_rows(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
             "time": rfc3339(e.at),
             "actor": e.actor,
             "action": e.action,
-            "target": str(e.detail.get("sha256") or e.detail.get("target") or ""),
+            "target": _target(e),
             "outcome": _outcome(e),
             "detail": json.dumps(dict(e.detail), sort_keys=True, default=str),
         }

@@ -77,7 +77,7 @@ def timeline(spans: Sequence[Span], *, now: dt.datetime) -> dict[str, Any]:
         })
     height = _TOP + max(len(ordered), 1) * _ROW + _AXIS
     return {
-        "width": LABEL_WIDTH + PLOT_WIDTH + 20,
+        "width": LABEL_WIDTH + PLOT_WIDTH + 50,  # room for the last tick's label
         "height": height,
         "bar_height": BAR_HEIGHT,
         "now": {"x": x(now), "label": rfc3339(now)},
