@@ -130,9 +130,14 @@ def _peer_identity(request: web.Request, cluster_id: str) -> Identity:
                                      cluster_id=cluster_id)
 
 
+#: what every identity of the cluster may load: the stylesheet (a 403 page uses it too)
+#: and the favicon browsers ask for on their own
+_ANYONE: Final = frozenset({"/static/console.css", "/favicon.ico"})
+
+
 def _allowed(identity: Identity, path: str) -> str | None:
     """Why ``identity`` may not see ``path``, or None when it may."""
-    if identity.kind == "admin":
+    if identity.kind == "admin" or path in _ANYONE:
         return None
     if path == "/metrics" and identity.kind == "monitor":
         return None
@@ -354,6 +359,10 @@ async def _own_metrics(sources: ConsoleSources) -> bytes:
     return generate_latest(registry)
 
 
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
 async def stylesheet(request: web.Request) -> web.Response:
     return web.Response(body=request.app[_CSS], content_type="text/css", charset="utf-8")
 
@@ -375,6 +384,7 @@ def make_app(sources: ConsoleSources) -> web.Application:
         ("/audit", audit_page),
         ("/metrics", metrics_page),
         ("/static/console.css", stylesheet),
+        ("/favicon.ico", favicon),
     )
     for path, handler in routes:
         app.router.add_get(path, handler, allow_head=True)

@@ -46,6 +46,7 @@ CORE = frozenset({
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
+    "sync.console", "sync.console.pages", "sync.console.timeline",
 })  # fmt: skip
 
 #: modules a core file may not import (top-level names): I/O, processes, threads, event
