@@ -117,3 +117,18 @@ def wait_probed(cluster: LocalCluster) -> dict[str, Any]:
         return report if p1["in_sync"] else None
 
     return wait_until(ready, what="p1 in sync with itself")
+
+
+def goto(page: Any, url: str) -> Any:
+    """``page.goto(url)``, again when Chromium reports ERR_NETWORK_CHANGED: it cancels a
+    navigation whenever an interface of the machine changes (other test runs create and drop
+    network namespaces and addresses); any other error is raised at once."""
+    from playwright.sync_api import Error
+
+    for attempt in range(3):
+        try:
+            return page.goto(url)
+        except Error as err:
+            if "ERR_NETWORK_CHANGED" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")

@@ -24,6 +24,7 @@ from tests.browser.conftest import (
     HOSTILE_NAME,
     SITE,
     Console,
+    goto,
     screenshot,
     status_json,
     wait_probed,
@@ -113,8 +114,8 @@ def test_no_client_certificate_fails_the_handshake(browser: Any, console: Consol
     from playwright.sync_api import Error
 
     page = _page_with(browser, None)
-    with pytest.raises(Error, match=r"net::ERR_"):
-        page.goto(console.origin + "/")
+    with pytest.raises(Error, match=r"net::ERR_(?!NETWORK_CHANGED)\w+"):
+        goto(page, console.origin + "/")
     page.context.close()
     assert _refused(console, None, None)
 
@@ -130,8 +131,8 @@ def test_another_cas_certificate_fails_the_handshake(
     cert.write_bytes(pem_bundle(leaf.cert))
     key.write_bytes(key_pem(leaf.key))
     page = _page_with(browser, console.pem_identity(cert, key))
-    with pytest.raises(Error, match=r"net::ERR_"):
-        page.goto(console.origin + "/")
+    with pytest.raises(Error, match=r"net::ERR_(?!NETWORK_CHANGED)\w+"):
+        goto(page, console.origin + "/")
     page.context.close()
     assert _refused(console, cert, key)
     # the twin: the admin's own PEM identity over the same path gets an answer
@@ -143,7 +144,7 @@ def test_another_cas_certificate_fails_the_handshake(
 def test_a_node_identity_gets_403(browser: Any, console: Console) -> None:
     d = console.directory / "b1"
     page = _page_with(browser, console.pem_identity(d / "node.pem", d / "node-key.pem"))
-    response = page.goto(console.origin + "/")
+    response = goto(page, console.origin + "/")
     assert response is not None and response.status == 403
     assert "only an admin identity" in page.locator("#error-message").inner_text()
     assert page.locator("table.certificates").count() == 0
@@ -155,10 +156,10 @@ def test_a_node_identity_gets_403(browser: Any, console: Console) -> None:
 def test_the_monitor_identity_gets_metrics_but_no_page(browser: Any, console: Console) -> None:
     d = console.directory
     page = _page_with(browser, console.pem_identity(d / "monitor.pem", d / "monitor-key.pem"))
-    refused = page.goto(console.origin + "/coverage")
+    refused = goto(page, console.origin + "/coverage")
     assert refused is not None and refused.status == 403
     assert "/metrics only" in page.locator("#error-message").inner_text()
-    metrics = page.goto(console.origin + "/metrics")
+    metrics = goto(page, console.origin + "/metrics")
     assert metrics is not None and metrics.status == 200
     families = {f.name: f for f in text_string_to_metric_families(metrics.text())}
     report = status_json(console.cluster)
@@ -177,7 +178,7 @@ def test_the_monitor_identity_gets_metrics_but_no_page(browser: Any, console: Co
 def test_certificates_list_shows_the_chain_warning_beneath_the_name(
     admin_page: Any, console: Console
 ) -> None:
-    response = admin_page.goto(console.origin + "/")
+    response = goto(admin_page, console.origin + "/")
     assert response is not None and response.status == 200
     headers = response.headers
     assert "script-src" not in headers["content-security-policy"]
@@ -198,12 +199,12 @@ def test_certificates_list_shows_the_chain_warning_beneath_the_name(
 
 
 def test_a_hostile_friendly_name_is_shown_as_text(admin_page: Any, console: Console) -> None:
-    admin_page.goto(console.origin + "/")
+    goto(admin_page, console.origin + "/")
     link = admin_page.locator(f'tr[data-sha256="{console.keyless_sha}"] td.name a')
     assert link.inner_text() == HOSTILE_NAME
     assert admin_page.locator("script").count() == 0
     assert admin_page.dialogs == []
-    admin_page.goto(console.origin + "/audit?action=cert.add")
+    goto(admin_page, console.origin + "/audit?action=cert.add")
     details = admin_page.locator("td.detail").all_inner_texts()
     assert any(HOSTILE_NAME in text for text in details), details
     assert admin_page.locator("script").count() == 0 and admin_page.dialogs == []
@@ -211,7 +212,7 @@ def test_a_hostile_friendly_name_is_shown_as_text(admin_page: Any, console: Cons
 
 def test_coverage_matrix_marks_the_uncovered_node_name(admin_page: Any, console: Console) -> None:
     wait_probed(console.cluster)
-    admin_page.goto(console.origin + "/coverage")
+    goto(admin_page, console.origin + "/coverage")
     uncovered = admin_page.locator('tr[data-hostname="b1.example.com"] td[data-node="b1"]')
     assert uncovered.get_attribute("data-state") == "uncovered"
     assert uncovered.locator(".state").inner_text() == "NOT COVERED"
@@ -228,7 +229,7 @@ def test_coverage_matrix_marks_the_uncovered_node_name(admin_page: Any, console:
 
 
 def test_timeline_draws_bars_windows_and_now(admin_page: Any, console: Console) -> None:
-    admin_page.goto(console.origin + "/timeline")
+    goto(admin_page, console.origin + "/timeline")
     listed = admin_page.locator("svg.timeline g.cert")
     count = len(cli_ok(console.cluster, "cert", "list", "--json").split('"sha256"')) - 1
     assert listed.count() == count
@@ -259,24 +260,24 @@ def test_audit_page_after_an_import(admin_page: Any, console: Console, tmp_path:
     path = tmp_path / "audited.pem"
     path.write_bytes(pem_bundle(extra.cert, key=extra.key))
     sha = cli_ok(console.cluster, "cert", "import", str(path), "--name", "audited").split()[0]
-    admin_page.goto(console.origin + "/audit")
+    goto(admin_page, console.origin + "/audit")
     newest = admin_page.locator("tr.event").first
     assert newest.locator("td.actor").inner_text() == "admin:admin"
     assert newest.locator("td.action").inner_text() == "cert.add"
     assert newest.locator("td.target").inner_text() == sha[:16]
     screenshot(admin_page, "audit")
-    admin_page.goto(console.origin + "/audit?actor=admin:admin&action=csr.add")
+    goto(admin_page, console.origin + "/audit?actor=admin:admin&action=csr.add")
     rows = admin_page.locator("tr.event")
     assert rows.count() == 1 and rows.first.locator("td.action").inner_text() == "csr.add"
-    admin_page.goto(console.origin + "/audit?actor=node:nobody")
+    goto(admin_page, console.origin + "/audit?actor=node:nobody")
     assert admin_page.locator("tr.event").count() == 0  # the twin: a filter that matches none
-    bad = admin_page.goto(console.origin + "/audit?page=0")
+    bad = goto(admin_page, console.origin + "/audit?page=0")
     assert bad is not None and bad.status == 400
 
 
 def test_nodes_page_agrees_with_status(admin_page: Any, console: Console) -> None:
     report = wait_probed(console.cluster)
-    admin_page.goto(console.origin + "/nodes")
+    goto(admin_page, console.origin + "/nodes")
     for node in report["nodes"]:
         row = admin_page.locator(f'tr.node[data-node="{node["name"]}"]')
         assert row.locator("td.in-sync").inner_text() == ("yes" if node["in_sync"] else "no")
@@ -286,7 +287,7 @@ def test_nodes_page_agrees_with_status(admin_page: Any, console: Console) -> Non
 
 
 def test_requests_show_the_pem_to_copy(admin_page: Any, console: Console) -> None:
-    admin_page.goto(console.origin + "/requests")
+    goto(admin_page, console.origin + "/requests")
     pem = admin_page.locator("section.request textarea.pem").first.input_value()
     assert pem.startswith("-----BEGIN CERTIFICATE REQUEST-----")
     assert x509.load_pem_x509_csr(pem.encode()).subject.rfc4514_string() == f"CN={SITE}"
@@ -295,7 +296,7 @@ def test_requests_show_the_pem_to_copy(admin_page: Any, console: Console) -> Non
 
 
 def test_detail_page_downloads_certificates_only(admin_page: Any, console: Console) -> None:
-    admin_page.goto(f"{console.origin}/certificates/{console.default_sha}")
+    goto(admin_page, f"{console.origin}/certificates/{console.default_sha}")
     assert console.default_sha in admin_page.locator("dl.facts").inner_text()
     assert admin_page.locator("table.coverage-list tr.uncovered").count() == 1
     screenshot(admin_page, "detail")
