@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything certsync's demo and tests need on a fresh Debian machine:
 # system tools from Debian's packages (when run as root) and a virtualenv in .venv with
-# certsync and its development dependencies. Safe to run again; it only does what is missing.
+# certsync and its development dependencies (Playwright for Python among them). Safe to run
+# again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || need+=(pebble)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# the console's browser tests drive Debian's Chromium with Playwright (which never downloads
+# a browser of its own here: tests/browser points it at /usr/bin/chromium)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || need+=(chromium)
 # the container suite drives `docker-compose` too, where a Docker engine is present
 if command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
   need+=(docker-compose)
