@@ -152,8 +152,8 @@ async def _start_console(
         raise ConfigError(f"node {config.name!r}: cannot load the console's TLS identity: "
                           f"{err}; restore it from 'certsync cluster init'") from err
     try:
-        runner, port = await start_console(sources, address=config.admin_address,
-                                           ssl_context=ctx)
+        host, port = split_address(config.admin_address)
+        runner, port = await start_console(sources, host=host, port=port, ssl_context=ctx)
     except OSError as err:
         raise ConfigError(f"node {config.name!r}: cannot listen on admin_address "
                           f"{config.admin_address!r}: {err.strerror}; free the port or change "

@@ -46,7 +46,7 @@ from node.store_view import StoredCert
 from sync.console import pages, timeline
 from sync.receiver import NodeStateFn
 from sync.report import Observed, status_report
-from sync.topology import Topology, split_address
+from sync.topology import Topology
 
 __all__ = ["ClusterView", "ConsoleSources", "console_ssl_context", "make_app", "start_console"]
 
@@ -107,7 +107,7 @@ def console_ssl_context(*, ca_cert: Path, cert: Path, key: Path) -> ssl.SSLConte
 _SOURCES: Final = web.AppKey("sources", ConsoleSources)
 _TEMPLATES: Final = web.AppKey("templates", jinja2.Environment)
 _CSS: Final = web.AppKey("css", bytes)
-_IDENTITY: Final = "certsync.identity"
+_IDENTITY: Final = web.RequestKey("identity", Identity)
 
 
 def _environment() -> jinja2.Environment:
@@ -392,13 +392,13 @@ def make_app(sources: ConsoleSources) -> web.Application:
 
 
 async def start_console(
-    sources: ConsoleSources, *, address: str, ssl_context: ssl.SSLContext
+    sources: ConsoleSources, *, host: str, port: int, ssl_context: ssl.SSLContext
 ) -> tuple[web.AppRunner, int]:
-    """Listen on ``address`` (HOST:PORT; port 0 picks one) and return ``(runner, port)``."""
-    host, port = split_address(address)
-    runner = web.AppRunner(make_app(sources), access_log=None, handle_signals=False)
+    """Listen on ``host``:``port`` (port 0 picks one) and return ``(runner, port)``."""
+    runner = web.AppRunner(make_app(sources), access_log=None, handle_signals=False,
+                           shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = int(runner.addresses[0][1])
     _log.info("console.started", node=sources.node_name, port=bound)
