@@ -62,6 +62,8 @@ def test_console_script_writes_a_cluster(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "p1" in proc.stdout and "127.0.0.1:7400" in proc.stdout
+    assert "console https://127.0.0.1:7402/" in proc.stdout  # one node: base + 2N + 0
+    assert "admin.p12" in proc.stdout
     assert (tmp_path / "c" / "p1" / "node.toml").is_file()
 
 
