@@ -105,9 +105,13 @@ def test_demo_ctrl_c_stops_everything_without_traceback(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed check above: stop the demo gracefully, so that
+            proc.send_signal(signal.SIGINT)  # its nodes stop too (a kill would orphan them)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, rest + err
     assert "Traceback" not in rest + err
     assert "stopped: every node shut down cleanly" in rest
