@@ -146,7 +146,8 @@ def test_a_node_identity_gets_403(browser: Any, console: Console) -> None:
     page = _page_with(browser, console.pem_identity(d / "node.pem", d / "node-key.pem"))
     response = goto(page, console.origin + "/")
     assert response is not None and response.status == 403
-    assert "only an admin identity" in page.locator("#error-message").inner_text()
+    message = page.locator("#error-message").inner_text()
+    assert message == "Only an admin identity may see the console."
     assert page.locator("table.certificates").count() == 0
     assert response.headers["x-frame-options"] == "DENY"  # headers on refusals too
     screenshot(page, "403-node")

@@ -112,7 +112,7 @@ async def test_every_page_answers_the_admin_with_strict_headers(console: Running
 async def test_a_node_identity_is_refused_everywhere_and_audited(console: Running,
                                                                  path: str) -> None:
     status, headers, body = await _get(console, "b1", path)
-    assert status == 403 and "only an admin identity" in body
+    assert status == 403 and "Only an admin identity may see the console." in body
     assert headers["Content-Security-Policy"] == HEADERS["Content-Security-Policy"]
     [event] = await console.store.audit_query(limit=5, action="console.refused")
     assert (event.actor, event.detail["path"]) == ("node:b1", path)
@@ -143,3 +143,18 @@ async def test_no_route_serves_a_key_or_a_pkcs12(console: Running) -> None:
         assert status == 404, path
     status, _, body = await _get(console, "admin", "/audit?page=x")
     assert status == 400 and "not a page number" in body
+
+
+async def test_audit_is_newest_first_and_paged(console: Running) -> None:
+    for i in range(52):
+        await console.store.record_audit(actor="admin:ops", action="test.event",
+                                         detail={"target": f"t{i:02}"}, now=NOW)
+    status, _, first = await _get(console, "admin", "/audit?action=test.event")
+    assert status == 200
+    assert first.index(">t51<") < first.index(">t50<")  # newest first
+    assert ">t01<" not in first and 'rel="next"' in first and 'rel="prev"' not in first
+    _, _, second = await _get(console, "admin", "/audit?action=test.event&page=2")
+    assert ">t01<" in second and ">t00<" in second and ">t51<" not in second
+    assert 'rel="next"' not in second and 'rel="prev"' in second
+    _, _, other = await _get(console, "admin", "/audit?actor=admin:nobody")
+    assert "test.event" not in other.split("<tbody>")[1]  # the filter's twin
