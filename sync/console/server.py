@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import jinja2
 import structlog
@@ -63,10 +63,11 @@ HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
 }
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
-_DOWNLOADS: Final = {
-    "pem": ("application/x-pem-file", "pem"),
-    "der": ("application/pkix-cert", "cer"),
-    "p7b": ("application/x-pkcs7-certificates", "p7b"),
+#: the certificate-only downloads: format -> (export format, content type, file extension)
+_DOWNLOADS: Final[Mapping[str, tuple[Literal["pem", "der", "p7b"], str, str]]] = {
+    "pem": ("pem", "application/x-pem-file", "pem"),
+    "der": ("der", "application/pkix-cert", "cer"),
+    "p7b": ("p7b", "application/x-pkcs7-certificates", "p7b"),
 }
 
 #: the cluster as seen from this node: every node's answer and what the primary names per
@@ -262,15 +263,16 @@ async def certificate_page(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.Response:
     sources = request.app[_SOURCES]
     sha = _sha_of(request)
-    fmt = request.match_info["fmt"]
-    if fmt not in _DOWNLOADS:
-        raise web.HTTPNotFound(text=f"no download format {fmt!r}; use pem, der or p7b")
+    download_as = _DOWNLOADS.get(request.match_info["fmt"])
+    if download_as is None:
+        raise web.HTTPNotFound(text=f"no download format {request.match_info['fmt']!r}; use "
+                               "pem, der or p7b")
+    fmt, content_type, ext = download_as
     stored = await _stored(sources, sha)
     chain, _ = (await sources.store.view()).chain(sha)
     cert = stored.certificate()
     certs = [cert, *(c for c in chain if c != cert)]
-    body = export_certificates(certs, fmt)  # type: ignore[arg-type]  # fmt checked above
-    content_type, ext = _DOWNLOADS[fmt]
+    body = export_certificates(certs, fmt)
     filename = re.sub(r"[^A-Za-z0-9._-]+", "_", stored.name).strip("._") or sha[:16]
     return web.Response(body=body, content_type=content_type, headers={
         "Content-Disposition": f'attachment; filename="{filename}.{ext}"'})
