@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything certsync's demo and tests need on a fresh Debian machine:
 # system tools from Debian's packages (when run as root) and a virtualenv in .venv with
-# certsync and its development dependencies. Safe to run again; it only does what is missing.
+# certsync and its development dependencies (Playwright for Python among them). Safe to run
+# again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debo
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # bash and zsh load `certsync completion` scripts in the tests
 command -v zsh >/dev/null || need+=(zsh)
+# the console's browser tests drive Debian's Chromium with Playwright (which never downloads
+# a browser of its own here: tests/browser points it at /usr/bin/chromium)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || need+=(chromium)
 # the container suite drives `docker-compose` too, where a Docker engine is present
 if command -v docker >/dev/null && ! command -v docker-compose >/dev/null; then
   need+=(docker-compose)

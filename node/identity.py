@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, cast
+from typing import Literal, TypeAlias
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -18,17 +18,21 @@ from cryptography import x509
 from node.errors import BadInput, PermissionDenied
 
 __all__ = [
+    "KINDS",
     "Identity",
     "IdentityKind",
     "admin_uri",
     "check_node_name",
     "identity_from_certificate",
     "is_uuid",
+    "monitor_uri",
     "node_dns_name",
     "node_uri",
 ]
 
-IdentityKind: TypeAlias = Literal["node", "admin"]
+#: ``monitor`` is a read-only scraper (Prometheus): it may read ``/metrics`` and nothing else
+IdentityKind: TypeAlias = Literal["node", "admin", "monitor"]
+KINDS: tuple[IdentityKind, ...] = ("node", "admin", "monitor")
 
 #: a DNS label in lower case: 1..63 of [a-z0-9-], not starting or ending with '-'
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -57,6 +61,10 @@ def node_uri(cluster_id: str, name: str) -> str:
 
 def admin_uri(cluster_id: str, name: str) -> str:
     return f"{_URI_SCHEME}://{cluster_id}/admin/{name}"
+
+
+def monitor_uri(cluster_id: str, name: str) -> str:
+    return f"{_URI_SCHEME}://{cluster_id}/monitor/{name}"
 
 
 @dataclass(frozen=True)
@@ -96,15 +104,16 @@ def identity_from_certificate(
         or parts.fragment
         or len(segments) != 3
         or segments[0] != ""
-        or segments[1] not in ("node", "admin")
+        or segments[1] not in KINDS
         or not _NAME_RE.fullmatch(segments[2])
         or not is_uuid(parts.netloc)
     ):
         raise PermissionDenied(
             f"certificate {subject!r} has a malformed identity URI {uris[0]!r}; expected "
-            "'certsync://<cluster_id>/node|admin/<name>'"
+            "'certsync://<cluster_id>/node|admin|monitor/<name>'"
         )
-    identity = Identity(kind=cast(IdentityKind, segments[1]), name=segments[2],
+    kind = next(k for k in KINDS if k == segments[1])
+    identity = Identity(kind=kind, name=segments[2],
                         cluster_id=parts.netloc)
     if cluster_id is not None and identity.cluster_id != cluster_id:
         raise PermissionDenied(

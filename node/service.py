@@ -148,11 +148,13 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     async def _authorize(self, identity: Identity, method: str, *, change: bool) -> None:
         if identity.kind == "admin":
             return
-        if not change and identity.name in self._rt.node_names:
+        if not change and identity.kind == "node" and identity.name in self._rt.node_names:
             return
         why = (
             "only an admin identity may change the store"
             if change
+            else "a monitor identity may only read /metrics"
+            if identity.kind == "monitor"
             else f"node {identity.name!r} is not in this cluster's topology"
         )
         await record_refusal(self._rt.store, actor=self._actor(identity), method=method,

@@ -407,6 +407,31 @@ class StoreFile:
             for r in rows
         ]
 
+    async def audit_query(
+        self, *, limit: int, offset: int = 0, actor: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditEvent]:
+        """Audit events newest first, ``offset`` skipped, at most ``limit``; only those of
+        ``actor`` and ``action`` (exact matches) when given (the console's paged table)."""
+        where, args = [], []
+        for column, value in (("actor", actor), ("action", action)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        # only fixed column names are joined in; every value is a bound parameter
+        sql = ("SELECT id, at, actor, action, detail FROM audit"  # noqa: S608
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY id DESC LIMIT ? OFFSET ?")
+        async with self._lock:
+            rows = await self._fetchall(sql, (*args, limit, offset))
+        return [
+            AuditEvent(
+                id=r[0], at=parse_stored_time(r[1]), actor=r[2], action=r[3],
+                detail=json.loads(r[4]),
+            )
+            for r in rows
+        ]
+
     async def record_audit(
         self, *, actor: str, action: str, detail: Mapping[str, Any], now: datetime
     ) -> None:

@@ -10,7 +10,12 @@ Layout (paths in the files are relative to the file that names them)::
     DIR/cluster.toml          topology (public)
     DIR/ca.pem, ca-key.pem    cluster CA (key 0600; only needed to add nodes)
     DIR/admin.toml, admin.pem, admin-key.pem
+    DIR/admin.p12, admin.p12.pass   the admin identity for a browser (both 0600)
+    DIR/monitor.pem, monitor-key.pem the metrics scraper's identity (key 0600)
     DIR/NAME/node.toml, node.pem, node-key.pem, store.key
+
+Ports: node *i* of N gets gRPC ``base + 2i``, TLS ``base + 2i + 1`` and its admin console
+(HTTPS) ``base + 2N + i``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -29,6 +35,7 @@ from typing import Any
 import tomli_w
 
 from node.errors import BadInput
+from node.exports import export_pkcs12
 from node.identity import check_node_name
 from sync import pki
 from sync.topology import (
@@ -47,15 +54,27 @@ __all__ = [
     "ADMIN_NAME",
     "DEFAULT_BASE_PORT",
     "DEFAULT_LISTEN",
+    "MONITOR_NAME",
     "InitRequest",
+    "admin_port",
     "build_topology",
     "init_cluster",
     "plan_init",
+    "ports_needed",
 ]
 
 DEFAULT_BASE_PORT = 7400
 DEFAULT_LISTEN = "127.0.0.1"
 ADMIN_NAME = "admin"
+MONITOR_NAME = "monitor"
+#: PBKDF2 rounds of admin.p12: its passphrase is 32 random hex digits (128 bits), so the
+#: rounds add nothing against guessing; a browser opens it at once
+_ADMIN_P12_ROUNDS = 10_000
+
+
+def ports_needed(count: int) -> int:
+    """How many consecutive ports from ``--base-port`` a cluster of ``count`` nodes uses."""
+    return 3 * count
 
 
 @dataclass(frozen=True)
@@ -120,8 +139,11 @@ def plan_init(
             raise BadInput(f"{what} {dup!r} is given twice; every node needs its own")
     if ADMIN_NAME in names:
         raise BadInput("node name 'admin' is reserved for the admin identity; pick another")
-    if not base_port > 0 or base_port + 2 * len(pairs) - 1 > 65535:
-        raise BadInput(f"--base-port {base_port!r} leaves no room for {2 * len(pairs)} ports "
+    if MONITOR_NAME in names:
+        raise BadInput("node name 'monitor' is reserved for the metrics identity; pick another")
+    if not base_port > 0 or base_port + ports_needed(len(pairs)) - 1 > 65535:
+        raise BadInput(f"--base-port {base_port!r} leaves no room for "
+                       f"{ports_needed(len(pairs))} ports "
                        "below 65536; choose a port from 1024 to about 60000")
     for flag, value in (("--sync-interval", sync_interval_seconds),
                         ("--stale-after", stale_after_seconds)):
@@ -166,6 +188,7 @@ def build_topology(req: InitRequest, cluster_id: str, base: Path) -> Topology:
             grpc_address=format_address(reach, req.base_port + 2 * i),
             tls_address=format_address(reach, req.base_port + 2 * i + 1),
             cert_path=base / name / "node.pem",
+            admin_address=format_address(reach, admin_port(req, i)),
         ))
     validate_nodes(tuple(nodes))
     return Topology(
@@ -173,6 +196,11 @@ def build_topology(req: InitRequest, cluster_id: str, base: Path) -> Topology:
         ca_cert_path=base / "ca.pem", sync_interval_seconds=req.sync_interval_seconds,
         stale_after_seconds=req.stale_after_seconds,
     )
+
+
+def admin_port(req: InitRequest, index: int) -> int:
+    """Node ``index``'s admin console port: after the 2N gRPC and TLS ports."""
+    return req.base_port + 2 * len(req.nodes) + index
 
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> None:
@@ -196,6 +224,11 @@ def init_cluster(req: InitRequest, *, now: dt.datetime) -> Topology:
     nodes = {spec.name: pki.issue_node(ca, spec.name, now=now, key=pki.new_key())
              for spec in topology.nodes}
     admin = pki.issue_admin(ca, ADMIN_NAME, now=now, key=pki.new_key())
+    monitor = pki.issue_monitor(ca, MONITOR_NAME, now=now, key=pki.new_key())
+    p12_pass = secrets.token_hex(16)
+    admin_p12 = export_pkcs12(name="certsync admin", key=admin.key, cert=admin.cert,
+                              chain=[ca.cert], passphrase=p12_pass.encode(),
+                              rounds=_ADMIN_P12_ROUNDS)
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.init-", dir=final.parent))
@@ -210,8 +243,13 @@ def init_cluster(req: InitRequest, *, now: dt.datetime) -> Topology:
             "cluster": "cluster.toml", "ca_cert": "ca.pem", "cert": "admin.pem",
             "key": "admin-key.pem", "name": ADMIN_NAME,
         }))
+        _write(tmp / "admin.p12", admin_p12, secret=True)
+        _write(tmp / "admin.p12.pass", p12_pass.encode() + b"\n", secret=True)
+        _write(tmp / "monitor.pem", monitor.cert_pem)
+        _write(tmp / "monitor-key.pem", monitor.key_pem, secret=True)
         for spec in topology.nodes:
-            port = req.base_port + 2 * topology.nodes.index(spec)
+            index = topology.nodes.index(spec)
+            port = req.base_port + 2 * index
             node_dir = tmp / spec.name
             node_dir.mkdir(mode=0o755)
             _write(node_dir / "node.pem", nodes[spec.name].cert_pem)
@@ -223,6 +261,7 @@ def init_cluster(req: InitRequest, *, now: dt.datetime) -> Topology:
                 "data_dir": ".",
                 "grpc_listen": format_address(req.listen, port),
                 "tls_listen": format_address(req.listen, port + 1),
+                "admin_address": format_address(req.listen, admin_port(req, index)),
                 "ca_cert": "../ca.pem",
                 "cert": "node.pem",
                 "key": "node-key.pem",

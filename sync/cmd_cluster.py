@@ -27,10 +27,12 @@ def _run(args: argparse.Namespace) -> int:
               f"{req.directory}\n")
     for spec in topology.nodes:
         out.write(f"  {spec.name:<12} {spec.role:<8} {spec.hostname:<32} grpc "
-                  f"{spec.grpc_address}  tls {spec.tls_address}\n")
+                  f"{spec.grpc_address}  tls {spec.tls_address}  console {spec.admin_url}\n")
     first = req.directory / topology.nodes[0].name / "node.toml"
     out.write(f"start a node:  certsync node serve --config {first}\n")
     out.write(f"administer:    certsync --config {req.directory / 'admin.toml'} status\n")
+    out.write(f"browser:       import {req.directory / 'admin.p12'} (passphrase in "
+              f"{req.directory / 'admin.p12.pass'}), then open a console URL\n")
     return 0
 
 

@@ -61,6 +61,8 @@ class NodeConfig:
     acme: AcmeSettings | None = None
     alerts: AlertConfig = field(default_factory=AlertConfig)
     monitor_interval: int = DEFAULT_MONITOR_INTERVAL
+    # --- the admin console (issue 13): where it listens (HTTPS), None: no console
+    admin_address: str | None = None
 
     @property
     def store_path(self) -> Path:
@@ -120,7 +122,8 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
-              "key", "store_key", "log_format", "acme", "alerts", "monitor_interval"}
+              "key", "store_key", "log_format", "acme", "alerts", "monitor_interval",
+              "admin_address"}
 _ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
 _ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
@@ -139,6 +142,9 @@ def load_node_config(path: Path) -> NodeConfig:
         grpc_listen, tls_listen = table.text("grpc_listen"), table.text("tls_listen")
         split_address(grpc_listen)
         split_address(tls_listen)
+        admin_address = table.text("admin_address") if "admin_address" in table.data else None
+        if admin_address is not None:
+            split_address(admin_address)
     except ConfigError:
         raise
     except BadInput as err:
@@ -164,6 +170,7 @@ def load_node_config(path: Path) -> NodeConfig:
         acme=acme,
         alerts=alerts,
         monitor_interval=table.positive_int("monitor_interval", DEFAULT_MONITOR_INTERVAL),
+        admin_address=admin_address,
     )
 
 

@@ -1,7 +1,8 @@
 """[shell] The composition root: one node (``node.app.NodeApp``) wired into its cluster role.
 
 It opens the store, starts the TLS endpoint, the gRPC server (store operations from
-:mod:`node.service`, replication from :mod:`sync.receiver`) and the replicator, and the
+:mod:`node.service`, replication from :mod:`sync.receiver`) and the replicator, the admin
+console (:mod:`sync.console`, when node.toml has ``admin_address``) and the
 node's renewal/alert monitor; :func:`cluster_of` turns the topology into the plain
 :class:`~node.app.NodeCluster` facts the node needs.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import structlog
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,7 +35,9 @@ from node.rpc import server_credentials, start_grpc_server
 from node.service import CertStoreService, NodeRuntime
 from node.store import Store
 from node.tls import TlsEndpoint
-from sync.config import NodeConfig, load_store_key
+from sync.cmd_ops import gather
+from sync.config import AdminConfig, NodeConfig, load_store_key
+from sync.console.server import ConsoleSources, console_ssl_context, start_console
 from sync.metrics import NodeMetrics
 from sync.receiver import NodeStateFn, Replica, ReplicationService, describe_promotion
 from sync.replicator import DEFAULT_CONCURRENCY, Peer, Replicator, peers_from_topology
@@ -124,18 +128,56 @@ def _read(path: Path, what: str) -> bytes:
         ) from err
 
 
+async def _start_console(
+    config: NodeConfig,
+    app: NodeApp,
+    store_service: CertStoreService,
+    metrics: NodeMetrics,
+    console_started: Callable[[int], None] | None,
+) -> web.AppRunner:
+    """The admin console on ``config.admin_address``; it sees the cluster as ``status``
+    does, asking with this node's own identity (a node may read, never change)."""
+    assert config.admin_address is not None
+    viewer = AdminConfig(name=config.name, path=config.path, topology=config.topology,
+                         ca_cert_path=config.ca_cert_path, cert_path=config.cert_path,
+                         key_path=config.key_path)
+    sources = ConsoleSources(
+        node_name=config.name, topology=config.topology, store=app.store,
+        statuses=app.lifecycle.statuses, node_state=store_service.node_state,
+        cluster=lambda: gather(viewer), now=app.now, metrics=metrics.render,
+    )
+    try:
+        ctx = console_ssl_context(ca_cert=config.ca_cert_path, cert=config.cert_path,
+                                  key=config.key_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"node {config.name!r}: cannot load the console's TLS identity: "
+                          f"{err}; restore it from 'certsync cluster init'") from err
+    try:
+        host, port = split_address(config.admin_address)
+        runner, port = await start_console(sources, host=host, port=port, ssl_context=ctx)
+    except OSError as err:
+        raise ConfigError(f"node {config.name!r}: cannot listen on admin_address "
+                          f"{config.admin_address!r}: {err.strerror}; free the port or change "
+                          "node.toml") from err
+    if console_started is not None:
+        console_started(port)
+    return runner
+
+
 async def run_node(
     config: NodeConfig,
     *,
     stop: asyncio.Event,
     started: Callable[[NodeApp, int, int], None] | None = None,
     on_metrics: Callable[[NodeMetrics], None] | None = None,
+    console_started: Callable[[int], None] | None = None,
 ) -> None:
     """Run the node of ``config`` (a ``NodeConfig``) until ``stop`` is set.
 
     ``started(app, grpc_port, tls_port)`` is called once both ports listen (tests bind port 0);
     ``on_metrics(metrics)`` once the node's :class:`~sync.metrics.NodeMetrics` exist (the
-    admin listener serves ``metrics.render()`` at ``/metrics``; tests read it directly).
+    admin console serves ``metrics.render()`` at ``/metrics``; tests read it directly);
+    ``console_started(port)`` once the admin console listens.
     """
     topology: Topology = config.topology
     store = await Store.open(config.store_path, load_store_key(config.store_key_path))
@@ -145,6 +187,7 @@ async def run_node(
     monitor: asyncio.Task[None] | None = None
     replication: Replication | None = None
     pusher: asyncio.Task[None] | None = None
+    console: web.AppRunner | None = None
     try:
         if config.acme is not None:
             http_host, http_port = split_address(config.acme.http_listen)
@@ -188,6 +231,8 @@ async def run_node(
             replication=replication.service,
         )
         pusher = asyncio.create_task(replication.replicator.run())
+        if config.admin_address is not None:
+            console = await _start_console(config, app, store_service, metrics, console_started)
         _log.info("node.started", node=config.name, grpc_port=grpc_port, tls_port=tls_bound)
         if started is not None:
             started(app, grpc_port, tls_bound)
@@ -215,6 +260,8 @@ async def run_node(
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
+        if console is not None:
+            await console.cleanup()
         if responder is not None:
             await responder.close()
         if server is not None:

@@ -152,6 +152,11 @@ def _show(cluster: LocalCluster) -> int:
     for p in probes:
         print(f"  {p.node:<3} {p.tool} s_client -connect {p.address} -servername "
               f"{p.server_name}: subject={p.subject} sha256={p.sha256}")
+    demo.step("the admin console: HTTPS with mutual TLS (import admin.p12 into a browser)")
+    for spec in topology.nodes:
+        print(f"  {spec.name:<3} console {spec.admin_url}")
+    print(f"  admin identity {cluster.directory / 'admin.p12'}, its passphrase in "
+          f"{cluster.directory / 'admin.p12.pass'}")
     served = {p.sha256 for p in probes}
     if len(served) == 1:
         print(f"every node served the same certificate: sha256={served.pop()}", flush=True)

@@ -18,11 +18,12 @@ up to notice a node process that died), bounded by a deadline -- never a blind s
 Leaving the ``with`` block stops every node it started (SIGTERM, then SIGKILL after a grace
 period), also when the block raised.
 
-Ports: node *i* uses ``base_port + 2i`` (gRPC) and ``+ 2i + 1`` (TLS), as ``cluster init``
-lays them out. Without ``base_port`` a range below the kernel's ephemeral range is chosen at
-random and checked free on the listen address, so parallel test runs rarely collide and
-outgoing connections never take one of its ports. A node that still finds its port taken
-exits, and :meth:`LocalCluster.wait_ready` raises with the tail of its log.
+Ports: node *i* uses ``base_port + 2i`` (gRPC), ``+ 2i + 1`` (TLS) and ``+ 2N + i`` (admin
+console), as ``cluster init`` lays them out. Without ``base_port`` a range below the
+kernel's ephemeral range is chosen at random and checked free on the listen address, so
+parallel test runs rarely collide and outgoing connections never take one of its ports. A
+node that still finds its port taken exits, and :meth:`LocalCluster.wait_ready` raises
+with the tail of its log.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import grpc
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import BadInput, CertsyncError, NodeUnreachable
 from node.identity import node_dns_name
-from sync.cluster_init import DEFAULT_LISTEN, init_cluster, plan_init
+from sync.cluster_init import DEFAULT_LISTEN, init_cluster, plan_init, ports_needed
 from sync.config import AdminConfig, load_admin_config
 from sync.topology import (
     DEFAULT_STALE_AFTER_SECONDS,
@@ -198,7 +199,7 @@ class LocalCluster:
             traffic=[f"{name}={host}" for name, host in traffic],
             listen=listen,
             base_port=base_port if base_port is not None
-            else free_port_range(2 * count, host=listen),
+            else free_port_range(ports_needed(count), host=listen),
             sync_interval_seconds=sync_interval,
             stale_after_seconds=stale_after,
         )

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node.identity import admin_uri, check_node_name, node_dns_name, node_uri
+from node.identity import admin_uri, check_node_name, monitor_uri, node_dns_name, node_uri
 
 __all__ = [
     "CA_VALIDITY",
@@ -25,6 +25,7 @@ __all__ = [
     "LEAF_VALIDITY",
     "Issued",
     "issue_admin",
+    "issue_monitor",
     "issue_node",
     "key_pem",
     "make_ca",
@@ -189,6 +190,25 @@ def issue_admin(
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"admin:{name}"),
                            _org(cluster_id)]),
         sans=[x509.UniformResourceIdentifier(admin_uri(cluster_id, name))],
+        ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        key_agreement=False,
+        now=now,
+        key=key,
+    )
+
+
+def issue_monitor(
+    ca: Issued, name: str, *, now: dt.datetime, key: ec.EllipticCurvePrivateKey
+) -> Issued:
+    """A metrics scraper's identity: clientAuth only, SAN URI ``certsync://<id>/monitor/<name>``;
+    it may read the admin console's ``/metrics`` and nothing else."""
+    cluster_id = _cluster_id_of(ca)
+    check_node_name(name)
+    return _leaf(
+        ca,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"monitor:{name}"),
+                           _org(cluster_id)]),
+        sans=[x509.UniformResourceIdentifier(monitor_uri(cluster_id, name))],
         ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
         key_agreement=False,
         now=now,

@@ -289,6 +289,7 @@ def status_report(
             "hostname": spec.hostname,
             "grpc_address": spec.grpc_address,
             "tls_address": spec.tls_address,
+            "admin_url": spec.admin_url,
             "reachable": node.reachable,
             "epoch": node.epoch if node.reachable else None,
             "digest": node.digest if node.reachable else None,

@@ -77,7 +77,8 @@ class NodeSpec:
     """One node of the cluster as ``cluster.toml`` describes it.
 
     ``grpc_address``/``tls_address`` are where *others* reach the node (HOST:PORT);
-    ``cert_path`` is the node's public mTLS certificate (its key wraps transfer blobs).
+    ``cert_path`` is the node's public mTLS certificate (its key wraps transfer blobs);
+    ``admin_address`` is where admins reach its console (HTTPS), None when it has none.
     """
 
     name: str
@@ -86,6 +87,12 @@ class NodeSpec:
     grpc_address: str
     tls_address: str
     cert_path: Path
+    admin_address: str | None = None
+
+    @property
+    def admin_url(self) -> str | None:
+        """The console's URL (``https://HOST:PORT/``), None without an admin address."""
+        return None if self.admin_address is None else f"https://{self.admin_address}/"
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,8 @@ def validate_nodes(nodes: tuple[NodeSpec, ...]) -> None:
         if spec.name == "admin":
             # not a technical clash (kinds differ in the URI) but confusing in audit logs
             raise BadInput("node name 'admin' is reserved for the admin identity; pick another")
-        for value in (spec.name, spec.grpc_address, spec.tls_address):
+        for value in (spec.name, spec.grpc_address, spec.tls_address,
+                      *([spec.admin_address] if spec.admin_address else [])):
             key = value if value == spec.name else f"address {value}"
             if key in seen:
                 raise BadInput(f"{value!r} is used by more than one node; each needs its own")
@@ -181,6 +189,7 @@ def topology_to_dict(topology: Topology, base: Path) -> dict[str, Any]:
                 "grpc_address": spec.grpc_address,
                 "tls_address": spec.tls_address,
                 "cert": _relative(spec.cert_path, base),
+                **({} if spec.admin_address is None else {"admin_address": spec.admin_address}),
             }
             for spec in topology.nodes
         ],
@@ -196,7 +205,8 @@ def _relative(path: Path, base: Path) -> str:
 
 _TOP_KEYS = {"cluster_id", "site", "ca_cert", "sync_interval_seconds", "stale_after_seconds",
              "nodes"}
-_NODE_KEYS = {"name", "role", "hostname", "grpc_address", "tls_address", "cert"}
+_NODE_KEYS = {"name", "role", "hostname", "grpc_address", "tls_address", "cert",
+              "admin_address"}
 
 
 def topology_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Topology:
@@ -225,6 +235,9 @@ def topology_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> T
             grpc_address, tls_address = node.text("grpc_address"), node.text("tls_address")
             split_address(grpc_address)
             split_address(tls_address)
+            admin_address = node.text("admin_address") if "admin_address" in node.data else None
+            if admin_address is not None:
+                split_address(admin_address)
             nodes.append(NodeSpec(
                 name=check_node_name(node.text("name")),
                 role=role,
@@ -232,6 +245,7 @@ def topology_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> T
                 grpc_address=grpc_address,
                 tls_address=tls_address,
                 cert_path=base / node.text("cert"),
+                admin_address=admin_address,
             ))
         validate_nodes(tuple(nodes))
     except ConfigError:

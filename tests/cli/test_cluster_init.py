@@ -23,9 +23,9 @@ from sync.config import load_admin_config, load_node_config, load_store_key, loa
 BASE = ["--site", "support.example.com", "--primary", "p1=p1.example.com",
         "--backup", "b1=b1.example.com", "--traffic", "t1=t1.example.com",
         "--traffic", "t2=t2.example.com"]
-SECRETS = ["ca-key.pem", "admin-key.pem", *[f"{n}/{f}" for n in ("p1", "b1", "t1", "t2")
-                                            for f in ("node-key.pem", "store.key")]]
-PUBLIC = ["cluster.toml", "ca.pem", "admin.pem", "admin.toml",
+SECRETS = ["ca-key.pem", "admin-key.pem", "admin.p12", "admin.p12.pass", "monitor-key.pem",
+           *[f"{n}/{f}" for n in ("p1", "b1", "t1", "t2") for f in ("node-key.pem", "store.key")]]
+PUBLIC = ["cluster.toml", "ca.pem", "admin.pem", "admin.toml", "monitor.pem",
           *[f"{n}/{f}" for n in ("p1", "b1", "t1", "t2") for f in ("node.pem", "node.toml")]]
 
 
@@ -62,6 +62,8 @@ def test_console_script_writes_a_cluster(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "p1" in proc.stdout and "127.0.0.1:7400" in proc.stdout
+    assert "console https://127.0.0.1:7402/" in proc.stdout  # one node: base + 2N + 0
+    assert "admin.p12" in proc.stdout
     assert (tmp_path / "c" / "p1" / "node.toml").is_file()
 
 
@@ -244,6 +246,41 @@ def test_listen_and_advertise(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert topo.node("t1").tls_address == "t1-svc:8003"
     node = load_node_config(tmp_path / "c" / "t1" / "node.toml")
     assert (node.grpc_listen, node.tls_listen) == ("0.0.0.0:8002", "0.0.0.0:8003")
+    # the admin consoles come after the 2N gRPC and TLS ports: node i at base + 2N + i
+    assert node.admin_address == "0.0.0.0:8005"
+    assert topo.node("p1").admin_url == "https://127.0.0.1:8004/"
+    assert topo.node("t1").admin_url == "https://t1-svc:8005/"
+
+
+def test_admin_p12_opens_with_its_passphrase_file_and_holds_the_admin_identity(
+    cluster_dir: Path,
+) -> None:
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    passphrase = (cluster_dir / "admin.p12.pass").read_bytes().rstrip(b"\n")
+    assert len(passphrase) == 32
+    p12 = pkcs12.load_pkcs12((cluster_dir / "admin.p12").read_bytes(), passphrase)
+    assert p12.cert is not None and p12.cert.certificate == _cert(cluster_dir / "admin.pem")
+    assert [c.certificate for c in p12.additional_certs] == [_cert(cluster_dir / "ca.pem")]
+    with pytest.raises(ValueError):  # the twin: another passphrase does not open it
+        pkcs12.load_pkcs12((cluster_dir / "admin.p12").read_bytes(), b"x" * 32)
+
+
+def test_monitor_identity_is_its_own_kind(cluster_dir: Path) -> None:
+    cid = load_topology(cluster_dir / "cluster.toml").cluster_id
+    monitor = _cert(cluster_dir / "monitor.pem")
+    assert identity_from_certificate(monitor, cluster_id=cid) == Identity("monitor", "monitor",
+                                                                           cid)
+    eku = monitor.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]  # a client, never a server
+
+
+def test_monitor_is_a_reserved_node_name(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _init(tmp_path / "c", "--site", "s.example.com", "--primary",
+                       "monitor=m.example.com", capsys=capsys)
+    assert rc == 2 and "reserved" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_ipv6_listen_is_bracketed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ PROBE = re.compile(
     r"-servername (?P<host>\S+): subject=(?P<subject>.*) sha256=(?P<sha>[0-9a-f]{64})$",
     re.MULTILINE,
 )
+CONSOLE = re.compile(r"^\s+(?P<node>\w+)\s+console https://(?P<addr>[^/\s]+)/$", re.MULTILINE)
 DIRECTORY = re.compile(r"on loopback in (?P<dir>\S+)$", re.MULTILINE)
 TIMEOUT = 180
 
@@ -36,6 +38,17 @@ def _listening(address: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _console_answers(directory: Path, address: str) -> bool:
+    """GET / of p1's console with the admin identity the demo names, the CA checked."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    ctx.load_cert_chain(str(directory / "admin.pem"), str(directory / "admin-key.pem"))
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="p1.node.certsync") as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: p1\r\nConnection: close\r\n\r\n")
+        return tls.recv(12) == b"HTTP/1.1 200"
 
 
 def _check_report(out: str) -> list[re.Match[str]]:
@@ -86,12 +99,19 @@ def test_demo_ctrl_c_stops_everything_without_traceback(tmp_path: Path) -> None:
         assert any("press Ctrl-C" in line for line in lines), "".join(lines)
         probes = _check_report("".join(lines))
         assert all(_listening(m["addr"]) for m in probes)  # running while it waits
+        consoles = list(CONSOLE.finditer("".join(lines)))
+        assert [m["node"] for m in consoles] == ["p1", "b1", "t1", "t2"], "".join(lines)
+        assert _console_answers(keep / "cluster", consoles[0]["addr"])  # the URL printed works
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed check above: stop the demo gracefully, so that
+            proc.send_signal(signal.SIGINT)  # its nodes stop too (a kill would orphan them)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, rest + err
     assert "Traceback" not in rest + err
     assert "stopped: every node shut down cleanly" in rest

@@ -81,7 +81,7 @@ def _start(directory: Path, log: Path) -> subprocess.Popen[bytes]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cli")
     directory = root / "c"
-    base = free_port_range(2)
+    base = free_port_range(3)  # gRPC, TLS, console
     run(
         "cluster", "init", str(directory), "--site", "support.example.com",
         "--primary", "p1=p1.example.com", "--base-port", str(base),
@@ -245,7 +245,7 @@ def test_sigterm_stops_the_node_cleanly_and_then_it_is_unreachable(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "c"
-    base = free_port_range(2)
+    base = free_port_range(3)  # gRPC, TLS, console
     run(
         "cluster", "init", str(directory), "--site", "s.example.com",
         "--primary", "p1=p1.example.com", "--base-port", str(base),

@@ -68,7 +68,7 @@ class Node:
     """The node's cluster directory and its current process."""
 
     def __init__(self, root: Path) -> None:
-        base = free_port_range(2)
+        base = free_port_range(3)  # gRPC, TLS, console
         self.directory = root / "c"
         init_cluster(
             plan_init(

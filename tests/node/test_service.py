@@ -85,8 +85,8 @@ class Node:
     def target(self, who: str = "admin", directory: Path | None = None) -> NodeTarget:
         d = directory or self.cluster_dir
         cert, key = (
-            (d / "admin.pem", d / "admin-key.pem")
-            if who == "admin"
+            (d / f"{who}.pem", d / f"{who}-key.pem")
+            if who in ("admin", "monitor")
             else (d / who / "node.pem", d / who / "node-key.pem")
         )
         return NodeTarget.from_files(
@@ -493,6 +493,16 @@ async def test_node_identity_may_read_but_not_change(node: Node) -> None:
     refused = [e for e in audit if e.action == "rpc.refused"]
     assert [e.actor for e in refused] == ["node:b1", "node:b1"]
     assert {e.detail["method"] for e in refused} == {"Import", "Delete"}
+
+
+async def test_monitor_identity_may_not_even_read(node: Node) -> None:
+    async with node.client("monitor") as c:
+        with pytest.raises(PermissionDenied, match="monitor identity may only read /metrics"):
+            await c.list_certificates()
+        with pytest.raises(PermissionDenied, match="monitor"):
+            await c.get_state()
+    refused = [e for e in await node.app.store.audit_log() if e.action == "rpc.refused"]
+    assert {e.actor for e in refused} == {"monitor:monitor"}
 
 
 async def test_certificate_from_another_ca_is_refused_at_the_handshake(

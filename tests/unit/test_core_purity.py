@@ -47,6 +47,7 @@ CORE = frozenset({
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
     "node.audit_view",
+    "sync.console", "sync.console.pages", "sync.console.timeline",
 })  # fmt: skip
 
 #: modules a core file may not import (top-level names): I/O, processes, threads, event

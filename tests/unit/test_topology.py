@@ -119,6 +119,16 @@ def test_topology_round_trips_through_dict(tmp_path: Path) -> None:
     assert again == topo
 
 
+def test_admin_address_is_optional_and_round_trips(tmp_path: Path) -> None:
+    nodes = [{**_spec("p1", "primary", "p1.example.com", 0), "admin_address": "[::1]:7410"},
+             _spec("b1", "backup", "b1.example.com", 1)]
+    topo = topology_from_dict(_cluster_dict(nodes=nodes), base=tmp_path, source="c")
+    assert topo.node("p1").admin_url == "https://[::1]:7410/"
+    assert topo.node("b1").admin_url is None  # written before the console: no URL
+    again = topology_from_dict(topology_to_dict(topo, tmp_path), base=tmp_path, source="x")
+    assert again == topo and "admin_address" not in topology_to_dict(topo, tmp_path)["nodes"][1]
+
+
 def test_node_lookup_unknown_is_not_found(tmp_path: Path) -> None:
     topo = topology_from_dict(_cluster_dict(), base=tmp_path, source="cluster.toml")
     assert topo.node("b1").role == "backup"
@@ -167,6 +177,10 @@ def _without(key: str) -> dict[str, Any]:
                                "grpc_address": "nowhere"}]), "HOST:PORT"),
         (_cluster_dict(nodes=[{**_spec("p1", "primary", "a.example.com", 0), "x": 1}]),
          "unknown key 'nodes\\[0\\].x'"),
+        (_cluster_dict(nodes=[{**_spec("p1", "primary", "a.example.com", 0),
+                               "admin_address": "no-port"}]), "HOST:PORT"),
+        (_cluster_dict(nodes=[{**_spec("p1", "primary", "a.example.com", 0),
+                               "admin_address": "127.0.0.1:7401"}]), "127.0.0.1:7401"),
     ],
 )
 def test_topology_from_dict_rejects(tmp_path: Path, data: dict[str, Any], fragment: str) -> None:
@@ -236,10 +250,12 @@ def test_validity_starts_before_now_and_needs_aware_now(ca: pki.Issued) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "name"), [("node", "p1"), ("node", "traffic-7"), ("admin", "admin")]
+    ("kind", "name"), [("node", "p1"), ("node", "traffic-7"), ("admin", "admin"),
+                       ("monitor", "monitor")]
 )
 def test_identity_round_trip(ca: pki.Issued, kind: str, name: str) -> None:
-    issue = pki.issue_node if kind == "node" else pki.issue_admin
+    issue = {"node": pki.issue_node, "admin": pki.issue_admin,
+             "monitor": pki.issue_monitor}[kind]
     cert = issue(ca, name, now=NOW, key=pki.new_key()).cert
     expected = Identity(kind=kind, name=name, cluster_id=CLUSTER)  # type: ignore[arg-type]
     assert identity_from_certificate(cert) == expected
