@@ -132,12 +132,14 @@ async def test_the_injected_metrics_are_what_monitor_and_admin_read(console: Run
     assert status == 403  # the twin: not a page
 
 
-async def test_without_a_renderer_the_console_says_what_the_node_knows(
+async def test_without_a_renderer_the_console_serves_the_stores_metrics(
     own_metrics: Running,
 ) -> None:
     status, _, body = await _get(own_metrics, "monitor", "/metrics")
     assert status == 200
-    assert "certsync_epoch 3.0" in body and "certsync_revision 9.0" in body
+    # a NodeMetrics over the store alone: a fresh store is at epoch 0, revision 0
+    assert "\ncertsync_epoch 0.0\n" in body and "\ncertsync_revision 0.0\n" in body
+    assert "certsync_epoch 3.0" not in body  # not the (injected) GetState answer
 
 
 async def test_no_route_serves_a_key_or_a_pkcs12(console: Running) -> None:
