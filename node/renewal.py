@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
+from node.coverage_gate import RequiredName, broken_by, describe, uncovered
 from node.errors import AcmeError, BadInput, Conflict
 from node.formats import cert_sha256
 from node.lifecycle import (
@@ -122,8 +123,10 @@ class Lifecycle:
         acme: AcmeSettings | None = None,
         responder: Http01Responder | None = None,
         account_key_path: Path | None = None,
+        required: Sequence[RequiredName] = (),
     ) -> None:
         self._node = node
+        self._required = tuple(required)
         self._role = role
         self._failover_pair = failover_pair
         self._store = store
@@ -414,6 +417,11 @@ class Lifecycle:
                 except Conflict as err:
                     default = False
                     warnings.append(f"stored but not made default: {err.message}")
+                missing = uncovered(cert, self._required)
+                if default and missing:
+                    default = False
+                    warnings.append(f"stored but not made default: it would leave "
+                                    f"{describe(missing)} uncovered")
             await self._store_issued(
                 cert, chain, key, name=name or hostname, make_default=default, actor=actor,
                 now=now,
@@ -443,6 +451,25 @@ class Lifecycle:
             actor=actor,
             now=now,
         )
+
+    async def _breaks_coverage(self, current: StoredCert | None, new: x509.Certificate,
+                               what: str, now: dt.datetime) -> bool:
+        """A background change making ``new`` the default instead of ``current`` that would
+        leave a name uncovered that ``current`` covers is skipped: logged, audited and alerted
+        (the expiry alert of the default kept). True when it is skipped."""
+        old = current.certificate() if current is not None else None
+        broken = broken_by(old, new, self._required)
+        if not broken:
+            return False
+        sha = cert_sha256(new)
+        _log.error("lifecycle.change_skipped", change=what, sha256=sha, uncovered=describe(broken))
+        await self._store.record_audit(
+            actor=ACTOR, action="lifecycle.change_skipped",
+            detail={"change": what, "sha256": sha, "uncovered": [r.hostname for r in broken]},
+            now=now)
+        if old is not None:
+            await deliver_alert(ExpiryAlert.for_certificate(old, now, node=self._node), self.alerts)
+        return True
 
     # -- one round of the monitor ---------------------------------------------------------
 
@@ -496,11 +523,12 @@ class Lifecycle:
                 cert, chain, key = await self._order(record.hostname, kt, now)
                 sha = cert_sha256(cert)
                 current = await self._default()
-                await self._store_issued(
-                    cert, chain, key, name=old.name,
-                    make_default=current is not None and current.sha256 == old.sha256,
-                    actor=ACTOR, now=now,
-                )
+                make_default = current is not None and current.sha256 == old.sha256
+                if make_default and await self._breaks_coverage(current, cert, "renewal", now):
+                    raise AcmeError(f"the renewal of {old.sha256} would leave required names "
+                                    "uncovered; it was not stored", hostname=record.hostname)
+                await self._store_issued(cert, chain, key, name=old.name,
+                                         make_default=make_default, actor=ACTOR, now=now)
                 await self._save(
                     sha, LifecycleRecord(acme=True, hostname=record.hostname, key_type=kt))
                 await self._save(old.sha256, replace(record, failures=0, last_failure_at=None))
@@ -525,7 +553,8 @@ class Lifecycle:
             stored = await self._store.get(staged.sha256)
         except BadInput:
             stored = None
-        if stored is None or not stored.has_key:
+        if stored is None or not stored.has_key or await self._breaks_coverage(
+                await self._default(), stored.certificate(), "staged CA change", now):
             _log.error("lifecycle.ca_change_dropped", sha256=staged.sha256)
             await self._store.set_meta({PENDING_KEY: ""}, actor=ACTOR, now=now)
             return None

@@ -31,12 +31,14 @@ from cryptography.hazmat.primitives import serialization
 from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
+from node.coverage_gate import RequiredName
 from node.errors import (
     BadInput,
     Conflict,
     PermissionDenied,
 )
-from node.identity import Identity, identity_from_certificate
+from node.guard import gate_default, gate_import, require_primary
+from node.identity import Identity
 from node.importing import plan_import
 from node.messages import (
     cert_info,
@@ -48,7 +50,7 @@ from node.messages import (
 )
 from node.names import parse_hostname
 from node.renewal import Lifecycle
-from node.rpc import run_rpc
+from node.rpc import peer_identity, run_rpc
 from node.selection import Selection
 from node.store import Store
 from node.store_view import SetEntry, StoredCert, StoreView
@@ -65,30 +67,6 @@ _EXPORT_FORMATS: Final = {
 }
 
 _log = structlog.get_logger("node.service")
-
-
-def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
-    """The caller's identity from its mTLS client certificate (PermissionDenied if none)."""
-    pems = list(context.auth_context().get("x509_pem_cert", ()))
-    if not pems:
-        raise PermissionDenied(
-            "the call carries no client certificate; connect with mutual TLS using the "
-            "certificates from 'certsync cluster init'"
-        )
-    return _identity_of(bytes(pems[0]), cluster_id)
-
-
-@functools.lru_cache(maxsize=256)  # a peer calls many times with one certificate
-def _identity_of(pem: bytes, cluster_id: str) -> Identity:
-    """The identity a client certificate (PEM, as the TLS layer verified it) names; a
-    refusal is raised, not cached, each time."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as err:
-        raise PermissionDenied(
-            "the client certificate cannot be read; use a certificate from the cluster CA"
-        ) from err
-    return identity_from_certificate(cert, cluster_id=cluster_id)
 
 
 class NodeRuntime(Protocol):
@@ -113,6 +91,9 @@ class NodeRuntime(Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    @property
+    def required_names(self) -> Sequence[RequiredName]: ...
 
     def now(self) -> dt.datetime: ...
 
@@ -150,6 +131,8 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
                 identity = self._identity(context)
                 structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
                 await self._authorize(identity, method, change=change)
+                if change:  # only the primary of the current epoch changes the set
+                    await require_primary(self._rt, method)
                 return await fn(self, request, context, identity)
 
             return await run_rpc(context, method, call)
@@ -241,6 +224,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         name = request.name or subject.common_name
         sha = formats.cert_sha256(cert)
+        warnings = [] if not request.make_default else await gate_default(
+            self._rt, cert, what=f"making the new certificate {sha} the default",
+            force=request.force, method="CreateSelfSigned", actor=self._actor(identity),
+            target=sha)
         await self._rt.store.add(
             [SetEntry(cert=cert, key=key, name=name)],
             make_default=sha if request.make_default else None,
@@ -249,7 +236,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         _log.info("cert.created", sha256=sha, key_type=key_type)
-        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha))
+        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha),
+                                                     warnings=warnings)
 
     @_rpc(change=True)
     async def CreateRequest(
@@ -311,6 +299,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             request.make_default, request.force,
         )
         make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
+        if make_default:
+            make_default = await gate_import(
+                self._rt, entries, identity_sha, warnings, make_default=request.make_default,
+                force=request.force, actor=self._actor(identity))
         await self._rt.store.add(
             entries,
             make_default=identity_sha if make_default else None,
@@ -476,6 +468,11 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.lifecycle.check_default_change(
             stored.sha256, confirm_ca_change=request.confirm_ca_change
         )
+        warnings += await gate_default(
+            self._rt, x509.load_der_x509_certificate(stored.der),
+            what=f"making {stored.sha256} the default", force=request.force,
+            method="SetDefault", actor=self._actor(identity), target=stored.sha256,
+            overrode=("expiry",) if self._expired(stored) else ())
         await self._rt.store.set_default(
             stored.sha256, actor=self._actor(identity), now=self._rt.now()
         )
@@ -497,9 +494,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                     f"certificate {stored.sha256!r} is the default; choose another default "
                     "with 'certsync cert default SHA256' first"
                 )
+        warnings = [] if not stored.is_default else await gate_default(
+            self._rt, None, what=f"deleting the default {stored.sha256}", force=request.force,
+            method="Delete", actor=self._actor(identity), target="")
         await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
         await self._rt.refresh()
-        return certsync_pb2.DeleteResponse()
+        return certsync_pb2.DeleteResponse(warnings=warnings)
 
     # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------
 

@@ -17,8 +17,9 @@ from typing import Any
 from node.acme_client import ACME_KEY_TYPES
 from node.api import certsync_pb2
 from sync._io import print_json
-from sync.client import admin_config, call_node
+from sync.client import admin_config
 from sync.cmd_cert import cert_json
+from sync.routing import call_primary
 
 __all__ = ["register"]
 
@@ -40,7 +41,7 @@ def _request(args: argparse.Namespace) -> int:
         confirm_ca_change=args.confirm_ca_change,
         name=args.name or "",
     )
-    resp = call_node(args.config, args.node, lambda c: c.request_acme(req))
+    resp = call_primary(args.config, args.node, lambda c: c.request_acme(req))
     for w in resp.warnings:
         if backup is None or "failover pair" not in w:  # said above already
             sys.stderr.write(f"certsync: warning: {w}\n")

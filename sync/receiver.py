@@ -48,6 +48,7 @@ from node.errors import (
     StaleEpoch,
     TransferRejected,
 )
+from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
 from node.identity import Identity
 from node.rpc import abort_for, run_rpc
 from node.service import peer_identity
@@ -311,6 +312,8 @@ class Replica:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
             meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
+            if staged.forced:  # a later primary keeps pushing this default forced
+                meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
             # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
