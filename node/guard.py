@@ -21,7 +21,14 @@ from typing import Final, Protocol
 import structlog
 from cryptography import x509
 
-from node.coverage_gate import RequiredName, describe, forced_notice, gate_refusal, uncovered
+from node.coverage_gate import (
+    RequiredName,
+    broken_by,
+    describe,
+    forced_notice,
+    gate_refusal,
+    uncovered,
+)
 from node.errors import NotPrimary
 from node.formats import cert_sha256
 from node.store import Store
@@ -123,15 +130,18 @@ async def gate_import(
     actor: str,
 ) -> bool:
     """The gate for an import that makes its identity certificate default: asked for with
-    ``--default`` (refused unless forced), or a renewal of the default (then it is not made
-    default, and ``warnings`` says why). Returns whether it becomes the default."""
+    ``--default`` (refused unless forced), or a renewal of the default (not made default,
+    with a warning, when it leaves a name uncovered that the current default covers).
+    Returns whether it becomes the default."""
     cert = next(e.cert for e in entries if cert_sha256(e.cert) == identity_sha)
-    if not make_default:
-        missing = uncovered(cert, rt.required_names)
-        if missing:
+    if not make_default:  # a renewal: it may not uncover what the current default covers
+        current = (await rt.store.view()).default
+        broken = broken_by(current.certificate() if current is not None else None, cert,
+                           rt.required_names)
+        if broken:
             warnings.append(f"{identity_sha} is not made the default: it would leave "
-                            f"{describe(missing)} uncovered")
-        return not missing
+                            f"{describe(broken)} uncovered")
+        return not broken
     expired = cert.not_valid_after_utc <= rt.now()
     warnings += await gate_default(
         rt, cert, what=f"making {identity_sha} the default", force=force, method="Import",
