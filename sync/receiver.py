@@ -42,8 +42,8 @@ from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
     BadInput,
     CertsyncError,
-    Conflict,
     CoverageError,
+    NotPrimary,
     PermissionDenied,
     StaleEpoch,
     TransferRejected,
@@ -489,10 +489,12 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                         f"{identity.kind} {identity.name!r} may not call Replicate: only an "
                         "admin may; use the admin configuration (admin.toml)")
                 if self._replicator is None or not self._replica.is_primary:
-                    raise Conflict(
+                    raise NotPrimary(
                         f"node {self._replica.name!r} is not the primary of epoch "
                         f"{self._replica.epoch} (that is {self._replica.primary!r}); run "
-                        f"replicate against {self._replica.primary!r}")
+                        f"replicate against {self._replica.primary!r}",
+                        node=self._replica.name, primary=self._replica.primary,
+                        epoch=self._replica.epoch)
                 async for progress in self._replicator.replicate(
                         list(request.nodes), force=request.force, actor=actor):
                     yield progress

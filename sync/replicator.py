@@ -15,8 +15,9 @@ Runs in every node process and acts only while that node is the primary of its e
   loop) and staged, activated, probed (a real TLS handshake per required name and without
   SNI, compared with what this primary selects) and confirmed;
 * the **coverage gate**: a set whose default leaves a required name uncovered is not pushed
-  automatically (log event ``replication.blocked``); ``replicate --force`` pushes it, logged
-  and audited as forced;
+  automatically (log event ``replication.blocked``) unless an admin forced that default past
+  the gate at the change (store meta ``forced_default``, :mod:`node.guard`), which is pushed
+  forced; ``replicate --force`` pushes it, logged and audited as forced;
 * :meth:`Replicator.run` is the background loop: it wakes on :meth:`trigger` (after every
   store change; triggers coalesce) or every ``interval`` seconds (anti-entropy: down nodes
   catch up when they come back). A non-primary asks the nodes that may be primary for their

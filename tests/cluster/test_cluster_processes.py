@@ -209,7 +209,7 @@ def _as_node_config(cluster: LocalCluster, node: str, tmp_path: Path) -> str:
     "command",
     [
         ["cert", "create-self-signed", "--name", "evil", "--key", "ec-p256", "--cn",
-         "evil.example.com", "--san", "evil.example.com", "--default"],
+         "evil.example.com", "--san", "evil.example.com"],  # not --default: not the gate
         ["promote", "t1"],
         ["replicate", "--force"],
     ],
