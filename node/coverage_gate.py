@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from node.errors import CoverageError
-from node.names import check_all, sans_of
+from node.names import SanSet, check_all, sans_of
 
 __all__ = [
     "RequiredName",
@@ -28,6 +28,7 @@ __all__ = [
     "forced_notice",
     "gate_refusal",
     "uncovered",
+    "uncovered_by",
 ]
 
 
@@ -42,11 +43,17 @@ class RequiredName:
 def uncovered(cert: x509.Certificate | None,
               required: Sequence[RequiredName]) -> tuple[RequiredName, ...]:
     """The required names ``cert`` (the would-be default; None: no default) leaves uncovered."""
-    if not required:
-        return ()
     if cert is None:
         return tuple(required)
-    report = check_all(sans_of(cert), [r.hostname for r in required])
+    return uncovered_by(sans_of(cert), required)
+
+
+def uncovered_by(sans: SanSet, required: Sequence[RequiredName]) -> tuple[RequiredName, ...]:
+    """The required names a certificate with ``sans`` leaves uncovered (e.g. one not ordered
+    yet, whose names are known)."""
+    if not required:
+        return ()
+    report = check_all(sans, [r.hostname for r in required])
     return tuple(r for r, item in zip(required, report.items, strict=True) if not item.covered)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "GuardedRuntime",
     "gate_default",
     "gate_import",
+    "record_forced",
     "require_primary",
 ]
 
@@ -106,17 +107,25 @@ async def gate_default(
     checks = [*overrode, *(("coverage",) if missing else ())]
     if not checks:
         return []
+    return [await record_forced(rt.store, checks, missing, method=method, actor=actor,
+                                target=target, now=rt.now())]
+
+
+async def record_forced(store: Store, checks: Sequence[str], missing: Sequence[RequiredName],
+                        *, method: str, actor: str, target: str, now: dt.datetime) -> str:
+    """Audit a forced change (``change.forced``, naming every check it overrode), mark a
+    default forced past the coverage gate, and return the notice for the admin."""
     if missing:
-        await rt.store.set_meta({FORCED_DEFAULT_KEY: target or NO_DEFAULT})
-    await rt.store.record_audit(
+        await store.set_meta({FORCED_DEFAULT_KEY: target or NO_DEFAULT})
+    await store.record_audit(
         actor=actor, action="change.forced",
-        detail={"method": method, "sha256": target, "overrode": checks,
+        detail={"method": method, "sha256": target, "overrode": list(checks),
                 "uncovered": [r.hostname for r in missing]},
-        now=rt.now(),
+        now=now,
     )
-    _log.warning("change.forced", method=method, sha256=target, overrode=checks,
+    _log.warning("change.forced", method=method, sha256=target, overrode=list(checks),
                  uncovered=describe(missing))
-    return [forced_notice(checks, missing)]
+    return forced_notice(checks, missing)
 
 
 async def gate_import(

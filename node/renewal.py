@@ -38,9 +38,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
-from node.coverage_gate import RequiredName, broken_by, describe, uncovered
+from node.coverage_gate import RequiredName, broken_by, describe, gate_refusal, uncovered_by
 from node.errors import AcmeError, BadInput, Conflict
 from node.formats import cert_sha256
+from node.guard import record_forced
 from node.lifecycle import (
     CertState,
     StagedCaChange,
@@ -54,7 +55,7 @@ from node.lifecycle import (
     supersedes,
 )
 from node.model import KeyType, PrivateKey
-from node.names import sans_of
+from node.names import SanSet, sans_of
 from node.renewal_plan import (
     ACTOR,
     PENDING_KEY,
@@ -379,6 +380,7 @@ class Lifecycle:
         name: str,
         actor: str,
         now: dt.datetime,
+        force: bool = False,
     ) -> tuple[str, list[str]]:
         """Order a certificate for ``hostname`` over ACME and store it (primary only).
 
@@ -405,6 +407,11 @@ class Lifecycle:
                 f"node {self._node!r} is not the primary; request ACME certificates on the "
                 "primary, which replicates them"
             )
+        # the names are known before ordering: the coverage gate refuses before anything is
+        # ordered, unless forced
+        missing = uncovered_by(SanSet(dns_names=(hostname,)), self._required)
+        if make_default and missing and not force:
+            raise gate_refusal(f"making the certificate for {hostname!r} the default", missing)
         async with self._acme_lock:
             cert, chain, key = await self._order(hostname, kt, now)
             sha = cert_sha256(cert)
@@ -417,16 +424,15 @@ class Lifecycle:
                 except Conflict as err:
                     default = False
                     warnings.append(f"stored but not made default: {err.message}")
-                missing = uncovered(cert, self._required)
-                if default and missing:
-                    default = False
-                    warnings.append(f"stored but not made default: it would leave "
-                                    f"{describe(missing)} uncovered")
             await self._store_issued(
                 cert, chain, key, name=name or hostname, make_default=default, actor=actor,
                 now=now,
             )
             await self._save(sha, LifecycleRecord(acme=True, hostname=hostname, key_type=kt))
+            if default and missing:
+                warnings.append(await record_forced(self._store, ["coverage"], missing, now=now,
+                                                    method="RequestAcmeCertificate", actor=actor,
+                                                    target=sha))
         await self._on_change()
         return sha, warnings
 

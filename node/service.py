@@ -563,6 +563,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             make_default=request.make_default,
             accept_failover_risk=request.accept_failover_risk,
             confirm_ca_change=request.confirm_ca_change,
+            force=request.force,
             name=request.name,
             actor=self._actor(identity),
             now=self._rt.now(),

@@ -40,6 +40,7 @@ def _request(args: argparse.Namespace) -> int:
         accept_failover_risk=args.accept_failover_risk,
         confirm_ca_change=args.confirm_ca_change,
         name=args.name or "",
+        force=args.force,
     )
     resp = call_primary(args.config, args.node, lambda c: c.request_acme(req))
     for w in resp.warnings:
@@ -72,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--confirm-ca-change",
         action="store_true",
         help="with --default: allow a default whose chain ends in another root CA",
+    )
+    request.add_argument(
+        "--force", action="store_true",
+        help="with --default: make it the default even when it leaves required names uncovered "
+             "(audited)",
     )
     request.add_argument("--json", action="store_true", help="print JSON")
     request.set_defaults(func=_request)

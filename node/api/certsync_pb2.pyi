@@ -1143,6 +1143,7 @@ class AcmeRequest(_message.Message):
     ACCEPT_FAILOVER_RISK_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CONFIRM_CA_CHANGE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     key_type: _builtins.str
     """ec-p256 | ec-p384 | rsa-2048 | rsa-3072 | rsa-4096"""
@@ -1153,6 +1154,8 @@ class AcmeRequest(_message.Message):
     """friendly name; empty: the hostname"""
     confirm_ca_change: _builtins.bool
     """with make_default: allow a default whose chain ends in another root CA"""
+    force: _builtins.bool
+    """with make_default: make it the default even when it leaves required names uncovered"""
     def __init__(
         self,
         *,
@@ -1162,10 +1165,11 @@ class AcmeRequest(_message.Message):
         accept_failover_risk: _builtins.bool = ...,
         name: _builtins.str = ...,
         confirm_ca_change: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_failover_risk", b"accept_failover_risk", "confirm_ca_change", b"confirm_ca_change", "hostname", b"hostname", "key_type", b"key_type", "make_default", b"make_default", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_failover_risk", b"accept_failover_risk", "confirm_ca_change", b"confirm_ca_change", "force", b"force", "hostname", b"hostname", "key_type", b"key_type", "make_default", b"make_default", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
