@@ -122,11 +122,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
     except CertsyncError as err:
-        sys.stderr.write(f"certsync: error: {_one_line(str(err))}\n")
-        return err.exit_code
+        return _say(f"certsync: error: {_one_line(str(err))}", err.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("certsync: interrupted\n")
-        return 130
+        return _say("certsync: interrupted", 130)
+
+
+def _say(line: str, status: int) -> int:
+    """Write the one line on stderr and return ``status``; a closed stderr (``2>&1 | head``)
+    ends quietly too."""
+    try:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    return status
 
 
 def _quiet_stdout() -> None:

@@ -5,6 +5,7 @@ nodes, are in tests/cluster/test_point_of_change.py)."""
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from sync.cli import build_parser, main
 from sync.cmd_ops import status_ok
+from sync.localcluster import certsync_command
 
 
 def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,3 +71,17 @@ def _row(**kw: Any) -> dict[str, Any]:
 ])
 def test_status_is_a_check(rows: list[dict[str, Any]], ok: bool) -> None:
     assert status_ok({"nodes": rows}) is ok
+
+
+def test_an_error_line_to_a_closed_stderr_ends_quietly(tmp_path: Path) -> None:
+    """``certsync ... 2>&1 | head`` whose reader went away: exit 141, no traceback."""
+    args = [*certsync_command(), "status", "--config", str(tmp_path / "none.toml")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and out == b""
+    # twin: read, the same error is its one line and exit 2
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("certsync: error:")
+    assert done.stderr.count("\n") == 1
