@@ -97,6 +97,9 @@ def _replicate(args: argparse.Namespace) -> int:
 
     primary, progress = asyncio.run(replicate(config, targets, force=args.force,
                                               on_progress=show))
+    if primary != config.topology.primary.name:
+        sys.stderr.write(f"certsync: note: used node {primary!r}, the current primary "
+                         f"(cluster.toml names {config.topology.primary.name!r})\n")
     all_in_sync = all(p.in_sync for p in progress)
     if args.json:
         print_json({"primary": primary, "forced": bool(args.force), "all_in_sync": all_in_sync,

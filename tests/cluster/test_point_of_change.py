@@ -130,6 +130,7 @@ def test_only_the_primary_takes_changes_and_the_cli_follows_a_promotion(
     assert rep.returncode == 0, rep.stderr
     report = json.loads(rep.stdout)
     assert report["primary"] == "b1" and report["all_in_sync"] is True
+    assert "used node 'b1'" in rep.stderr
     assert {"p1", "t1"} <= {line.split()[0] for line in rep.stderr.splitlines() if line}
     # ... and a reader that goes away before it writes ends it quietly
     proc = subprocess.Popen(
