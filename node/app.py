@@ -23,6 +23,7 @@ from cryptography import x509
 
 from node.acme_client import AcmeSettings, Http01Responder
 from node.alerts import AlertConfig
+from node.coverage_gate import RequiredName
 from node.renewal import Lifecycle
 from node.selection import Selection
 from node.store import Store
@@ -37,12 +38,14 @@ _log = structlog.get_logger("node.app")
 @dataclass(frozen=True)
 class NodeCluster:
     """What one node knows of its cluster: the cluster's id, every node's name, this node's
-    configured role, and ``(primary, backup)`` when the cluster is a failover pair."""
+    configured role, and ``(primary, backup)`` when the cluster is a failover pair;
+    ``required`` the names the default must cover (empty: nothing to check)."""
 
     cluster_id: str
     node_names: tuple[str, ...]
     role: str
     failover_pair: tuple[str, str] | None = None
+    required: tuple[RequiredName, ...] = ()
 
 
 def _utcnow() -> dt.datetime:
@@ -87,6 +90,7 @@ class NodeApp:
             acme=acme,
             responder=responder,
             account_key_path=account_key_path,
+            required=cluster.required,
         )
 
     @property
@@ -116,6 +120,11 @@ class NodeApp:
     @property
     def store(self) -> Store:
         return self._store
+
+    @property
+    def required_names(self) -> tuple[RequiredName, ...]:
+        """The names the default must cover, with the nodes each belongs to."""
+        return self._cluster.required
 
     @property
     def endpoint(self) -> TlsEndpoint:

@@ -28,6 +28,7 @@ __all__ = [
     "IntegrityError",
     "NodeUnreachable",
     "NotFound",
+    "NotPrimary",
     "PassphraseError",
     "PermissionDenied",
     "StaleEpoch",
@@ -97,6 +98,18 @@ class AlreadyExists(BadInput):
 
 class Conflict(BadInput):
     """The change is refused because of the current state (e.g. deleting the default)."""
+
+
+class NotPrimary(Conflict):
+    """A store-changing call reached a node that is not the primary of the current epoch;
+    ``primary`` and ``epoch`` say which node is (as far as this node knows)."""
+
+    def __init__(self, message: str, *, node: str = "", primary: str = "",
+                 epoch: int = 0) -> None:
+        super().__init__(message, node=node, primary=primary, epoch=epoch)
+        self.node = node
+        self.primary = primary
+        self.epoch = epoch
 
 
 class PermissionDenied(CertsyncError):

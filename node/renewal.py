@@ -40,8 +40,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
+from node.coverage_gate import RequiredName, broken_by, describe, gate_refusal, uncovered_by
 from node.errors import AcmeError, BadInput, Conflict
 from node.formats import cert_sha256
+from node.guard import record_forced
 from node.lifecycle import (
     CertState,
     StagedCaChange,
@@ -55,7 +57,7 @@ from node.lifecycle import (
     supersedes,
 )
 from node.model import KeyType, PrivateKey
-from node.names import sans_of
+from node.names import SanSet, sans_of
 from node.renewal_plan import (
     ACTOR,
     PENDING_KEY,
@@ -125,8 +127,10 @@ class Lifecycle:
         acme: AcmeSettings | None = None,
         responder: Http01Responder | None = None,
         account_key_path: Path | None = None,
+        required: Sequence[RequiredName] = (),
     ) -> None:
         self._node = node
+        self._required = tuple(required)
         self._role = role
         self._failover_pair = failover_pair
         self._store = store
@@ -383,6 +387,7 @@ class Lifecycle:
         name: str,
         actor: str,
         now: dt.datetime,
+        force: bool = False,
     ) -> tuple[str, list[str]]:
         """Order a certificate for ``hostname`` over ACME and store it (primary only).
 
@@ -409,6 +414,11 @@ class Lifecycle:
                 f"node {self._node!r} is not the primary; request ACME certificates on the "
                 "primary, which replicates them"
             )
+        # the names are known before ordering: the coverage gate refuses before anything is
+        # ordered, unless forced
+        missing = uncovered_by(SanSet(dns_names=(hostname,)), self._required)
+        if make_default and missing and not force:
+            raise gate_refusal(f"making the certificate for {hostname!r} the default", missing)
         async with self._acme_lock:
             cert, chain, key = await self._order(hostname, kt, now)
             sha = cert_sha256(cert)
@@ -426,6 +436,10 @@ class Lifecycle:
                 now=now,
             )
             await self._save(sha, LifecycleRecord(acme=True, hostname=hostname, key_type=kt))
+            if default and missing:
+                warnings.append(await record_forced(self._store, ["coverage"], missing, now=now,
+                                                    method="RequestAcmeCertificate", actor=actor,
+                                                    target=sha))
         await self._on_change()
         return sha, warnings
 
@@ -450,6 +464,25 @@ class Lifecycle:
             actor=actor,
             now=now,
         )
+
+    async def _breaks_coverage(self, current: StoredCert | None, new: x509.Certificate,
+                               what: str, now: dt.datetime) -> bool:
+        """A background change making ``new`` the default instead of ``current`` that would
+        leave a name uncovered that ``current`` covers is skipped: logged, audited and alerted
+        (the expiry alert of the default kept). True when it is skipped."""
+        old = current.certificate() if current is not None else None
+        broken = broken_by(old, new, self._required)
+        if not broken:
+            return False
+        sha = cert_sha256(new)
+        _log.error("lifecycle.change_skipped", change=what, sha256=sha, uncovered=describe(broken))
+        await self._store.record_audit(
+            actor=ACTOR, action="lifecycle.change_skipped",
+            detail={"change": what, "sha256": sha, "uncovered": [r.hostname for r in broken]},
+            now=now)
+        if old is not None:
+            await deliver_alert(ExpiryAlert.for_certificate(old, now, node=self._node), self.alerts)
+        return True
 
     # -- one round of the monitor ---------------------------------------------------------
 
@@ -503,11 +536,12 @@ class Lifecycle:
                 cert, chain, key = await self._order(record.hostname, kt, now)
                 sha = cert_sha256(cert)
                 current = await self._default()
-                await self._store_issued(
-                    cert, chain, key, name=old.name,
-                    make_default=current is not None and current.sha256 == old.sha256,
-                    actor=ACTOR, now=now,
-                )
+                make_default = current is not None and current.sha256 == old.sha256
+                if make_default and await self._breaks_coverage(current, cert, "renewal", now):
+                    raise AcmeError(f"the renewal of {old.sha256} would leave required names "
+                                    "uncovered; it was not stored", hostname=record.hostname)
+                await self._store_issued(cert, chain, key, name=old.name,
+                                         make_default=make_default, actor=ACTOR, now=now)
                 await self._save(
                     sha, LifecycleRecord(acme=True, hostname=record.hostname, key_type=kt))
                 await self._save(old.sha256, replace(record, failures=0, last_failure_at=None))
@@ -532,7 +566,8 @@ class Lifecycle:
             stored = await self._store.get(staged.sha256)
         except BadInput:
             stored = None
-        if stored is None or not stored.has_key:
+        if stored is None or not stored.has_key or await self._breaks_coverage(
+                await self._default(), stored.certificate(), "staged CA change", now):
             _log.error("lifecycle.ca_change_dropped", sha256=staged.sha256)
             await self._store.set_meta({PENDING_KEY: ""}, actor=ACTOR, now=now)
             return None

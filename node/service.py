@@ -33,12 +33,14 @@ from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.audit_rpc import read_audit
 from node.cert_views import cert_infos, import_warnings
+from node.coverage_gate import RequiredName
 from node.errors import (
     BadInput,
     Conflict,
     PermissionDenied,
 )
 from node.export_rpc import export
+from node.guard import gate_default, gate_import, require_primary
 from node.identity import Identity
 from node.importing import plan_import
 from node.messages import (
@@ -86,6 +88,9 @@ class NodeRuntime(Protocol):
     @property
     def store(self) -> Store: ...
 
+    @property
+    def required_names(self) -> Sequence[RequiredName]: ...
+
     def now(self) -> dt.datetime: ...
 
     async def refresh(self) -> None: ...
@@ -122,6 +127,8 @@ def _rpc(*, change: bool) -> Callable[[_Handler[_Req, _Resp]], _Wrapped[_Req, _R
                 identity = await self._authenticate(context, method)
                 structlog.contextvars.bind_contextvars(caller=f"{identity.kind}:{identity.name}")
                 await self._authorize(identity, method, change=change)
+                if change:  # only the primary of the current epoch changes the set
+                    await require_primary(self._rt, method)
                 return await fn(self, request, context, identity)
 
             return await run_rpc(context, method, call)
@@ -212,6 +219,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         name = request.name or subject.common_name
         sha = formats.cert_sha256(cert)
+        warnings = [] if not request.make_default else await gate_default(
+            self._rt, cert, what=f"making the new certificate {sha} the default",
+            force=request.force, method="CreateSelfSigned", actor=self._actor(identity),
+            target=sha)
         await self._rt.store.add(
             [SetEntry(cert=cert, key=key, name=name)],
             make_default=sha if request.make_default else None,
@@ -220,7 +231,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         _log.info("cert.created", sha256=sha, key_type=key_type)
-        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha))
+        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha),
+                                                     warnings=warnings)
 
     @_rpc(change=True)
     async def CreateRequest(
@@ -282,6 +294,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             request.make_default, request.force,
         )
         make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
+        if make_default:
+            make_default = await gate_import(
+                self._rt, entries, identity_sha, warnings, make_default=request.make_default,
+                force=request.force, actor=self._actor(identity))
         await self._rt.store.add(
             entries,
             make_default=identity_sha if make_default else None,
@@ -396,6 +412,11 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.lifecycle.check_default_change(
             stored.sha256, confirm_ca_change=request.confirm_ca_change
         )
+        warnings += await gate_default(
+            self._rt, x509.load_der_x509_certificate(stored.der),
+            what=f"making {stored.sha256} the default", force=request.force,
+            method="SetDefault", actor=self._actor(identity), target=stored.sha256,
+            overrode=("expiry",) if self._expired(stored) else ())
         await self._rt.store.set_default(
             stored.sha256, actor=self._actor(identity), now=self._rt.now()
         )
@@ -417,9 +438,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                     f"certificate {stored.sha256!r} is the default; choose another default "
                     "with 'certsync cert default SHA256' first"
                 )
+        warnings = [] if not stored.is_default else await gate_default(
+            self._rt, None, what=f"deleting the default {stored.sha256}", force=request.force,
+            method="Delete", actor=self._actor(identity), target="")
         await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
         await self._rt.refresh()
-        return certsync_pb2.DeleteResponse()
+        return certsync_pb2.DeleteResponse(warnings=warnings)
 
     # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------
 
@@ -483,6 +507,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             make_default=request.make_default,
             accept_failover_risk=request.accept_failover_risk,
             confirm_ca_change=request.confirm_ca_change,
+            force=request.force,
             name=request.name,
             actor=self._actor(identity),
             now=self._rt.now(),

@@ -17,8 +17,9 @@ from typing import Any
 from node.acme_client import ACME_KEY_TYPES
 from node.api import certsync_pb2
 from sync._io import print_json
-from sync.client import admin_config, call_node
+from sync.client import admin_config
 from sync.cmd_cert import cert_json
+from sync.routing import call_primary
 
 __all__ = ["register"]
 
@@ -39,8 +40,9 @@ def _request(args: argparse.Namespace) -> int:
         accept_failover_risk=args.accept_failover_risk,
         confirm_ca_change=args.confirm_ca_change,
         name=args.name or "",
+        force=args.force,
     )
-    resp = call_node(args.config, args.node, lambda c: c.request_acme(req))
+    resp = call_primary(args.config, args.node, lambda c: c.request_acme(req))
     for w in resp.warnings:
         if backup is None or "failover pair" not in w:  # said above already
             sys.stderr.write(f"certsync: warning: {w}\n")
@@ -71,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--confirm-ca-change",
         action="store_true",
         help="with --default: allow a default whose chain ends in another root CA",
+    )
+    request.add_argument(
+        "--force", action="store_true",
+        help="with --default: make it the default even when it leaves required names uncovered "
+             "(audited)",
     )
     request.add_argument("--json", action="store_true", help="print JSON")
     request.set_defaults(func=_request)

@@ -15,6 +15,7 @@ from node.model import CREATABLE_KEY_TYPES
 from sync import cmd_show
 from sync._io import MAX_INPUT_BYTES, print_json, read_input_file, read_passphrase_file
 from sync.client import call_node
+from sync.routing import call_primary
 
 __all__ = ["add_subject_flags", "cert_json", "register", "subject_of"]
 
@@ -89,8 +90,9 @@ def _create(args: argparse.Namespace) -> int:
         sans=args.san or [],
         days=args.days,
         make_default=args.default,
+        force=args.force,
     )
-    resp = call_node(args.config, args.node, lambda c: c.create_self_signed(req))
+    resp = call_primary(args.config, args.node, lambda c: c.create_self_signed(req))
     _warn(resp.warnings)
     if args.json:
         print_json(cert_json(resp.certificate))
@@ -105,7 +107,7 @@ def _import(args: argparse.Namespace) -> int:
         raise BadInput(f"the files of one import are larger than {MAX_INPUT_BYTES // 2**20} "
                        "MiB together; import them one by one")
     passphrase = read_passphrase_file(args.passphrase_file) if args.passphrase_file else None
-    resp = call_node(
+    resp = call_primary(
         args.config,
         args.node,
         lambda c: c.import_files(
@@ -180,7 +182,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _default(args: argparse.Namespace) -> int:
-    warnings = call_node(
+    warnings = call_primary(
         args.config,
         args.node,
         lambda c: c.set_default(
@@ -192,12 +194,13 @@ def _default(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    call_node(args.config, args.node, lambda c: c.delete(args.sha256))
+    _warn(call_primary(args.config, args.node,
+                       lambda c: c.delete(args.sha256, force=args.force)))
     return 0
 
 
 def _stage_ca_change(args: argparse.Namespace) -> int:
-    pending = call_node(
+    pending = call_primary(
         args.config, args.node, lambda c: c.stage_ca_change(args.sha256, args.after)
     )
     out = {
@@ -215,6 +218,8 @@ def _stage_ca_change(args: argparse.Namespace) -> int:
     return 0
 
 
+_FORCE_HELP = ("with --default: make it the default even when it leaves required names "
+               "uncovered (audited)")
 _CONFIRM_HELP = (
     "allow a default whose chain ends in another root CA (clients pinning the old CA "
     "lose their connection)"
@@ -231,6 +236,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_subject_flags(create)
     create.add_argument("--days", type=int, default=365, help="validity (default 365)")
     create.add_argument("--default", action="store_true", help="make it the default")
+    create.add_argument("--force", action="store_true", help=_FORCE_HELP)
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=_create)
 
@@ -240,7 +246,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     imp.add_argument("--name", metavar="N", help="friendly name of the identity certificate")
     imp.add_argument("--default", action="store_true", help="make it the default")
     imp.add_argument(
-        "--force", action="store_true", help="with --default: allow an expired certificate"
+        "--force", action="store_true",
+        help="with --default: allow an expired certificate, or one that leaves required names "
+             "uncovered (audited)"
     )
     imp.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
     imp.add_argument("--json", action="store_true", help="print JSON")
@@ -259,12 +267,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     default = sub.add_parser("default", help="make a certificate the default")
     default.add_argument("sha256", metavar="SHA256")
-    default.add_argument("--force", action="store_true", help="allow an expired certificate")
+    default.add_argument("--force", action="store_true",
+                         help="allow an expired certificate, or one that leaves required names "
+                              "uncovered (audited)")
     default.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
     default.set_defaults(func=_default)
 
     delete = sub.add_parser("delete", help="delete a certificate and its key")
     delete.add_argument("sha256", metavar="SHA256")
+    delete.add_argument("--force", action="store_true",
+                        help="delete the default even though nothing then covers the required "
+                             "names (audited)")
     delete.set_defaults(func=_delete)
 
     cmd_show.register(sub)

@@ -21,8 +21,9 @@
 
 Every JSON field of DESIGN.md is present for every node (``null`` when unknown); extra
 fields: ``revision``, ``stale``, ``configured_role``, ``problems`` (sentences) and, at the
-top, ``primary``, ``required_names`` and ``problems``. ``status`` is a report: exit 0 even
-when nodes are down or out of sync.
+top, ``primary``, ``required_names`` and ``problems``. ``status`` is a check
+(:func:`status_ok`): exit 0 when every node is reachable, in sync and not stale, 1 otherwise
+-- also when some or all nodes do not answer (never 2 for that).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from node.errors import CertsyncError, NodeUnreachable
+from node.errors import CertsyncError, CheckFailed, NodeUnreachable
 from sync._io import print_json
 from sync.client import NodeClient, admin_config, admin_target, call_node
 from sync.config import AdminConfig
@@ -49,6 +50,7 @@ __all__ = [
     "gather",
     "print_status",
     "register",
+    "status_ok",
     "utcnow",
 ]
 
@@ -254,13 +256,21 @@ def _sni(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_ok(report: Mapping[str, Any]) -> bool:
+    """Whether the cluster passes the check ``status`` is: every node reachable, in sync and
+    not stale."""
+    nodes = report["nodes"]
+    return bool(nodes) and all(n["reachable"] and n["in_sync"] and not n["stale"]
+                               for n in nodes)
+
+
 def _status(args: argparse.Namespace) -> int:
     report = asyncio.run(collect_status(admin_config(args.config)))
     if args.json:
         print_json(report)
     else:
         print_status(report)
-    return 0
+    return 0 if status_ok(report) else CheckFailed.exit_code
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -276,7 +286,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "hostname, its own hostname and without SNI. A node is in sync when it reports "
             "the primary's "
             "epoch, revision and digest and serves, for every name, the certificate the "
-            "primary names. Exit 0: this is a report."
+            "primary names. Exit 0 when every node is reachable, in sync and not stale; "
+            "1 otherwise (also when nodes do not answer)."
         ),
     )
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -1,8 +1,9 @@
 """[shell] ``certsync replicate`` and ``certsync promote``.
 
-``replicate [--node NAME]... [--force] [--json]`` asks the current primary (the node that
-reports role ``primary`` at the highest epoch; the topology's primary when none answers so)
-to push now, and prints one line per node as the primary finishes it. Exit 0 only when every
+``replicate [--node NAME]... [--force] [--json]`` asks the current primary (of the highest
+verified epoch the reachable nodes report, :func:`sync.routing.locate_primary`) to push now,
+and prints one line per node as the primary finishes it (on stderr with ``--json``, whose
+final object is all that goes to stdout). Exit 0 only when every
 named node is in sync (it *serves* the primary's set); 1 when one is not, or when the
 coverage gate refuses (the message lists the uncovered names); 2 when the primary cannot be
 reached.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from cryptography import x509
@@ -30,6 +32,7 @@ from sync.client import NodeClient, admin_config, admin_target
 from sync.config import AdminConfig
 from sync.promotion import sign_promotion
 from sync.receiver import promotion_to_msg
+from sync.routing import locate_primary
 
 __all__ = ["REPLICATE_TIMEOUT", "find_primary", "promote", "register", "replicate"]
 
@@ -63,7 +66,7 @@ async def replicate(config: AdminConfig, nodes: list[str], *, force: bool,
     """Ask the current primary to push now; returns its name and every node's progress."""
     for n in nodes:
         config.topology.node(n)  # NotFound (exit 2) before anything is sent
-    primary = find_primary(await _states(config), config.topology.primary.name)
+    primary = (await locate_primary(config)).primary  # the highest verified epoch's
     progress: list[certsync_pb2.ReplicateProgress] = []
     async with NodeClient(admin_target(config, primary), timeout=REPLICATE_TIMEOUT) as client:
         async for p in client.replicate(nodes, force=force):
@@ -88,11 +91,15 @@ def _replicate(args: argparse.Namespace) -> int:
     targets: list[str] = list(dict.fromkeys(args.targets or []))
 
     def show(p: certsync_pb2.ReplicateProgress) -> None:
-        if not args.json:
-            print(_progress_line(p), flush=True)
+        # with --json, stdout holds the final JSON only; the progress lines go to stderr
+        out = sys.stderr if args.json else sys.stdout
+        print(_progress_line(p), file=out, flush=True)
 
     primary, progress = asyncio.run(replicate(config, targets, force=args.force,
                                               on_progress=show))
+    if primary != config.topology.primary.name:
+        sys.stderr.write(f"certsync: note: used node {primary!r}, the current primary "
+                         f"(cluster.toml names {config.topology.primary.name!r})\n")
     all_in_sync = all(p.in_sync for p in progress)
     if args.json:
         print_json({"primary": primary, "forced": bool(args.force), "all_in_sync": all_in_sync,

@@ -10,6 +10,7 @@ from node.api import certsync_pb2
 from sync._io import print_json
 from sync.client import call_node
 from sync.cmd_cert import add_subject_flags, subject_of
+from sync.routing import call_primary
 
 __all__ = ["register"]
 
@@ -22,7 +23,7 @@ def _create(args: argparse.Namespace) -> int:
     req = certsync_pb2.CreateRequestRequest(
         name=args.name or "", key_type=args.key, subject=subject_of(args), sans=args.san or []
     )
-    csr = call_node(args.config, args.node, lambda c: c.create_request(req))
+    csr = call_primary(args.config, args.node, lambda c: c.create_request(req))
     if args.json:
         print_json(_csr_json(csr))
     else:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from node import names, sandbox
 from node.acme_client import Http01Responder, start_http01_responder
 from node.app import NodeApp, NodeCluster
+from node.coverage_gate import RequiredName
 from node.errors import ConfigError
 from node.renewal import run_monitor
 from node.rpc import server_credentials, start_grpc_server
@@ -43,7 +44,10 @@ from sync.receiver import NodeStateFn, Replica, ReplicationService, describe_pro
 from sync.replicator import DEFAULT_CONCURRENCY, Peer, Replicator, peers_from_topology
 from sync.topology import Topology, split_address
 
-__all__ = ["GRACE_SECONDS", "Replication", "cluster_of", "run_node", "wire_replication"]
+__all__ = [
+    "GRACE_SECONDS", "Replication", "cluster_of", "required_of", "run_node",
+    "wire_replication",
+]
 
 GRACE_SECONDS: Final = 5.0
 
@@ -72,7 +76,16 @@ def cluster_of(topology: Topology, name: str) -> NodeCluster:
         node_names=tuple(topology.names),
         role=topology.node(name).role,
         failover_pair=None if backup is None else (topology.primary.name, backup.name),
+        required=required_of(topology),
     )
+
+
+def required_of(topology: Topology) -> tuple[RequiredName, ...]:
+    """The topology's required names, each with the nodes clients reach by it."""
+    return tuple(
+        RequiredName(hostname, tuple(s.name for s in topology.nodes
+                                     if hostname in topology.served_names(s.name)))
+        for hostname in topology.required_names())
 
 
 @dataclass(frozen=True)

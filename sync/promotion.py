@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -34,6 +35,7 @@ __all__ = [
     "Promotion",
     "decode_promotion",
     "encode_promotion",
+    "highest_verified",
     "initial_promotion",
     "is_newer",
     "promotion_bytes",
@@ -161,6 +163,27 @@ def verify_promotion(
             f"the signature of the promotion of {promotion.primary!r} to epoch "
             f"{promotion.epoch} does not verify; it was altered, promote again"
         ) from err
+
+
+def highest_verified(
+    promotions: Sequence[Promotion],
+    *,
+    ca_cert: x509.Certificate,
+    cluster_id: str,
+    initial_primary: str,
+) -> Promotion | None:
+    """The promotion of the highest epoch among ``promotions`` that verifies (see
+    :func:`verify_promotion`); the others are ignored. None when none verifies."""
+    best: Promotion | None = None
+    for promotion in promotions:
+        try:
+            verify_promotion(promotion, ca_cert=ca_cert, cluster_id=cluster_id,
+                             initial_primary=initial_primary)
+        except PermissionDenied:
+            continue
+        if best is None or promotion.epoch > best.epoch:
+            best = promotion
+    return best
 
 
 def encode_promotion(promotion: Promotion) -> str:

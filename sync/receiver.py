@@ -42,12 +42,13 @@ from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
     BadInput,
     CertsyncError,
-    Conflict,
     CoverageError,
+    NotPrimary,
     PermissionDenied,
     StaleEpoch,
     TransferRejected,
 )
+from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
 from node.identity import Identity
 from node.refusals import authenticate, record_refusal
 from node.rpc import abort_for, run_rpc
@@ -312,6 +313,8 @@ class Replica:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
             meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
+            if staged.forced:  # a later primary keeps pushing this default forced
+                meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
             # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
@@ -491,10 +494,12 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                         f"{identity.kind} {identity.name!r} may not call Replicate: only an "
                         "admin may; use the admin configuration (admin.toml)")
                 if self._replicator is None or not self._replica.is_primary:
-                    raise Conflict(
+                    raise NotPrimary(
                         f"node {self._replica.name!r} is not the primary of epoch "
                         f"{self._replica.epoch} (that is {self._replica.primary!r}); run "
-                        f"replicate against {self._replica.primary!r}")
+                        f"replicate against {self._replica.primary!r}",
+                        node=self._replica.name, primary=self._replica.primary,
+                        epoch=self._replica.epoch)
                 async for progress in self._replicator.replicate(
                         list(request.nodes), force=request.force, actor=actor):
                     yield progress

@@ -15,8 +15,9 @@ Runs in every node process and acts only while that node is the primary of its e
   loop) and staged, activated, probed (a real TLS handshake per required name and without
   SNI, compared with what this primary selects) and confirmed;
 * the **coverage gate**: a set whose default leaves a required name uncovered is not pushed
-  automatically (log event ``replication.blocked``); ``replicate --force`` pushes it, logged
-  and audited as forced;
+  automatically (log event ``replication.blocked``) unless an admin forced that default past
+  the gate at the change (store meta ``forced_default``, :mod:`node.guard`), which is pushed
+  forced; ``replicate --force`` pushes it, logged and audited as forced;
 * :meth:`Replicator.run` is the background loop: it wakes on :meth:`trigger` (after every
   store change; triggers coalesce) or every ``interval`` seconds (anti-entropy: down nodes
   catch up when they come back). A non-primary asks the nodes that may be primary for their
@@ -53,6 +54,7 @@ from node.errors import (
     TransferRejected,
 )
 from node.formats import cert_sha256
+from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
 from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
@@ -508,8 +510,10 @@ class Replicator:
             return []
         changes = self._changes
         snap = await self.snapshot()
+        forced = await self._forced(snap)
         try:
-            await self._gate(snap, force=False, actor=f"node:{self.name}")
+            if not forced:  # an admin forced this default past the gate: push it forced
+                await self._gate(snap, force=False, actor=f"node:{self.name}")
         except CoverageError:
             missing = snap.uncovered(self.required_names)
             if self._blocked_logged != snap.digest:
@@ -518,13 +522,19 @@ class Replicator:
             # nodes holding this very set (pushed with --force) are still checked
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
             return [r for r in fenced if r is not None]
-        results = list(await asyncio.gather(*(self.push(n, latest=snap)
+        results = list(await asyncio.gather(*(self.push(n, latest=snap, force=forced)
                                                for n in self.targets)))
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)
             self._converged(changes)
         return results
+
+    async def _forced(self, snap: Snapshot) -> bool:
+        """Whether an admin forced this set's default past the coverage gate (store meta
+        ``forced_default``, written by the change or by the forced push that brought it)."""
+        want = snap.default.sha256 if snap.default is not None else NO_DEFAULT
+        return await self.replica.store.get_meta(FORCED_DEFAULT_KEY) == want
 
     async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:
         try:

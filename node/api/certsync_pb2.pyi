@@ -551,12 +551,15 @@ class CreateSelfSignedRequest(_message.Message):
     SANS_FIELD_NUMBER: _builtins.int
     DAYS_FIELD_NUMBER: _builtins.int
     MAKE_DEFAULT_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     key_type: _builtins.str
     """rsa-2048 | rsa-3072 | rsa-4096 | ec-p256 | ec-p384"""
     days: _builtins.int
     """0: the default validity (365 days)"""
     make_default: _builtins.bool
+    force: _builtins.bool
+    """with make_default: apply it even when the default would leave required names uncovered"""
     @_builtins.property
     def subject(self) -> Global___Subject: ...
     @_builtins.property
@@ -570,10 +573,11 @@ class CreateSelfSignedRequest(_message.Message):
         sans: _abc.Iterable[_builtins.str] | None = ...,
         days: _builtins.int = ...,
         make_default: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "key_type", b"key_type", "make_default", b"make_default", "name", b"name", "sans", b"sans", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "force", b"force", "key_type", b"key_type", "make_default", b"make_default", "name", b"name", "sans", b"sans", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -943,15 +947,19 @@ class DeleteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    force: _builtins.bool
+    """deleting the default: apply it even though no default then covers the required names"""
     def __init__(
         self,
         *,
         sha256: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -961,12 +969,17 @@ Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
 class DeleteResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
+        *,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1169,6 +1182,7 @@ class AcmeRequest(_message.Message):
     ACCEPT_FAILOVER_RISK_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CONFIRM_CA_CHANGE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     key_type: _builtins.str
     """ec-p256 | ec-p384 | rsa-2048 | rsa-3072 | rsa-4096"""
@@ -1179,6 +1193,8 @@ class AcmeRequest(_message.Message):
     """friendly name; empty: the hostname"""
     confirm_ca_change: _builtins.bool
     """with make_default: allow a default whose chain ends in another root CA"""
+    force: _builtins.bool
+    """with make_default: make it the default even when it leaves required names uncovered"""
     def __init__(
         self,
         *,
@@ -1188,10 +1204,11 @@ class AcmeRequest(_message.Message):
         accept_failover_risk: _builtins.bool = ...,
         name: _builtins.str = ...,
         confirm_ca_change: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_failover_risk", b"accept_failover_risk", "confirm_ca_change", b"confirm_ca_change", "hostname", b"hostname", "key_type", b"key_type", "make_default", b"make_default", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_failover_risk", b"accept_failover_risk", "confirm_ca_change", b"confirm_ca_change", "force", b"force", "hostname", b"hostname", "key_type", b"key_type", "make_default", b"make_default", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

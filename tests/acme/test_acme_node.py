@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from node.acme_client import Http01Responder, start_http01_responder
 from node.api import certsync_pb2
 from node.app import NodeApp
-from node.errors import Conflict
+from node.errors import Conflict, CoverageError
 from node.store import Store
 from node.tls import TlsEndpoint
 from sync.cli import main as cli_main
@@ -130,14 +130,27 @@ def _sha(cert: x509.Certificate) -> str:
 
 
 async def _request(
-    node: Node, hostname: str = HOST, *, accept_failover_risk: bool = False
+    node: Node, hostname: str = HOST, *, accept_failover_risk: bool = False,
+    force: bool = True,
 ) -> certsync_pb2.AcmeResponse:
+    # force: one ACME name cannot cover the site and the node's own hostname, so the
+    # coverage gate would refuse it as the default (see the test just below)
     return await node.client.request_acme(
         certsync_pb2.AcmeRequest(
             hostname=hostname, key_type="ec-p256", make_default=True,
-            accept_failover_risk=accept_failover_risk,
+            accept_failover_risk=accept_failover_risk, force=force,
         )
     )
+
+
+async def test_an_uncovering_acme_default_is_refused_before_ordering(node: Node) -> None:
+    """Without --force the gate refuses before anything is ordered; nothing is stored."""
+    with pytest.raises(CoverageError, match=r"p1\.certsync\.test \(node p1\)"):
+        await _request(node, force=False)
+    assert await node.client.list_certificates() == []
+    forced = await _request(node)
+    assert forced.certificate.is_default
+    assert any("overrode the coverage check" in w for w in forced.warnings)
 
 
 async def test_acme_request_issues_stores_and_serves(node: Node, pebble: Pebble) -> None:

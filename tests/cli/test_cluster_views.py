@@ -331,9 +331,12 @@ def _wait_in_sync(c: LocalCluster) -> None:
 
 
 def _status(c: LocalCluster, admin: Path | None = None) -> dict[str, Any]:
+    """``status --json``; its exit status is checked against the rows (status is a check:
+    0 when every node is reachable, in sync and not stale, else 1, never 2)."""
     proc = _cli(c, "status", "--json", admin=admin)
-    assert proc.returncode == 0, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)
+    ok = all(n["reachable"] and n["in_sync"] and not n["stale"] for n in data["nodes"])
+    assert proc.returncode == (0 if ok else 1), (proc.returncode, proc.stderr)
     return data
 
 
@@ -434,7 +437,7 @@ def test_status_node_serving_another_certificate_is_not_in_sync(
     assert _row(_status(cluster), "t1")["in_sync"] is True
 
 
-def test_status_unreachable_node_is_a_row_and_exit_0(
+def test_status_unreachable_node_is_a_row_and_exit_1(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     admin = _edited_config(cluster, tmp_path / "cfg",
@@ -445,7 +448,19 @@ def test_status_unreachable_node_is_a_row_and_exit_0(
     assert "unreachable" in t2["problems"][0]
     assert _row(report, "t1")["in_sync"] is True
     human = _cli(cluster, "status", admin=admin)
-    assert human.returncode == 0 and "unreachable" in human.stdout
+    assert human.returncode == 1 and "unreachable" in human.stdout
+
+
+def test_status_with_every_node_down_exits_1_not_2(cluster: LocalCluster,
+                                                   tmp_path: Path) -> None:
+    """No node answers: the check ran and failed (1), it is not bad input (2)."""
+    admin = _edited_config(cluster, tmp_path / "cfg", **{
+        n: {"grpc_address": f"127.0.0.1:{_free_port()}"} for n in cluster.names})
+    report = _status(cluster, admin)
+    assert not any(n["reachable"] for n in report["nodes"])
+    human = _cli(cluster, "status", admin=admin)
+    assert human.returncode == 1, human.stderr
+    assert "certsync: error" not in human.stderr
 
 
 def test_status_stale_flag_against_real_last_sync(cluster: LocalCluster) -> None:

@@ -144,7 +144,12 @@ def create_default(cluster: LocalCluster, *, name: str, sans: Sequence[str] = CO
 
 
 def status(cluster: LocalCluster) -> dict[str, dict[str, object]]:
-    report = json.loads(cli_ok(cluster, "status", "--json"))
+    """``status --json`` rows by node name; its exit status must agree with them (0 when
+    every node is reachable, in sync and not stale; 1 otherwise)."""
+    proc = cluster.cli("status", "--json")
+    report = json.loads(proc.stdout)
+    ok = all(r["reachable"] and r["in_sync"] and not r["stale"] for r in report["nodes"])
+    assert proc.returncode == (0 if ok else 1), (proc.returncode, proc.stderr)
     return {row["name"]: row for row in report["nodes"]}
 
 

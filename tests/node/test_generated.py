@@ -47,7 +47,8 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     """Negative twin: a proto with one more field generates different code."""
     gen = _load_generator()
     proto = (ROOT / "proto" / "certsync" / "v1" / "certsync.proto").read_text()
-    changed = proto.replace("message DeleteResponse {}", "message DeleteResponse { string x = 1; }")
+    changed = proto.replace("message GetStateRequest {}",
+                            "message GetStateRequest { string x = 1; }")
     assert changed != proto
     proto_dir = tmp_path / "proto"
     proto_dir.mkdir()

@@ -12,7 +12,7 @@ import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,10 @@ from node.acme_client import start_http01_responder
 from node.api import certsync_pb2
 from node.app import NodeApp
 from node.errors import BadInput, ConfigError, Conflict, NotFound
+from node.formats import cert_sha256
 from node.renewal_plan import state_key
 from node.store import Store
+from node.store_view import SetEntry
 from node.tls import TRUST_BUNDLE_PATH, TlsEndpoint
 from sync.cli import main as cli_main
 from sync.client import NodeClient, NodeTarget
@@ -84,7 +86,10 @@ async def _start(cluster_dir: Path, tmp_path: Path, name: str) -> AsyncIterator[
     # an ACME directory nobody listens on: every order fails for real, quickly
     acme = AcmeSettings(directory_url=f"http://127.0.0.1:{_free_port()}/dir")
     app = NodeApp(
-        name=name, cluster=cluster_of(config.topology, name), store=store, endpoint=endpoint,
+        # one hostname per certificate here: the coverage gate (tests/node/test_guard.py) is
+        # not what these tests are about
+        name=name, cluster=replace(cluster_of(config.topology, name), required=()),
+        store=store, endpoint=endpoint,
         clock=lambda: clock.now, acme=acme, responder=responder,
         account_key_path=tmp_path / f"{name}-acme.pem",
     )
@@ -118,6 +123,15 @@ async def traffic(cluster_dir: Path, tmp_path: Path) -> AsyncIterator[Node]:
 
 
 async def _import(node: Node, pki: Pki, *, default: bool = False, confirm: bool = False) -> str:
+    if node.app.role != "primary":  # only the primary takes changes; the others replicate
+        sha = cert_sha256(pki.leaf.cert)
+        entries = [SetEntry(cert=pki.leaf.cert, key=pki.leaf.key, name=HOST),
+                   *(SetEntry(cert=c, key=None, name=c.subject.rfc4514_string())
+                     for c in pki.chain)]
+        await node.app.store.add(entries, make_default=sha if default else None,
+                                 actor="node:p1", now=NOW)
+        await node.app.refresh()
+        return sha
     data = pem_bundle(pki.leaf.cert, *pki.chain, key=pki.leaf.key)
     resp = await node.client.import_files(
         [("bundle.pem", data)], make_default=default, confirm_ca_change=confirm

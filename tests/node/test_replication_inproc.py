@@ -33,6 +33,7 @@ from node.formats import cert_sha256
 from node.rpc import server_credentials, start_grpc_server
 from node.service import CertStoreService
 from node.store import Store
+from node.store_view import SetEntry
 from node.tls import TlsEndpoint
 from sync.client import NodeClient, NodeTarget
 from sync.cluster_init import init_cluster, plan_init
@@ -174,9 +175,9 @@ def _chain(sans: tuple[str, ...] = (SITE, "*.example.com"), *,
                           not_after=not_after or now + dt.timedelta(days=90))
 
 
-async def _import(c: Cluster, p: pki.Pki, node: str = "p1") -> str:
+async def _import(c: Cluster, p: pki.Pki, node: str = "p1", *, force: bool = False) -> str:
     resp = await c.call(node, lambda cl: cl.import_files([("chain.pem", _pem(p))],
-                                                         make_default=True))
+                                                         make_default=True, force=force))
     sha: str = resp.identity_sha256
     assert sha == cert_sha256(p.leaf.cert)
     return sha
@@ -277,29 +278,61 @@ def _primary_map(c: Cluster) -> dict[str | None, str | None]:
     return {n: app.served_for(n).key for n in (*REQUIRED, None)}
 
 
-async def test_coverage_gate_refuses_and_force_passes(cluster: Cluster) -> None:
+async def test_coverage_gate_refuses_at_the_change_and_force_pushes_everywhere(
+        cluster: Cluster) -> None:
+    """An import --default leaving names uncovered is refused at the change (exit 1, the
+    names and their nodes listed) and nothing moves; forced, it is audited with the checks it
+    overrode and pushed forced to every node, which records it."""
     await _import(cluster, _chain())
     assert all(p.in_sync for p in await _replicate(cluster))
     good = _primary_map(cluster)
-    narrow = await _import(cluster, _chain((SITE,)))
+    narrow = _chain((SITE,))
+    with pytest.raises(CoverageError) as err:
+        await _import(cluster, narrow)
+    assert err.value.exit_code == 1
+    message = str(err.value)
+    assert "p1.example.com (node p1)" in message and "t1.example.com (node t1)" in message
+    assert SITE not in message.split("covering", 1)[1]  # the covered site is not listed
+    assert _primary_map(cluster) == good  # the primary's own endpoint did not move
+    for n in ("b1", "t1"):
+        assert await _served_map(cluster, n) == good
+    listed = {c.sha256 for c in await cluster.call("p1", lambda cl: cl.list_certificates())}
+    assert cert_sha256(narrow.leaf.cert) not in listed
+    # forced: applied, audited (every check named), then pushed forced by the loop itself
+    sha = await _import(cluster, narrow, force=True)
+    cluster.start_loops()
+    assert _primary_map(cluster)[None] == sha
+    for n in ("b1", "t1"):
+        async def serving(node: str = n) -> bool:
+            return (await _served_map(cluster, node))[None] == sha
+        await _wait_for(serving, f"{n} serving the forced default")
+    forced = [e for e in await cluster.nodes["p1"].app.store.audit_log()
+              if e.action == "change.forced"]
+    assert forced and forced[0].detail["overrode"] == ["coverage"]
+    assert set(forced[0].detail["uncovered"]) == {"p1.example.com", "b1.example.com",
+                                                   "t1.example.com"}
+    for n in ("b1", "t1"):
+        assert any(e.action == "replication.forced"
+                   for e in await cluster.nodes[n].app.store.audit_log())
+
+
+async def test_replicate_without_force_is_still_gated(cluster: Cluster) -> None:
+    """Twin: a set whose default leaves names uncovered (forced past the gate here by writing
+    the store directly, as an older node could have) is not pushed without --force."""
+    await _import(cluster, _chain())
+    assert all(p.in_sync for p in await _replicate(cluster))
+    narrow = _chain((SITE,))
+    app = cluster.nodes["p1"].app
+    await app.store.add([SetEntry(cert=narrow.leaf.cert, key=narrow.leaf.key, name="n")],
+                        make_default=cert_sha256(narrow.leaf.cert), actor="test",
+                        now=dt.datetime.now(dt.UTC))
+    await app.refresh()
     with structlog.testing.capture_logs() as logs:
-        with pytest.raises(CoverageError) as err:
+        with pytest.raises(CoverageError):
             await _replicate(cluster)
         await cluster.nodes["p1"].repl.replicator.round()
-    assert "p1.example.com" in str(err.value) and "t1.example.com" in str(err.value)
     assert any(e["event"] == "replication.blocked" for e in logs)
-    for n in ("b1", "t1"):  # still serving the covering set
-        assert await _served_map(cluster, n) == good
-    forced = await _replicate(cluster, force=True)
-    assert all(p.in_sync for p in forced), forced
-    now_served = _primary_map(cluster)
-    assert now_served[None] == narrow
-    for n in ("b1", "t1"):
-        assert await _served_map(cluster, n) == now_served
-    audit = await cluster.nodes["p1"].app.store.audit_log()
-    assert any(e.action == "replication.forced" for e in audit)
-    assert any(e.action == "replication.forced"
-               for e in await cluster.nodes["t1"].app.store.audit_log())
+    assert all(p.in_sync for p in await _replicate(cluster, force=True))
 
 
 @pytest.mark.parametrize(

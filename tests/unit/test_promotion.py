@@ -17,6 +17,7 @@ from sync.promotion import (
     Promotion,
     decode_promotion,
     encode_promotion,
+    highest_verified,
     initial_promotion,
     promotion_bytes,
     sign_promotion,
@@ -134,3 +135,33 @@ def test_signature_binds_epoch(epoch: int, primary: str, other: int) -> None:
     if other != epoch:
         with pytest.raises(PermissionDenied):
             _verify(replace(p, epoch=other))
+
+
+# --------------------------------------------------------------------------- highest_verified
+
+
+def _highest(*promotions: Promotion) -> Promotion | None:
+    return highest_verified(promotions, ca_cert=OURS.ca.cert, cluster_id=OURS.cluster_id,
+                            initial_primary="p1")
+
+
+def test_highest_verified_takes_the_highest_epoch_that_verifies() -> None:
+    initial = initial_promotion(OURS.cluster_id, "p1")
+    two, three = _signed(epoch=2, primary="b1"), _signed(epoch=3, primary="t1")
+    assert _highest(initial, three, two) == three
+    assert _highest(initial, two) == two
+    assert _highest(initial) == initial
+
+
+@pytest.mark.parametrize("forged", ["other-cluster-admin", "node-signed", "epoch-1-other"])
+def test_highest_verified_ignores_an_epoch_nobody_can_prove(forged: str) -> None:
+    """Twin: a higher epoch that does not verify does not win."""
+    initial = initial_promotion(OURS.cluster_id, "p1")
+    two = _signed(epoch=2)
+    bad = {
+        "other-cluster-admin": _signed(OTHER.admin, epoch=9),
+        "node-signed": _signed(OURS.node, epoch=9),
+        "epoch-1-other": initial_promotion(OURS.cluster_id, "b1"),
+    }[forged]
+    assert _highest(initial, two, bad) == two
+    assert _highest(bad) is None
