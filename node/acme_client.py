@@ -23,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from node import keygen
-from node.errors import AcmeError, BadInput
+from node.errors import AcmeError, BadInput, Conflict
 from node.formats import cert_sha256
 from node.lifecycle import LETS_ENCRYPT_DIRECTORY
 from node.model import KeyType, PrivateKey
@@ -44,7 +47,9 @@ __all__ = [
     "AcmeSettings",
     "Http01Responder",
     "generate_key",
+    "load_account_key",
     "request_certificate",
+    "save_account_key",
     "start_http01_responder",
 ]
 
@@ -254,3 +259,31 @@ async def request_certificate(
     )
     return AcmeResult(cert, chain, key, account_key, now)
 
+
+
+def load_account_key(path: Path | None) -> PrivateKey | None:
+    """The ACME account key kept at ``path`` (None: none kept yet, or no path)."""
+    if path is None or not path.exists():
+        return None
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise Conflict(
+            f"the ACME account key {str(path)!r} is not an RSA or EC key; remove it and "
+            "certsync makes a new account"
+        )
+    return key
+
+
+def save_account_key(path: Path | None, key: PrivateKey) -> None:
+    """Keep a new account key at ``path`` (mode 0600); an existing file is left alone."""
+    if path is None or path.exists():
+        return
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)

@@ -27,17 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from node.acme_client import ACME_KEY_TYPES, AcmeSettings, Http01Responder, request_certificate
+from node.acme_client import (
+    ACME_KEY_TYPES,
+    AcmeSettings,
+    Http01Responder,
+    load_account_key,
+    request_certificate,
+    save_account_key,
+)
 from node.alerts import AlertConfig, ExpiryAlert, deliver_alert
 from node.chain import build_chain
 from node.coverage_gate import RequiredName, broken_by, describe, gate_refusal, uncovered_by
@@ -327,32 +331,6 @@ class Lifecycle:
             "DNS can point at one appliance only, so HTTP-01 renewal can fail after a failover"
         )
 
-    def _load_account_key(self) -> PrivateKey | None:
-        path = self._account_key_path
-        if path is None or not path.exists():
-            return None
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise Conflict(
-                f"the ACME account key {str(path)!r} is not an RSA or EC key; remove it and "
-                "certsync makes a new account"
-            )
-        return key
-
-    def _save_account_key(self, key: PrivateKey) -> None:
-        path = self._account_key_path
-        if path is None or path.exists():
-            return
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-
     async def _order(
         self, hostname: str, key_type: KeyType, now: dt.datetime
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...], PrivateKey]:
@@ -362,7 +340,7 @@ class Lifecycle:
                 f"node {self._node!r} has no [acme] table in its node.toml, so it cannot "
                 "order certificates; add one (directory_url, email, http_listen) and restart"
             )
-        account_key = await asyncio.to_thread(self._load_account_key)
+        account_key = await asyncio.to_thread(load_account_key, self._account_key_path)
         result = await request_certificate(
             directory_url=acme.directory_url,
             email=acme.email,
@@ -373,7 +351,8 @@ class Lifecycle:
             ca_bundle=acme.ca_bundle,
             now=now,
         )
-        await asyncio.to_thread(self._save_account_key, result.account_key)
+        await asyncio.to_thread(save_account_key, self._account_key_path,
+                                result.account_key)
         return result.cert, result.chain, result.key
 
     async def request(
