@@ -61,7 +61,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         cluster.start_all()
         out = cli_ok(cluster, "cert", "create-self-signed", "--name", "site", "--key",
                      "ec-p256", "--cn", SITE, "--san", SITE, "--san", "p1.example.com",
-                     "--default")
+                     "--default", "--force")  # b1's name uncovered on purpose (the matrix)
         default_sha = out.split()[0]
         pki = make_chain("ec-p256", sans=["legacy.example.com"])
         leaf = tmp / "leaf-only.pem"
