@@ -50,8 +50,8 @@ from node.lifecycle import (
     renewal_decision,
     root_of,
     stage_ca_change,
-    supersedes,
 )
+from node.linking import issuer_of, takes_over
 from node.model import KeyType, PrivateKey
 from node.names import sans_of
 from node.renewal_plan import (
@@ -232,8 +232,9 @@ class Lifecycle:
             return False, []
         sha = cert_sha256(cert)
         names = sans_of(cert).dns_names
-        if sha == current.sha256 or not supersedes(
-            names, cert.not_valid_after_utc, current.dns_names, current.not_after
+        if sha == current.sha256 or not takes_over(
+            names, cert.not_valid_after_utc, issuer_of(cert),
+            current.dns_names, current.not_after, issuer_of(current.certificate()),
         ):
             return False, []
         stored_pool = [c.certificate() for c in await self._store.list_certificates()]

@@ -24,8 +24,8 @@ from node.lifecycle import (
     StagedCaChange,
     ca_change_due,
     renewal_decision,
-    supersedes,
 )
+from node.linking import issuer_of, takes_over
 from node.store_view import StoredCert
 from node.text import common_name, rfc3339
 
@@ -170,21 +170,24 @@ def _names_key(names: Sequence[str]) -> frozenset[str]:
 def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
-    A renewal has the same DNS names and a strictly later ``not_after``
-    (:func:`node.lifecycle.supersedes`) and a key too, so it can be served instead.
+    A renewal has the same DNS names, a strictly later ``not_after``, the same issuing CA
+    (:func:`node.linking.takes_over`) and a key too, so it can be served instead.
     """
     keyed = [c for c in certs if c.has_key and c.dns_names]
-    # only certificates with the same names can supersede each other: compare within groups
-    # (O(N) for a store of distinct names, not O(N^2)); supersedes() still decides
-    groups: dict[frozenset[str], list[StoredCert]] = {}
+    # only certificates with the same names and issuer name can supersede each other:
+    # compare within groups (O(N) for a store of distinct names, not O(N^2)); takes_over()
+    # still decides (issue 11: from the same issuing CA)
+    groups: dict[tuple[frozenset[str], str], list[StoredCert]] = {}
+    issuers = {c.sha256: issuer_of(c.certificate()) for c in keyed}
     for c in keyed:
-        groups.setdefault(_names_key(c.dns_names), []).append(c)
+        groups.setdefault((_names_key(c.dns_names), issuers[c.sha256].name), []).append(c)
     # the latest of a group (the first of equals) supersedes every member it outlives
     latest = {k: max(group, key=lambda c: c.not_after) for k, group in groups.items()}
     out: dict[str, str] = {}
     for old in keyed:
-        new = latest[_names_key(old.dns_names)]
-        if supersedes(new.dns_names, new.not_after, old.dns_names, old.not_after):
+        new = latest[(_names_key(old.dns_names), issuers[old.sha256].name)]
+        if takes_over(new.dns_names, new.not_after, issuers[new.sha256],
+                      old.dns_names, old.not_after, issuers[old.sha256]):
             out[old.sha256] = new.sha256
     return out
 

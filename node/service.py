@@ -33,11 +33,13 @@ from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.errors import (
     BadInput,
+    CheckFailed,
     Conflict,
     PermissionDenied,
 )
 from node.identity import Identity, identity_from_certificate
 from node.importing import plan_import
+from node.linking import dependents, describe_link
 from node.messages import (
     cert_info,
     csr_info,
@@ -49,6 +51,7 @@ from node.messages import (
 from node.names import parse_hostname
 from node.renewal import Lifecycle
 from node.rpc import run_rpc
+from node.sealing import spki
 from node.selection import Selection
 from node.store import Store
 from node.store_view import SetEntry, StoredCert, StoreView
@@ -241,6 +244,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         name = request.name or subject.common_name
         sha = formats.cert_sha256(cert)
+        notices = create.subject_notices(subject, sans)
         await self._rt.store.add(
             [SetEntry(cert=cert, key=key, name=name)],
             make_default=sha if request.make_default else None,
@@ -249,7 +253,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         await self._rt.refresh()
         _log.info("cert.created", sha256=sha, key_type=key_type)
-        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha))
+        return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha),
+                                                     warnings=notices)
 
     @_rpc(change=True)
     async def CreateRequest(
@@ -271,7 +276,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         _log.info("csr.created", csr_id=stored.id, key_type=key_type)
-        return csr_info(stored)
+        # a certificate stored before its request's key (a replica's, say) is linked now
+        if await self._rt.store.link_stored(actor=self._actor(identity), now=self._rt.now()):
+            await self._rt.refresh()
+        info = csr_info(await self._rt.store.get_csr(stored.id))
+        info.notices.extend(create.subject_notices(subject, sans))
+        return info
 
     @_rpc(change=False)
     async def ListRequests(
@@ -306,12 +316,14 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         sources = [(f.name or f"file {i + 1}", f.content) for i, f in enumerate(request.files)]
         passphrase = request.passphrase if request.HasField("passphrase") else None
         material = await sandbox.read_material(sources, passphrase)  # a worker process
+        linkable = frozenset(h.spki for h in await self._rt.store.key_holders())
         entries, identity_sha, warnings = await asyncio.to_thread(
             plan_import, material, request.name, self._rt.now(),
-            request.make_default, request.force,
+            request.make_default, request.force, linkable,
         )
-        make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
-        await self._rt.store.add(
+        make_default = await self._lifecycle_import(
+            request, entries, identity_sha, warnings, linkable)
+        links = await self._rt.store.add(
             entries,
             make_default=identity_sha if make_default else None,
             actor=self._actor(identity),
@@ -323,7 +335,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         infos = [cert_info(await self._rt.store.get(sha), statuses.get(sha)) for sha in shas]
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
-            identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
+            identity_sha256=identity_sha or "", certificates=infos, warnings=warnings,
+            notices=[describe_link(k) for k in links],
         )
 
     # -- reading -----------------------------------------------------------------------
@@ -490,16 +503,38 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.DeleteResponse:
         stored = await self._stored(request.sha256)
-        if stored.is_default:
-            certs = await self._rt.store.list_certificates()
-            if any(c.sha256 != stored.sha256 and c.has_key for c in certs):
-                raise Conflict(
-                    f"certificate {stored.sha256!r} is the default; choose another default "
-                    "with 'certsync cert default SHA256' first"
-                )
-        await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
+        needs = await self._dependents(stored.sha256)
+        if needs and not request.force:
+            raise CheckFailed(
+                f"certificate {stored.sha256!r} cannot be deleted: {'; '.join(needs)}; choose "
+                "another default or delete what depends on it first, or pass --force",
+                sha256=stored.sha256,
+            )
+        await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now(),
+                                    force=request.force, dependents=needs)
         await self._rt.refresh()
         return certsync_pb2.DeleteResponse()
+
+    async def _dependents(self, sha256: str) -> list[str]:
+        """What deleting ``sha256`` would break (:func:`node.linking.dependents`): the
+        default and every identity certificate with a key, by their stored chains."""
+        view = await self._rt.store.view()
+        owners = {c.sha256 for c in view.certs if c.has_key and c.role == "identity"}
+        if view.default_sha256:
+            owners.add(view.default_sha256)
+        chains = {o: [formats.cert_sha256(c) for c in view.chain(o)[0]] for o in owners}
+        return dependents(sha256, chains, view.default_sha256)
+
+    @_rpc(change=True)
+    async def DeleteCsr(
+        self,
+        request: certsync_pb2.DeleteCsrRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.DeleteCsrResponse:
+        await self._rt.store.delete_csr(request.id, actor=self._actor(identity),
+                                        now=self._rt.now())
+        return certsync_pb2.DeleteCsrResponse()
 
     # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------
 
@@ -509,6 +544,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         entries: Sequence[SetEntry],
         identity_sha: str | None,
         warnings: list[str],
+        linkable: frozenset[bytes] = frozenset(),
     ) -> bool:
         """Whether the import makes its identity certificate default: asked for (and not a
         CA change unless confirmed), or a renewal of the current default."""
@@ -518,7 +554,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         if ident is None:
             return request.make_default
-        pool = [e.cert for e in entries]
+        # the chain is judged over the store and the input together, not the input alone
+        pool = [e.cert for e in entries] + await self._pool()
+        has_key = ident.key is not None or spki(ident.cert.public_key()) in linkable
         if request.make_default:
             chain, _problems = await asyncio.to_thread(chain_mod.build_chain, ident.cert, pool)
             await self._rt.lifecycle.check_default_change(
@@ -528,7 +566,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             )
             return True
         renews, notes = await self._rt.lifecycle.renewal_default(
-            ident.cert, pool, has_key=ident.key is not None
+            ident.cert, pool, has_key=has_key
         )
         warnings.extend(notes)
         return renews

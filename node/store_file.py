@@ -82,6 +82,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             detail TEXT NOT NULL
         ) STRICT""",
     ),
+    # issue 11: a CSR whose key was linked to its signed certificate is fulfilled by it
+    ("ALTER TABLE csrs ADD COLUMN fulfilled_by TEXT",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -295,7 +297,7 @@ class StoreFile:
         """Every CSR, oldest first."""
         async with self._lock:
             rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs ORDER BY created_at, id"
+                "SELECT id, name, pem, created_at, fulfilled_by FROM csrs ORDER BY created_at, id"
             )
         return [csr_row(r) for r in rows]
 
@@ -303,7 +305,7 @@ class StoreFile:
         """One CSR; :class:`NotFound` if there is none with that id."""
         async with self._lock:
             rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs WHERE id = ?", (csr_id,)
+                "SELECT id, name, pem, created_at, fulfilled_by FROM csrs WHERE id = ?", (csr_id,)
             )
         if not rows:
             raise no_csr(csr_id)
@@ -330,6 +332,30 @@ class StoreFile:
             return key
 
         return await asyncio.to_thread(_open)
+
+    async def delete_csr(self, csr_id: str, *, actor: str, now: datetime) -> None:
+        """Delete a CSR and its key; :class:`NotFound` if there is none with that id."""
+        stored_time(now)
+        async with self._lock:
+            if not await self._scalar_int("SELECT count(*) FROM csrs WHERE id = ?", (csr_id,)):
+                raise no_csr(csr_id)
+            async with self._transaction():
+                await self._conn.execute("DELETE FROM csrs WHERE id = ?", (csr_id,))
+                await self._audit(actor, "csr.delete", {"id": csr_id}, now)
+
+    async def _csr_spkis(self) -> list[tuple[str, bytes]]:
+        """(id, public key as DER SPKI) of every CSR, oldest first (the caller holds the lock)."""
+        rows = await self._fetchall("SELECT id, pem FROM csrs ORDER BY created_at, id")
+        return [(str(i), spki(x509.load_pem_x509_csr(bytes(pem)).public_key()))
+                for i, pem in rows]
+
+    async def _fulfil(self, links: Sequence[tuple[str, str]]) -> None:
+        """Mark CSRs fulfilled: (request id, certificate sha256) pairs (inside a transaction)."""
+        if links:
+            await self._conn.executemany(
+                "UPDATE csrs SET fulfilled_by = ? WHERE id = ?",
+                [(sha, csr_id) for csr_id, sha in links],
+            )
 
     # ---------------------------------------------------------------- audit
 

@@ -296,9 +296,13 @@ class NodeClient:
         resp = await self._call(lambda: self._stub.SetDefault(req, timeout=self._timeout))
         return list(resp.warnings)
 
-    async def delete(self, sha256: str) -> None:
-        req = certsync_pb2.DeleteRequest(sha256=sha256)
+    async def delete(self, sha256: str, *, force: bool = False) -> None:
+        req = certsync_pb2.DeleteRequest(sha256=sha256, force=force)
         await self._call(lambda: self._stub.Delete(req, timeout=self._timeout))
+
+    async def delete_request(self, csr_id: str) -> None:
+        req = certsync_pb2.DeleteCsrRequest(id=csr_id)
+        await self._call(lambda: self._stub.DeleteCsr(req, timeout=self._timeout))
 
     async def sni_lookup(self, server_name: str | None) -> certsync_pb2.SniLookupResponse:
         req = certsync_pb2.SniLookupRequest()

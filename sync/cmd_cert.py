@@ -114,11 +114,14 @@ def _import(args: argparse.Namespace) -> int:
         ),
     )
     _warn(resp.warnings)
+    for line in resp.notices:  # a certificate linked to a stored key or CSR key
+        sys.stderr.write(f"certsync: {line}\n")
     if args.json:
         print_json(
             {
                 "identity_sha256": resp.identity_sha256 or None,
                 "certificates": [cert_json(c) for c in resp.certificates],
+                "notices": list(resp.notices),
             }
         )
     elif resp.identity_sha256:
@@ -185,7 +188,7 @@ def _default(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    call_node(args.config, args.node, lambda c: c.delete(args.sha256))
+    call_node(args.config, args.node, lambda c: c.delete(args.sha256, force=args.force))
     return 0
 
 
@@ -258,6 +261,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     delete = sub.add_parser("delete", help="delete a certificate and its key")
     delete.add_argument("sha256", metavar="SHA256")
+    delete.add_argument("--force", action="store_true",
+                        help="delete even when the default or a certificate's chain needs it")
     delete.set_defaults(func=_delete)
 
     stage = sub.add_parser(

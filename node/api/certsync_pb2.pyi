@@ -602,11 +602,32 @@ class CsrInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PEM_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DNS_NAMES_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FULFILLED_BY_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     pem: _builtins.str
     """the CSR only; its key never leaves the node"""
     created_at: _builtins.str
+    subject: _builtins.str
+    """--- issue 11: numbers from 110 on ---
+    RFC 4514
+    """
+    key_type: _builtins.str
+    state: _builtins.str
+    """pending | fulfilled"""
+    fulfilled_by: _builtins.str
+    """sha256 of the certificate its key was linked to"""
+    @_builtins.property
+    def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the guide's subject rules (create only)"""
+
     def __init__(
         self,
         *,
@@ -614,10 +635,16 @@ class CsrInfo(_message.Message):
         name: _builtins.str = ...,
         pem: _builtins.str = ...,
         created_at: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        dns_names: _abc.Iterable[_builtins.str] | None = ...,
+        key_type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        fulfilled_by: _builtins.str = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "pem", b"pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dns_names", b"dns_names", "fulfilled_by", b"fulfilled_by", "id", b"id", "key_type", b"key_type", "name", b"name", "notices", b"notices", "pem", b"pem", "state", b"state", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -748,22 +775,30 @@ class ImportResponse(_message.Message):
     IDENTITY_SHA256_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     identity_sha256: _builtins.str
     """empty when the input holds no identity certificate"""
     @_builtins.property
     def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateInfo]: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--- issue 11: numbers from 110 on ---
+        one line per certificate linked to a stored key or CSR key (the same public key)
+        """
+
     def __init__(
         self,
         *,
         identity_sha256: _builtins.str = ...,
         certificates: _abc.Iterable[Global___CertificateInfo] | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "identity_sha256", b"identity_sha256", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "identity_sha256", b"identity_sha256", "notices", b"notices", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -904,15 +939,21 @@ class DeleteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    force: _builtins.bool
+    """--- issue 11 ---
+    delete even when the default or an identity certificate with a key needs it (audited)
+    """
     def __init__(
         self,
         *,
         sha256: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "sha256", b"sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1224,3 +1265,39 @@ class StageCaChangeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StageCaChangeResponse: _TypeAlias = StageCaChangeResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCsrRequest(_message.Message):
+    """--- the guide's flows (issue 11) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCsrRequest: _TypeAlias = DeleteCsrRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCsrResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCsrResponse: _TypeAlias = DeleteCsrResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class CertStoreStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
                 _registered_method=True)
+        self.DeleteCsr = channel.unary_unary(
+                '/certsync.v1.CertStore/DeleteCsr',
+                request_serializer=node_dot_api_dot_certsync__pb2.DeleteCsrRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.DeleteCsrResponse.FromString,
+                _registered_method=True)
 
 
 class CertStoreServicer:
@@ -199,6 +204,14 @@ class CertStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteCsr(self, request, context):
+        """--- the guide's flows (issue 11) ---
+        Deletes a certificate signing request and its key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +279,11 @@ def add_CertStoreServicer_to_server(servicer, server):
                     servicer.StageCaChange,
                     request_deserializer=node_dot_api_dot_certsync__pb2.StageCaChangeRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.StageCaChangeResponse.SerializeToString,
+            ),
+            'DeleteCsr': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCsr,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.DeleteCsrRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.DeleteCsrResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +638,33 @@ class CertStore:
             '/certsync.v1.CertStore/StageCaChange',
             node_dot_api_dot_certsync__pb2.StageCaChangeRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.StageCaChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCsr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/DeleteCsr',
+            node_dot_api_dot_certsync__pb2.DeleteCsrRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.DeleteCsrResponse.FromString,
             options,
             channel_credentials,
             insecure,

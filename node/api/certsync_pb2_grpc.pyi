@@ -81,6 +81,10 @@ class CertStoreStub:
     """Stages a CA change: the new chain is published in the trust bundle at once and the
     certificate becomes the default once the wait is over.
     """
+    DeleteCsr: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.DeleteCsrRequest, _certsync_pb2.DeleteCsrResponse]
+    """--- the guide's flows (issue 11) ---
+    Deletes a certificate signing request and its key.
+    """
 
 @_typing.type_check_only
 class CertStoreAsyncStub(CertStoreStub):
@@ -118,6 +122,10 @@ class CertStoreAsyncStub(CertStoreStub):
     StageCaChange: _aio.UnaryUnaryMultiCallable[_certsync_pb2.StageCaChangeRequest, _certsync_pb2.StageCaChangeResponse]  # type: ignore[assignment]
     """Stages a CA change: the new chain is published in the trust bundle at once and the
     certificate becomes the default once the wait is over.
+    """
+    DeleteCsr: _aio.UnaryUnaryMultiCallable[_certsync_pb2.DeleteCsrRequest, _certsync_pb2.DeleteCsrResponse]  # type: ignore[assignment]
+    """--- the guide's flows (issue 11) ---
+    Deletes a certificate signing request and its key.
     """
 
 class CertStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -231,6 +239,16 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_certsync_pb2.StageCaChangeResponse, _abc.Awaitable[_certsync_pb2.StageCaChangeResponse]]:
         """Stages a CA change: the new chain is published in the trust bundle at once and the
         certificate becomes the default once the wait is over.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCsr(
+        self,
+        request: _certsync_pb2.DeleteCsrRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.DeleteCsrResponse, _abc.Awaitable[_certsync_pb2.DeleteCsrResponse]]:
+        """--- the guide's flows (issue 11) ---
+        Deletes a certificate signing request and its key.
         """
 
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
