@@ -25,12 +25,16 @@ from typing import Literal
 
 from cryptography import x509
 
+from node.formats import cert_sha256
+from node.store_view import StoreView
+
 __all__ = [
     "IssuerId",
     "KeyHolder",
     "Link",
     "LinkCandidate",
     "dependents",
+    "dependents_in",
     "describe_link",
     "issuer_of",
     "plan_links",
@@ -179,3 +183,13 @@ def dependents(
                     else "an identity certificate with a key")
             out.append(f"{owner} ({what}) needs it in its chain")
     return out
+
+
+def dependents_in(view: StoreView, sha256: str) -> list[str]:
+    """:func:`dependents` of ``sha256`` over a store view: the default and every identity
+    certificate with a key, by their stored chains."""
+    owners = {c.sha256 for c in view.certs if c.has_key and c.role == "identity"}
+    if view.default_sha256:
+        owners.add(view.default_sha256)
+    chains = {o: [cert_sha256(c) for c in view.chain(o)[0]] for o in owners}
+    return dependents(sha256, chains, view.default_sha256)

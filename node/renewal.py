@@ -50,6 +50,7 @@ from node.lifecycle import (
     renewal_decision,
     root_of,
     stage_ca_change,
+    supersedes,
 )
 from node.linking import issuer_of, takes_over
 from node.model import KeyType, PrivateKey
@@ -232,9 +233,8 @@ class Lifecycle:
             return False, []
         sha = cert_sha256(cert)
         names = sans_of(cert).dns_names
-        if sha == current.sha256 or not takes_over(
-            names, cert.not_valid_after_utc, issuer_of(cert),
-            current.dns_names, current.not_after, issuer_of(current.certificate()),
+        if sha == current.sha256 or not supersedes(
+            names, cert.not_valid_after_utc, current.dns_names, current.not_after
         ):
             return False, []
         stored_pool = [c.certificate() for c in await self._store.list_certificates()]
@@ -246,6 +246,13 @@ class Lifecycle:
                 f"certificate {sha} renews the default {current.sha256} but ends in another "
                 f"root CA ({root}); it is not made default: use 'cert default {sha} "
                 "--confirm-ca-change' or 'cert stage-ca-change'"
+            ]
+        if not takes_over(names, cert.not_valid_after_utc, issuer_of(cert),
+                          current.dns_names, current.not_after, issuer_of(current.certificate())):
+            return False, [
+                f"certificate {sha} has the names of the default {current.sha256} but another "
+                f"issuing CA ({issuer_of(cert).name}); it is not made default: use "
+                f"'cert default {sha}'"
             ]
         _log.info("lifecycle.renewal_imported", sha256=sha, replaces=current.sha256)
         return True, [

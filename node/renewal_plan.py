@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -25,7 +25,7 @@ from node.lifecycle import (
     ca_change_due,
     renewal_decision,
 )
-from node.linking import issuer_of, takes_over
+from node.linking import IssuerId, issuer_of, takes_over
 from node.store_view import StoredCert
 from node.text import common_name, rfc3339
 
@@ -167,7 +167,10 @@ def _names_key(names: Sequence[str]) -> frozenset[str]:
     return frozenset(n.lower().rstrip(".") for n in names)
 
 
-def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
+def replaced_by(
+    certs: Sequence[StoredCert],
+    issuer: Callable[[StoredCert], IssuerId] = lambda c: issuer_of(c.certificate()),
+) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
     A renewal has the same DNS names, a strictly later ``not_after``, the same issuing CA
@@ -178,7 +181,7 @@ def replaced_by(certs: Sequence[StoredCert]) -> dict[str, str]:
     # compare within groups (O(N) for a store of distinct names, not O(N^2)); takes_over()
     # still decides (issue 11: from the same issuing CA)
     groups: dict[tuple[frozenset[str], str], list[StoredCert]] = {}
-    issuers = {c.sha256: issuer_of(c.certificate()) for c in keyed}
+    issuers = {c.sha256: issuer(c) for c in keyed}
     for c in keyed:
         groups.setdefault((_names_key(c.dns_names), issuers[c.sha256].name), []).append(c)
     # the latest of a group (the first of equals) supersedes every member it outlives

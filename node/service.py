@@ -37,9 +37,9 @@ from node.errors import (
     Conflict,
     PermissionDenied,
 )
-from node.identity import Identity, identity_from_certificate
+from node.identity import Identity
 from node.importing import plan_import
-from node.linking import dependents, describe_link
+from node.linking import dependents_in, describe_link
 from node.messages import (
     cert_info,
     csr_info,
@@ -50,7 +50,7 @@ from node.messages import (
 )
 from node.names import parse_hostname
 from node.renewal import Lifecycle
-from node.rpc import run_rpc
+from node.rpc import peer_identity, run_rpc
 from node.sealing import spki
 from node.selection import Selection
 from node.store import Store
@@ -68,30 +68,6 @@ _EXPORT_FORMATS: Final = {
 }
 
 _log = structlog.get_logger("node.service")
-
-
-def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
-    """The caller's identity from its mTLS client certificate (PermissionDenied if none)."""
-    pems = list(context.auth_context().get("x509_pem_cert", ()))
-    if not pems:
-        raise PermissionDenied(
-            "the call carries no client certificate; connect with mutual TLS using the "
-            "certificates from 'certsync cluster init'"
-        )
-    return _identity_of(bytes(pems[0]), cluster_id)
-
-
-@functools.lru_cache(maxsize=256)  # a peer calls many times with one certificate
-def _identity_of(pem: bytes, cluster_id: str) -> Identity:
-    """The identity a client certificate (PEM, as the TLS layer verified it) names; a
-    refusal is raised, not cached, each time."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as err:
-        raise PermissionDenied(
-            "the client certificate cannot be read; use a certificate from the cluster CA"
-        ) from err
-    return identity_from_certificate(cert, cluster_id=cluster_id)
 
 
 class NodeRuntime(Protocol):
@@ -503,7 +479,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.DeleteResponse:
         stored = await self._stored(request.sha256)
-        needs = await self._dependents(stored.sha256)
+        needs = dependents_in(await self._rt.store.view(), stored.sha256)
         if needs and not request.force:
             raise CheckFailed(
                 f"certificate {stored.sha256!r} cannot be deleted: {'; '.join(needs)}; choose "
@@ -514,16 +490,6 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                                     force=request.force, dependents=needs)
         await self._rt.refresh()
         return certsync_pb2.DeleteResponse()
-
-    async def _dependents(self, sha256: str) -> list[str]:
-        """What deleting ``sha256`` would break (:func:`node.linking.dependents`): the
-        default and every identity certificate with a key, by their stored chains."""
-        view = await self._rt.store.view()
-        owners = {c.sha256 for c in view.certs if c.has_key and c.role == "identity"}
-        if view.default_sha256:
-            owners.add(view.default_sha256)
-        chains = {o: [formats.cert_sha256(c) for c in view.chain(o)[0]] for o in owners}
-        return dependents(sha256, chains, view.default_sha256)
 
     @_rpc(change=True)
     async def DeleteCsr(

@@ -11,16 +11,24 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.lifecycle import supersedes
+from node.linking import IssuerId, takes_over
 from node.renewal_plan import replaced_by
 from node.store_view import StoredCert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NAME_SETS = (("a.example.com",), ("A.example.com.",), ("a.example.com", "b.example.com"), ())
+#: issuers by certificate number (issue 11: a renewal comes from the same issuing CA)
+ISSUERS = (IssuerId("CN=CA 1", b"k1"), IssuerId("CN=CA 1", None), IssuerId("CN=CA 2", b"k2"),
+           IssuerId("CN=CA 1", b"k3"))
 
 
-def _cert(i: int, names: tuple[str, ...], days: int, has_key: bool) -> StoredCert:
-    return StoredCert(sha256=f"{i:064x}", name=f"c{i}", der=b"", role="identity",
+def _issuer(c: StoredCert) -> IssuerId:
+    return ISSUERS[int(c.sha256, 16) % len(ISSUERS)] if c.name.startswith("x") else ISSUERS[0]
+
+
+def _cert(i: int, names: tuple[str, ...], days: int, has_key: bool,
+          prefix: str = "c") -> StoredCert:
+    return StoredCert(sha256=f"{i:064x}", name=f"{prefix}{i}", der=b"", role="identity",
                       has_key=has_key, is_default=False, dns_names=names, ip_addresses=(),
                       not_after=T0 + timedelta(days=days), added_at=T0)
 
@@ -30,7 +38,8 @@ def _pairwise(certs: list[StoredCert]) -> dict[str, str]:
     out = {}
     for old in keyed:
         newer = [c for c in keyed
-                 if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)]
+                 if takes_over(c.dns_names, c.not_after, _issuer(c),
+                               old.dns_names, old.not_after, _issuer(old))]
         if newer:
             out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
     return out
@@ -41,7 +50,7 @@ def _pairwise(certs: list[StoredCert]) -> dict[str, str]:
                 max_size=12))
 def test_replaced_by_is_the_pairwise_rule(spec: list[tuple[tuple[str, ...], int, bool]]) -> None:
     certs = [_cert(i, names, days, key) for i, (names, days, key) in enumerate(spec)]
-    assert replaced_by(certs) == _pairwise(certs)
+    assert replaced_by(certs, _issuer) == _pairwise(certs)
 
 
 def test_replaced_by_examples() -> None:
@@ -50,7 +59,19 @@ def test_replaced_by_examples() -> None:
     same_day = _cert(3, ("a.example.com",), 1, True)
     other_names = _cert(4, ("b.example.com",), 9, True)
     keyless = _cert(5, ("a.example.com",), 9, False)
-    assert replaced_by([old, new, same_day, other_names, keyless]) == {
+    assert replaced_by([old, new, same_day, other_names, keyless], _issuer) == {
         old.sha256: new.sha256, same_day.sha256: new.sha256}
     # negative twin: nothing later with the same names, nothing replaced
-    assert replaced_by([old, same_day, other_names, keyless]) == {}
+    assert replaced_by([old, same_day, other_names, keyless], _issuer) == {}
+
+
+def test_a_later_certificate_from_another_issuing_ca_replaces_nothing() -> None:
+    # numbers 1..3 of prefix "x" are CA 1 without key id, CA 2, CA 1 with key k3
+    old = _cert(4, ("a.example.com",), 1, True, prefix="x")  # CA 1, k1
+    other_ca = _cert(2, ("a.example.com",), 9, True, prefix="x")  # CA 2
+    other_key = _cert(3, ("a.example.com",), 9, True, prefix="x")  # CA 1, key k3
+    unknown_key = _cert(1, ("a.example.com",), 9, True, prefix="x")  # CA 1, no key id
+    assert replaced_by([old, other_ca], _issuer) == {}
+    assert replaced_by([old, other_key], _issuer) == {}
+    # the twin: the same issuer name when one side does not say its key is the same CA
+    assert replaced_by([old, unknown_key], _issuer) == {old.sha256: unknown_key.sha256}
