@@ -18,6 +18,7 @@ them from its rows and the rules are table tests.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,7 @@ __all__ = [
     "describe_link",
     "issuer_of",
     "plan_links",
+    "requests_digest",
     "takes_over",
 ]
 
@@ -193,3 +195,13 @@ def dependents_in(view: StoreView, sha256: str) -> list[str]:
         owners.add(view.default_sha256)
     chains = {o: [cert_sha256(c) for c in view.chain(o)[0]] for o in owners}
     return dependents(sha256, chains, view.default_sha256)
+
+
+def requests_digest(csrs: Iterable[tuple[str, str | None]]) -> str:
+    """The digest of a store's CSRs, ``(id, fulfilled_by)`` pairs: what the primary and its
+    backup compare to know whether CSRs must travel (never part of the served set's digest,
+    so traffic nodes' digests do not change)."""
+    h = hashlib.sha256(b"certsync-requests-v1\n")
+    for csr_id, fulfilled in sorted((i, f or "-") for i, f in set(csrs)):
+        h.update(f"{csr_id}:{fulfilled}\n".encode("ascii"))
+    return h.hexdigest()

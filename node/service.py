@@ -253,8 +253,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         _log.info("csr.created", csr_id=stored.id, key_type=key_type)
         # a certificate stored before its request's key (a replica's, say) is linked now
-        if await self._rt.store.link_stored(actor=self._actor(identity), now=self._rt.now()):
-            await self._rt.refresh()
+        await self._rt.store.link_stored(actor=self._actor(identity), now=self._rt.now())
+        await self._rt.refresh()  # and the replicator sends the request to the backup
         info = csr_info(await self._rt.store.get_csr(stored.id))
         info.notices.extend(create.subject_notices(subject, sans))
         return info
@@ -430,6 +430,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             cluster_id=self._rt.cluster_id,
             primary=meta.get("primary") or "",
             held_sha256=[str(r[0]) for r in view.rows if str(r[0]) in keyed],
+            requests_digest=await self._rt.store.requests_digest(),
         )
         if self._describe is not None:  # the cluster layer's fields (the promotion)
             self._describe(state, meta)
@@ -500,6 +501,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     ) -> certsync_pb2.DeleteCsrResponse:
         await self._rt.store.delete_csr(request.id, actor=self._actor(identity),
                                         now=self._rt.now())
+        await self._rt.refresh()  # the replicator follows on the backup
         return certsync_pb2.DeleteCsrResponse()
 
     # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------

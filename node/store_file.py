@@ -26,6 +26,7 @@ import aiosqlite
 from cryptography import x509
 
 from node.errors import AlreadyExists, BadInput, ConfigError, IntegrityError
+from node.linking import requests_digest
 from node.model import PrivateKey
 from node.sealing import (
     NONCE_BYTES,
@@ -356,6 +357,39 @@ class StoreFile:
                 "UPDATE csrs SET fulfilled_by = ? WHERE id = ?",
                 [(sha, csr_id) for csr_id, sha in links],
             )
+
+    async def requests_digest(self) -> str:
+        """:func:`node.linking.requests_digest` of the stored CSRs."""
+        async with self._lock:
+            rows = await self._fetchall("SELECT id, fulfilled_by FROM csrs")
+        return requests_digest((str(i), f) for i, f in rows)
+
+    async def csrs_with_keys(self) -> list[tuple[StoredCsr, PrivateKey]]:
+        """Every CSR with its key (for the backup; the keys are opened off the loop)."""
+        return [(c, await self.get_csr_key(c.id)) for c in await self.list_csrs()]
+
+    async def replace_csrs(
+        self, csrs: Sequence[tuple[StoredCsr, PrivateKey]], *, actor: str, now: datetime
+    ) -> None:
+        """Make the stored CSRs exactly ``csrs`` (the primary's, on its backup), in one
+        transaction; each key is checked against its request and sealed to its id."""
+        stored_time(now)
+        rows = []
+        for c, key in csrs:
+            if spki(x509.load_pem_x509_csr(c.pem).public_key()) != spki(key.public_key()):
+                raise BadInput(f"the key given for request {c.id!r} does not match it")
+            nonce, ct = seal(self._store_key, csr_aad(c.id), key_der(key), os.urandom(NONCE_BYTES))
+            rows.append((c.id, c.name, c.pem, nonce, ct, stored_time(c.created_at),
+                         c.fulfilled_by))
+        async with self._lock, self._transaction():
+            before = {str(r[0]) for r in await self._fetchall("SELECT id FROM csrs")}
+            await self._conn.execute("DELETE FROM csrs")
+            await self._conn.executemany(
+                "INSERT INTO csrs (id, name, pem, nonce, ciphertext, created_at, fulfilled_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            ids = {r[0] for r in rows}
+            await self._audit(actor, "csr.replace", {"added": sorted(ids - before),
+                                                     "removed": sorted(before - ids)}, now)
 
     # ---------------------------------------------------------------- audit
 

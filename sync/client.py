@@ -332,6 +332,11 @@ class NodeClient:
 
     # -- service Replication -------------------------------------------------------------
 
+    async def push_requests(
+        self, request: certsync_pb2.PushRequestsRequest
+    ) -> certsync_pb2.PushRequestsResponse:
+        return await self._call(lambda: self._repl.PushRequests(request, timeout=self._timeout))
+
     async def stage(self, request: certsync_pb2.StageRequest) -> certsync_pb2.StageResponse:
         return await self._call(lambda: self._repl.Stage(request, timeout=self._timeout))
 

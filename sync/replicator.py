@@ -55,6 +55,7 @@ from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
 from sync.client import NodeClient, NodeTarget
+from sync.csr_replication import pair_targets, push_to_pair
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
 from sync.receiver import (
@@ -490,6 +491,11 @@ class Replicator:
             return [r for r in fenced if r is not None]
         results = list(await asyncio.gather(*(self.push(n, latest=snap)
                                                for n in self.targets)))
+        # issue 11: CSRs with their keys, to the other node of the failover pair only
+        pair = [n for n in pair_targets(self.replica.topology, self.name) if n in self._peers]
+        await push_to_pair(self.replica, {n: self._client(n) for n in pair},
+                           {n: self._peers[n].public_key for n in pair},
+                           promotion_to_msg(self.replica.promotion))
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)

@@ -721,6 +721,11 @@ class ReplicationStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
                 _registered_method=True)
+        self.PushRequests = channel.unary_unary(
+                '/certsync.v1.Replication/PushRequests',
+                request_serializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -775,6 +780,14 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushRequests(self, request, context):
+        """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+        backup only; not part of the served set or its digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -807,6 +820,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.SerializeToString,
+            ),
+            'PushRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRequests,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -977,6 +995,33 @@ class Replication:
             '/certsync.v1.Replication/Replicate',
             node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/PushRequests',
+            node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

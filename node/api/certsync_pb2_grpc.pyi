@@ -280,6 +280,10 @@ class ReplicationStub:
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    PushRequests: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]
+    """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+    backup only; not part of the served set or its digest.
+    """
 
 @_typing.type_check_only
 class ReplicationAsyncStub(ReplicationStub):
@@ -306,6 +310,10 @@ class ReplicationAsyncStub(ReplicationStub):
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    PushRequests: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]  # type: ignore[assignment]
+    """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+    backup only; not part of the served set or its digest.
+    """
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
@@ -365,5 +373,15 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
         """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+    @_abc_1.abstractmethod
+    def PushRequests(
+        self,
+        request: _certsync_pb2.PushRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.PushRequestsResponse, _abc.Awaitable[_certsync_pb2.PushRequestsResponse]]:
+        """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+        backup only; not part of the served set or its digest.
+        """
 
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
