@@ -230,7 +230,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.refresh()
         _log.info("cert.created", sha256=sha, key_type=key_type)
         return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha),
-                                                     warnings=notices)
+                                                     notices=notices)
 
     @_rpc(change=True)
     async def CreateRequest(

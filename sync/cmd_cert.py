@@ -88,6 +88,8 @@ def _create(args: argparse.Namespace) -> int:
     )
     resp = call_node(args.config, args.node, lambda c: c.create_self_signed(req))
     _warn(resp.warnings)
+    for line in resp.notices:  # the guide's subject rules
+        sys.stderr.write(f"certsync: note: {line}\n")
     if args.json:
         print_json(cert_json(resp.certificate))
     else:
@@ -115,7 +117,7 @@ def _import(args: argparse.Namespace) -> int:
     )
     _warn(resp.warnings)
     for line in resp.notices:  # a certificate linked to a stored key or CSR key
-        sys.stderr.write(f"certsync: {line}\n")
+        sys.stderr.write(f"certsync: note: {line}\n")
     if args.json:
         print_json(
             {
