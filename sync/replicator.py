@@ -488,18 +488,22 @@ class Replicator:
                 self._blocked_logged = snap.digest
             # nodes holding this very set (pushed with --force) are still checked
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
+            await self._push_requests()  # CSRs are not gated: they serve nothing
             return [r for r in fenced if r is not None]
         results = list(await asyncio.gather(*(self.push(n, latest=snap)
                                                for n in self.targets)))
-        # issue 11: CSRs with their keys, to the other node of the failover pair only
-        pair = [n for n in pair_targets(self.replica.topology, self.name) if n in self._peers]
-        await push_to_pair(self.replica, {n: self._client(n) for n in pair},
-                           {n: self._peers[n].public_key for n in pair},
-                           promotion_to_msg(self.replica.promotion))
+        await self._push_requests()
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)
         return results
+
+    async def _push_requests(self) -> None:
+        """Issue 11: CSRs with their keys, to the other node of the failover pair only."""
+        pair = [n for n in pair_targets(self.replica.topology, self.name) if n in self._peers]
+        await push_to_pair(self.replica, {n: self._client(n) for n in pair},
+                           {n: self._peers[n].public_key for n in pair},
+                           promotion_to_msg(self.replica.promotion))
 
     async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:
         try:
