@@ -297,8 +297,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             plan_import, material, request.name, self._rt.now(),
             request.make_default, request.force, linkable,
         )
+        notices: list[str] = []
         make_default = await self._lifecycle_import(
-            request, entries, identity_sha, warnings, linkable)
+            request, entries, identity_sha, warnings, linkable, notices)
         links = await self._rt.store.add(
             entries,
             make_default=identity_sha if make_default else None,
@@ -312,7 +313,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
             identity_sha256=identity_sha or "", certificates=infos, warnings=warnings,
-            notices=[describe_link(k) for k in links],
+            notices=[describe_link(k) for k in links] + notices,
         )
 
     # -- reading -----------------------------------------------------------------------
@@ -513,6 +514,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity_sha: str | None,
         warnings: list[str],
         linkable: frozenset[bytes] = frozenset(),
+        notices: list[str] | None = None,
     ) -> bool:
         """Whether the import makes its identity certificate default: asked for (and not a
         CA change unless confirmed), or a renewal of the current default."""
@@ -536,7 +538,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         renews, notes = await self._rt.lifecycle.renewal_default(
             ident.cert, pool, has_key=has_key
         )
-        warnings.extend(notes)
+        # a renewal that takes over is news (a notice); one that cannot is a warning
+        (notices if renews and notices is not None else warnings).extend(notes)
         return renews
 
     async def _lifecycle_state(self, state: certsync_pb2.NodeState, view: StoreView) -> None:
