@@ -101,6 +101,8 @@ class StoreFile:
         self._lock = asyncio.Lock()
         #: our own commits, counted (the views of :class:`node.store.Store` are keyed by it)
         self._generation = 0
+        #: public keys (DER SPKI) of CSRs by their PEM, parsed once (issue 11's linking)
+        self._csr_spki_memo: dict[bytes, bytes] = {}
 
     # ---------------------------------------------------------------- open / close
 
@@ -347,8 +349,17 @@ class StoreFile:
     async def _csr_spkis(self) -> list[tuple[str, bytes]]:
         """(id, public key as DER SPKI) of every CSR, oldest first (the caller holds the lock)."""
         rows = await self._fetchall("SELECT id, pem FROM csrs ORDER BY created_at, id")
-        return [(str(i), spki(x509.load_pem_x509_csr(bytes(pem)).public_key()))
-                for i, pem in rows]
+        out = []
+        for i, pem in rows:
+            pem = bytes(pem)
+            found = self._csr_spki_memo.get(pem)  # a PEM has one public key: parse it once
+            if found is None:
+                found = self._csr_spki_memo[pem] = spki(x509.load_pem_x509_csr(pem).public_key())
+            out.append((str(i), found))
+        if len(self._csr_spki_memo) > 4 * len(rows) + 64:  # forget the deleted ones
+            keep = {bytes(pem) for _, pem in rows}
+            self._csr_spki_memo = {p: k for p, k in self._csr_spki_memo.items() if p in keep}
+        return out
 
     async def _fulfil(self, links: Sequence[tuple[str, str]]) -> None:
         """Mark CSRs fulfilled: (request id, certificate sha256) pairs (inside a transaction)."""
