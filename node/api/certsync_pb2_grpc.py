@@ -166,7 +166,9 @@ class CertStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes a certificate. The default is refused while other certificates exist.
+        """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+        default or in the stored chain of the default or of an identity certificate with a key,
+        unless force (issue 11).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

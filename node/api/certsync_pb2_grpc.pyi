@@ -65,7 +65,10 @@ class CertStoreStub:
     SetDefault: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.SetDefaultRequest, _certsync_pb2.SetDefaultResponse]
     """Makes a certificate the default. An expired certificate is refused unless forced."""
     Delete: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.DeleteRequest, _certsync_pb2.DeleteResponse]
-    """Deletes a certificate. The default is refused while other certificates exist."""
+    """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+    default or in the stored chain of the default or of an identity certificate with a key,
+    unless force (issue 11).
+    """
     SniLookup: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.SniLookupRequest, _certsync_pb2.SniLookupResponse]
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]
@@ -107,7 +110,10 @@ class CertStoreAsyncStub(CertStoreStub):
     SetDefault: _aio.UnaryUnaryMultiCallable[_certsync_pb2.SetDefaultRequest, _certsync_pb2.SetDefaultResponse]  # type: ignore[assignment]
     """Makes a certificate the default. An expired certificate is refused unless forced."""
     Delete: _aio.UnaryUnaryMultiCallable[_certsync_pb2.DeleteRequest, _certsync_pb2.DeleteResponse]  # type: ignore[assignment]
-    """Deletes a certificate. The default is refused while other certificates exist."""
+    """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+    default or in the stored chain of the default or of an identity certificate with a key,
+    unless force (issue 11).
+    """
     SniLookup: _aio.UnaryUnaryMultiCallable[_certsync_pb2.SniLookupRequest, _certsync_pb2.SniLookupResponse]  # type: ignore[assignment]
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _aio.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
@@ -200,7 +206,10 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
         request: _certsync_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_certsync_pb2.DeleteResponse, _abc.Awaitable[_certsync_pb2.DeleteResponse]]:
-        """Deletes a certificate. The default is refused while other certificates exist."""
+        """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+        default or in the stored chain of the default or of an identity certificate with a key,
+        unless force (issue 11).
+        """
 
     @_abc_1.abstractmethod
     def SniLookup(

@@ -5,7 +5,10 @@ to a stored key; a re-import keeps the friendly name."""
 from __future__ import annotations
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
+from node.api import certsync_pb2
 from node.errors import Conflict
 from tests.node.test_lifecycle_node import (  # noqa: F401 -- fixtures used by name
     HOST,
@@ -65,3 +68,28 @@ async def test_a_reimport_keeps_the_friendly_name_unless_one_is_given(
     assert (await node.list())[sha].name == "Front door"
     await node.client.import_files([("b.pem", data)], name="Renamed")
     assert (await node.list())[sha].name == "Renamed"
+
+
+async def test_the_signed_csr_alone_with_default_is_linked_and_made_default(
+    node: Node, two_cas: tuple[Pki, Pki, Pki]  # noqa: F811 -- the fixtures above
+) -> None:
+    first, _same, _other = two_cas
+    await _import(node, first, default=True)
+    csr_info = await node.client.create_request(certsync_pb2.CreateRequestRequest(
+        key_type="ec-p256", subject=certsync_pb2.Subject(common_name=HOST), sans=[HOST]))
+    csr = x509.load_pem_x509_csr(csr_info.pem.encode())
+    issuer = first.intermediate
+    signed = (x509.CertificateBuilder().subject_name(csr.subject)
+              .issuer_name(issuer.cert.subject).public_key(csr.public_key())
+              .serial_number(4242).not_valid_before(first.leaf.cert.not_valid_before_utc)
+              .not_valid_after(first.leaf.cert.not_valid_after_utc)
+              .add_extension(csr.extensions.get_extension_for_class(
+                  x509.SubjectAlternativeName).value, critical=False)
+              .sign(issuer.key, hashes.SHA256()))
+    resp = await node.client.import_files([("s.pem", pem_bundle(signed))], make_default=True)
+    assert [n for n in resp.notices if csr_info.id in n], resp.notices
+    certs = await node.list()
+    assert certs[resp.identity_sha256].has_key and certs[resp.identity_sha256].is_default
+    listed = {r.id: r for r in await node.client.list_requests()}
+    assert listed[csr_info.id].state == "fulfilled"
+    assert listed[csr_info.id].fulfilled_by == resp.identity_sha256
