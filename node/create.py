@@ -33,6 +33,7 @@ __all__ = [
     "create_csr",
     "create_self_signed",
     "subject_name",
+    "subject_notices",
     "subject_sans",
 ]
 
@@ -136,6 +137,25 @@ def subject_sans(subject: Subject, sans: Sequence[str]) -> list[x509.GeneralName
         if entry not in entries:
             entries.append(entry)
     return entries
+
+
+def subject_notices(subject: Subject, sans: Sequence[str]) -> list[str]:
+    """The guide's subject rules, as notices for the admin (issue 11): a CN that is a DNS
+    name is put first among the SANs (:func:`subject_sans` does it; this says so when the
+    SANs given did not start with it), and gets the guide's advice."""
+    cn_entry = _cn_entry(subject.common_name)
+    if not isinstance(cn_entry, x509.DNSName):
+        return []
+    cn = cn_entry.value
+    notices: list[str] = []
+    first = _san_entry(sans[0]) if sans else None
+    if first != cn_entry:
+        notices.append(f"the common name {cn!r} is a DNS name and not the first SAN; it is put "
+                       "first among the SANs")
+    notices.append(f"the common name {cn!r} is a DNS name: clients ignore the CN and match "
+                   "the SANs only, so list every hostname clients use (site and appliance "
+                   "hostnames) as a SAN")
+    return notices
 
 
 def _signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:

@@ -13,6 +13,7 @@ from node import chain as chain_mod
 from node import formats
 from node.errors import BadInput, Conflict
 from node.model import Material
+from node.sealing import spki
 from node.store_view import SetEntry
 from node.text import common_name, rfc3339
 
@@ -20,9 +21,15 @@ __all__ = ["plan_import"]
 
 
 def plan_import(
-    material: Material, name: str, now: dt.datetime, make_default: bool, force: bool
+    material: Material, name: str, now: dt.datetime, make_default: bool, force: bool,
+    linkable: frozenset[bytes] = frozenset(),
 ) -> tuple[list[SetEntry], str | None, list[str]]:
-    """Decide what an import stores (pure): entries, the identity's sha256, warnings."""
+    """Decide what an import stores (pure): entries, the identity's sha256, warnings.
+
+    ``linkable`` holds the public keys (DER SPKI) the store holds a key for: an identity
+    certificate alone whose key is among them is linked by the store, so it can be the
+    default. Without ``name`` every entry's name is a default one, and a certificate
+    stored already keeps its own (``SetEntry.name_is_default``)."""
     if not material.certificates:
         if material.keys:
             raise BadInput(
@@ -46,7 +53,7 @@ def plan_import(
     if make_default:
         if ident is None:
             raise BadInput("the input holds no identity certificate to make the default")
-        if report.key is None:
+        if report.key is None and spki(ident.public_key()) not in linkable:
             raise Conflict(
                 "the identity certificate comes without its private key and cannot be the "
                 "default; import it with its key"
@@ -69,6 +76,7 @@ def plan_import(
                 name=(name or common_name(cert) or formats.cert_sha256(cert)[:16])
                 if is_ident
                 else (common_name(cert) or formats.cert_sha256(cert)[:16]),
+                name_is_default=not (is_ident and name),
             )
         )
     return entries, (formats.cert_sha256(ident) if ident is not None else None), warnings

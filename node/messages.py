@@ -14,8 +14,8 @@ from cryptography import x509
 
 from node import create
 from node.api import certsync_pb2
+from node.certkeys import key_type_of
 from node.errors import BadInput, FormatError
-from node.formats import key_type_of
 from node.lifecycle import StagedCaChange
 from node.model import CREATABLE_KEY_TYPES, KeyType
 from node.renewal_plan import CertStatus
@@ -121,9 +121,21 @@ def pending_msg(staged: StagedCaChange) -> certsync_pb2.PendingCaChange:
 
 
 def csr_info(stored: StoredCsr) -> certsync_pb2.CsrInfo:
+    """A CSR as its message: subject, DNS SANs, key type and state read from its PEM."""
+    csr = x509.load_pem_x509_csr(stored.pem)
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+    except (x509.ExtensionNotFound, ValueError):  # none, or unreadable: no names to show
+        dns = []
     return certsync_pb2.CsrInfo(
         id=stored.id,
         name=stored.name,
         pem=stored.pem.decode("ascii"),
         created_at=rfc3339(stored.created_at),
+        subject=csr.subject.rfc4514_string(),
+        dns_names=dns,
+        key_type=key_type_of(csr.public_key()),
+        state="fulfilled" if stored.fulfilled_by else "pending",
+        fulfilled_by=stored.fulfilled_by or "",
     )

@@ -60,6 +60,7 @@ from node.lifecycle import (
     stage_ca_change,
     supersedes,
 )
+from node.linking import issuer_of, takes_over
 from node.model import KeyType, PrivateKey
 from node.names import SanSet, sans_of
 from node.renewal_plan import (
@@ -75,7 +76,6 @@ from node.renewal_plan import (
     pending_to_json,
     plan_tick,
     replaced_by,
-    same_ca_in,
     state_key,
 )
 from node.store import Store
@@ -168,7 +168,7 @@ class Lifecycle:
         memo = self._replaced
         if memo is None or memo[0] is not view.cert_rows:  # the same rows: the same answer
             memo = self._replaced = (view.cert_rows,
-                                     replaced_by(certs, same_ca=same_ca_in(view)))
+                                     replaced_by(certs))
         # the default is served to every client without SNI: it is not superseded (and stays
         # alerted on) until the default moves to its replacement
         default = view.default_sha256
@@ -260,6 +260,13 @@ class Lifecycle:
                 f"certificate {sha} renews the default {current.sha256} but ends in another "
                 f"root CA ({root}); it is not made default: use 'cert default {sha} "
                 "--confirm-ca-change' or 'cert stage-ca-change'"
+            ]
+        if not takes_over(names, cert.not_valid_after_utc, issuer_of(cert),
+                          current.dns_names, current.not_after, issuer_of(current.certificate())):
+            return False, [
+                f"certificate {sha} has the names of the default {current.sha256} but another "
+                f"issuing CA ({issuer_of(cert).name}); it is not made default: use "
+                f"'cert default {sha}'"
             ]
         _log.info("lifecycle.renewal_imported", sha256=sha, replaces=current.sha256)
         return True, [

@@ -22,14 +22,12 @@ from cryptography.hazmat.primitives import serialization
 from node.lifecycle import (
     CertState,
     RenewalDecision,
-    RootId,
     StagedCaChange,
     ca_change_due,
     renewal_decision,
-    root_of,
-    supersedes,
 )
-from node.store_view import StoredCert, StoreView
+from node.linking import IssuerId, issuer_of, takes_over
+from node.store_view import StoredCert
 from node.text import common_name, rfc3339
 
 __all__ = [
@@ -47,7 +45,6 @@ __all__ = [
     "pending_to_json",
     "plan_tick",
     "replaced_by",
-    "same_ca_in",
     "state_key",
 ]
 
@@ -172,47 +169,31 @@ def _names_key(names: Sequence[str]) -> frozenset[str]:
 
 
 def replaced_by(
-    certs: Sequence[StoredCert], *, same_ca: Callable[[StoredCert, StoredCert], bool]
+    certs: Sequence[StoredCert],
+    issuer: Callable[[StoredCert], IssuerId] = lambda c: issuer_of(c.certificate()),
 ) -> dict[str, str]:
     """Which certificates with a key are superseded, and by which (the latest renewal).
 
-    A renewal has the same DNS names and a strictly later ``not_after``
-    (:func:`node.lifecycle.supersedes`), a key too, so it can be served instead, and comes
-    from the same CA: ``same_ca(new, old)`` (:func:`same_ca_in`: their stored chains end in
-    the same root), so a self-signed certificate with the names of a CA-signed one does not
-    replace it.
+    A renewal has the same DNS names, a strictly later ``not_after``, the same issuing CA
+    (:func:`node.linking.takes_over`) and a key too, so it can be served instead.
     """
     keyed = [c for c in certs if c.has_key and c.dns_names]
-    # only certificates with the same names can supersede each other: compare within groups
-    # (O(N) for a store of distinct names, not O(N^2)); supersedes() still decides
-    groups: dict[frozenset[str], list[StoredCert]] = {}
+    # only certificates with the same names and issuer name can supersede each other:
+    # compare within groups (O(N) for a store of distinct names, not O(N^2)); takes_over()
+    # still decides (issue 11: from the same issuing CA)
+    groups: dict[tuple[frozenset[str], str], list[StoredCert]] = {}
+    issuers = {c.sha256: issuer(c) for c in keyed}
     for c in keyed:
-        groups.setdefault(_names_key(c.dns_names), []).append(c)
+        groups.setdefault((_names_key(c.dns_names), issuers[c.sha256].name), []).append(c)
+    # the latest of a group (the first of equals) supersedes every member it outlives
+    latest = {k: max(group, key=lambda c: c.not_after) for k, group in groups.items()}
     out: dict[str, str] = {}
     for old in keyed:
-        newer = [c for c in groups[_names_key(old.dns_names)]
-                 if supersedes(c.dns_names, c.not_after, old.dns_names, old.not_after)
-                 and same_ca(c, old)]
-        if newer:  # the latest (the first of equals)
-            out[old.sha256] = max(newer, key=lambda c: c.not_after).sha256
+        new = latest[(_names_key(old.dns_names), issuers[old.sha256].name)]
+        if takes_over(new.dns_names, new.not_after, issuers[new.sha256],
+                      old.dns_names, old.not_after, issuers[old.sha256]):
+            out[old.sha256] = new.sha256
     return out
-
-
-def same_ca_in(view: StoreView) -> Callable[[StoredCert, StoredCert], bool]:
-    """``same_ca`` of :func:`replaced_by` over ``view``: the chains the store builds for both
-    end in the same root (:meth:`node.lifecycle.RootId.same_ca`); roots are worked out once
-    per certificate asked about."""
-    roots: dict[str, RootId] = {}
-
-    def root(c: StoredCert) -> RootId:
-        found = roots.get(c.sha256)
-        if found is None:
-            cert = c.certificate()
-            chain, _problems = view.chain(c.sha256)
-            found = roots[c.sha256] = root_of((cert, *(x for x in chain if x != cert)))
-        return found
-
-    return lambda new, old: root(new).same_ca(root(old))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from node.cert_views import cert_infos, import_warnings
 from node.coverage_gate import RequiredName
 from node.errors import (
     BadInput,
+    CheckFailed,
     Conflict,
     PermissionDenied,
 )
@@ -43,6 +44,7 @@ from node.export_rpc import export
 from node.guard import gate_default, gate_import, require_primary
 from node.identity import Identity
 from node.importing import plan_import
+from node.linking import dependents_in, describe_link
 from node.messages import (
     csr_info,
     key_type_of_text,
@@ -54,6 +56,7 @@ from node.names import parse_hostname
 from node.refusals import authenticate, record_refusal
 from node.renewal import Lifecycle
 from node.rpc import run_rpc
+from node.sealing import spki
 from node.selection import Selection
 from node.store import Store
 from node.store_view import SetEntry, StoredCert, StoreView
@@ -223,6 +226,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             self._rt, cert, what=f"making the new certificate {sha} the default",
             force=request.force, method="CreateSelfSigned", actor=self._actor(identity),
             target=sha)
+        notices = create.subject_notices(subject, sans)
         await self._rt.store.add(
             [SetEntry(cert=cert, key=key, name=name)],
             make_default=sha if request.make_default else None,
@@ -232,7 +236,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         await self._rt.refresh()
         _log.info("cert.created", sha256=sha, key_type=key_type)
         return certsync_pb2.CreateSelfSignedResponse(certificate=await self._info(sha),
-                                                     warnings=warnings)
+                                                     warnings=warnings, notices=notices)
 
     @_rpc(change=True)
     async def CreateRequest(
@@ -254,7 +258,12 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             now=self._rt.now(),
         )
         _log.info("csr.created", csr_id=stored.id, key_type=key_type)
-        return csr_info(stored)
+        # a certificate stored before its request's key (a replica's, say) is linked now
+        await self._rt.store.link_stored(actor=self._actor(identity), now=self._rt.now())
+        await self._rt.refresh()  # and the replicator sends the request to the backup
+        info = csr_info(await self._rt.store.get_csr(stored.id))
+        info.notices.extend(create.subject_notices(subject, sans))
+        return info
 
     @_rpc(change=False)
     async def ListRequests(
@@ -289,16 +298,19 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         sources = [(f.name or f"file {i + 1}", f.content) for i, f in enumerate(request.files)]
         passphrase = request.passphrase if request.HasField("passphrase") else None
         material = await sandbox.read_material(sources, passphrase)  # a worker process
+        linkable = frozenset(h.spki for h in await self._rt.store.key_holders())
         entries, identity_sha, warnings = await asyncio.to_thread(
             plan_import, material, request.name, self._rt.now(),
-            request.make_default, request.force,
+            request.make_default, request.force, linkable,
         )
-        make_default = await self._lifecycle_import(request, entries, identity_sha, warnings)
+        notices: list[str] = []
+        make_default = await self._lifecycle_import(
+            request, entries, identity_sha, warnings, linkable, notices)
         if make_default:
             make_default = await gate_import(
                 self._rt, entries, identity_sha, warnings, make_default=request.make_default,
                 force=request.force, actor=self._actor(identity))
-        await self._rt.store.add(
+        links = await self._rt.store.add(
             entries,
             make_default=identity_sha if make_default else None,
             actor=self._actor(identity),
@@ -310,7 +322,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         warnings = await import_warnings(material, warnings, infos, identity_sha)  # the store's
         _log.info("cert.imported", sha256=identity_sha or "", certificates=len(entries))
         return certsync_pb2.ImportResponse(
-            identity_sha256=identity_sha or "", certificates=infos, warnings=warnings
+            identity_sha256=identity_sha or "", certificates=infos, warnings=warnings,
+            notices=[describe_link(k) for k in links] + notices,
         )
 
     # -- reading -----------------------------------------------------------------------
@@ -377,6 +390,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             cluster_id=self._rt.cluster_id,
             primary=meta.get("primary") or "",
             held_sha256=[str(r[0]) for r in view.rows if str(r[0]) in keyed],
+            requests_digest=await self._rt.store.requests_digest(),
         )
         if self._describe is not None:  # the cluster layer's fields (the promotion)
             self._describe(state, meta)
@@ -431,19 +445,32 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.DeleteResponse:
         stored = await self._stored(request.sha256)
-        if stored.is_default:
-            certs = await self._rt.store.list_certificates()
-            if any(c.sha256 != stored.sha256 and c.has_key for c in certs):
-                raise Conflict(
-                    f"certificate {stored.sha256!r} is the default; choose another default "
-                    "with 'certsync cert default SHA256' first"
-                )
+        needs = dependents_in(await self._rt.store.view(), stored.sha256)
+        if needs and not request.force:
+            raise CheckFailed(
+                f"certificate {stored.sha256!r} cannot be deleted: {'; '.join(needs)}; choose "
+                "another default or delete what depends on it first, or pass --force",
+                sha256=stored.sha256,
+            )
         warnings = [] if not stored.is_default else await gate_default(
             self._rt, None, what=f"deleting the default {stored.sha256}", force=request.force,
             method="Delete", actor=self._actor(identity), target="")
-        await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now())
+        await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now(),
+                                    force=request.force, dependents=needs)
         await self._rt.refresh()
         return certsync_pb2.DeleteResponse(warnings=warnings)
+
+    @_rpc(change=True)
+    async def DeleteCsr(
+        self,
+        request: certsync_pb2.DeleteCsrRequest,
+        context: _Context,
+        identity: Identity,
+    ) -> certsync_pb2.DeleteCsrResponse:
+        await self._rt.store.delete_csr(request.id, actor=self._actor(identity),
+                                        now=self._rt.now())
+        await self._rt.refresh()  # the replicator follows on the backup
+        return certsync_pb2.DeleteCsrResponse()
 
     # -- certificate lifecycle (issue 6; the rules live in node.renewal) -----------------
 
@@ -453,6 +480,8 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         entries: Sequence[SetEntry],
         identity_sha: str | None,
         warnings: list[str],
+        linkable: frozenset[bytes] = frozenset(),
+        notices: list[str] | None = None,
     ) -> bool:
         """Whether the import makes its identity certificate default: asked for (and not a
         CA change unless confirmed), or a renewal of the current default."""
@@ -462,7 +491,9 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         if ident is None:
             return request.make_default
-        pool = [e.cert for e in entries]
+        # the chain is judged over the store and the input together, not the input alone
+        pool = [e.cert for e in entries] + await self._pool()
+        has_key = ident.key is not None or spki(ident.cert.public_key()) in linkable
         if request.make_default:
             chain, _problems = await asyncio.to_thread(chain_mod.build_chain, ident.cert, pool)
             await self._rt.lifecycle.check_default_change(
@@ -472,9 +503,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             )
             return True
         renews, notes = await self._rt.lifecycle.renewal_default(
-            ident.cert, pool, has_key=ident.key is not None
+            ident.cert, pool, has_key=has_key
         )
-        warnings.extend(notes)
+        # a renewal that takes over is news (a notice); one that cannot is a warning
+        (notices if renews and notices is not None else warnings).extend(notes)
         return renews
 
     async def _lifecycle_state(self, state: certsync_pb2.NodeState, view: StoreView) -> None:

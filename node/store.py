@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ from cryptography import x509
 
 from node.errors import BadInput, Conflict, IntegrityError
 from node.formats import cert_sha256
+from node.linking import KeyHolder, Link, LinkCandidate, plan_links
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
 from node.store_file import StoreFile
@@ -129,6 +131,7 @@ class Store(StoreFile):
         self._keys: dict[str, PrivateKey] = {}
         #: the last view read through the reader connection, by its ``data_version``
         self._reader_cache: tuple[int, StoreView] | None = None
+        self._spkis: dict[str, bytes] = {}  # public keys by certificate sha256 (DER fixed)
 
     # ---------------------------------------------------------------- views
 
@@ -270,17 +273,25 @@ class Store(StoreFile):
         make_default: str | None,
         actor: str,
         now: datetime,
-    ) -> bool:
+    ) -> list[Link]:
         """Store certificates (with keys, and chain certificates without) in one transaction.
 
         A certificate stored already keeps its row and gains a key if it had none; a non-empty
-        name replaces the stored one. ``make_default`` (a sha256 with a key, in ``entries`` or
-        stored) becomes the default; when the store has no default, the first entry with a key
-        becomes it. Each add that changes something bumps the ``revision`` meta value; one
-        that would change nothing (everything stored as given, the default as asked) writes
-        nothing, not even an audit row, and returns False.
+        name replaces the stored one unless the entry's ``name_is_default``. Every
+        certificate without a key, arriving or stored, is linked to a stored key, a CSR's
+        key or a key of the batch with its public key (:func:`node.linking.plan_links`); a
+        CSR whose key is linked is marked fulfilled. Returns the links made.
+
+        ``make_default`` (a sha256 with a key, in ``entries`` or stored) becomes the default;
+        when the store has no default, the first entry with a key becomes it. Each add that
+        changes something bumps the ``revision`` meta value; one that would change nothing
+        (everything stored as given, the default as asked) writes nothing, not even an audit
+        row.
         """
         when = stored_time(now)
+        entries, links = await self._link(entries)
+        if not entries and make_default is None:
+            return links
         prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
         keyed_new = [p.sha256 for p in prepared if p.sealed is not None]
         async with self._lock:
@@ -288,7 +299,7 @@ class Store(StoreFile):
                 in_batch = any(p.sha256 == make_default for p in prepared)
                 await self._require_key(make_default, "default", stored=not in_batch)
             if _changes_nothing(await self._current(), prepared, make_default):
-                return False
+                return links  # none: a link would have changed an entry
             async with self._transaction():
                 await self._upsert(prepared, when)
                 default = make_default
@@ -316,10 +327,80 @@ class Store(StoreFile):
                             for p in prepared
                         ],
                         "default": default,
+                        "links": [{"sha256": k.cert_sha256, "from": k.source.kind,
+                                   "ref": k.source.ref} for k in links],
                     },
                     now,
                 )
-        return True
+                await self._fulfil([(k.source.ref, k.cert_sha256) for k in links
+                                    if k.source.kind == "csr"])
+        return links
+
+    # ---------------------------------------------------------------- links (issue 11)
+
+    def _spki_of(self, sha: str, cert: x509.Certificate) -> bytes:
+        found = self._spkis.get(sha)
+        if found is None:
+            found = self._spkis[sha] = spki(cert.public_key())
+        return found
+
+    async def key_holders(self) -> list[KeyHolder]:
+        """Every key the store holds: certificates' keys first, then CSRs' keys (oldest
+        first)."""
+        async with self._lock:
+            view = await self._current()
+            csrs = await self._csr_spkis()
+        return [*(KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
+                  for c in view.certs if c.has_key),
+                *(KeyHolder("csr", i, k) for i, k in csrs)]
+
+    async def link_stored(self, *, actor: str, now: datetime) -> list[Link]:
+        """Link every stored certificate without a key to a stored key or CSR key with its
+        public key (after a CSR or a key arrived); one transaction when there is any."""
+        return await self.add([], make_default=None, actor=actor, now=now)
+
+    async def _link(self, entries: Sequence[SetEntry]) -> tuple[list[SetEntry], list[Link]]:
+        """``entries`` with the keys the store links to them, plus entries for stored
+        certificates that gain a key, and the links (:func:`node.linking.plan_links`). A
+        default name of an entry stored already gives way to the stored name."""
+        async with self._lock:
+            view = await self._current()
+            csrs = await self._csr_spkis()
+        out = [dataclasses.replace(e, name="") if e.name_is_default and e.name
+               and view.get(cert_sha256(e.cert)) is not None else e for e in entries]
+        batch: dict[str, SetEntry] = {}
+        for e in out:
+            sha = cert_sha256(e.cert)
+            if batch.get(sha) is None or e.key is not None:
+                batch[sha] = e
+        holders = [KeyHolder("cert", sha, self._spki_of(sha, e.cert))
+                   for sha, e in batch.items() if e.key is not None]
+        holders += [KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
+                    for c in view.certs if c.has_key]
+        holders += [KeyHolder("csr", i, k) for i, k in csrs]
+        candidates = [LinkCandidate(sha, self._spki_of(sha, e.cert)) for sha, e in batch.items()
+                      if e.key is None and sha not in view.keyed]
+        candidates += [LinkCandidate(c.sha256, self._spki_of(c.sha256, c.certificate()))
+                       for c in view.certs if not c.has_key and c.sha256 not in batch]
+        links = plan_links(candidates, holders)
+        if not links:
+            return out, []
+        stored_keys = await self.keys(
+            [k.source.ref for k in links if k.source.kind == "cert" and k.source.ref not in batch])
+        found: dict[str, PrivateKey] = {}
+        for k in links:
+            if k.source.kind == "csr":
+                found[k.cert_sha256] = await self.get_csr_key(k.source.ref)
+            else:
+                key = batch[k.source.ref].key if k.source.ref in batch else None
+                key = key or stored_keys.get(k.source.ref)
+                if key is not None:
+                    found[k.cert_sha256] = key
+        out = [dataclasses.replace(e, key=found[sha]) if e.key is None and sha in found else e
+               for e in out for sha in (cert_sha256(e.cert),)]
+        out += [SetEntry(cert=c.certificate(), key=found[c.sha256], name="")
+                for c in view.certs if c.sha256 in found and c.sha256 not in batch]
+        return out, [k for k in links if k.cert_sha256 in found]
 
     async def list_certificates(self) -> list[StoredCert]:
         """Every certificate, oldest first."""
@@ -396,16 +477,21 @@ class Store(StoreFile):
                 detail = {"sha256": sha256, "previous": previous}
                 await self._audit(actor, "cert.default", detail, now)
 
-    async def delete(self, sha256: str, *, actor: str, now: datetime) -> None:
+    async def delete(
+        self, sha256: str, *, actor: str, now: datetime, force: bool = False,
+        dependents: Sequence[str] = (),
+    ) -> None:
         """Delete a certificate (and its key).
 
         Deleting the default while another certificate with a key exists is a
         :class:`Conflict`: choose another default first. Deleting the last one is allowed.
+        ``force`` deletes the default anyway (the store is then without one); the audit row
+        records it and ``dependents``, what the caller found depending on it.
         """
         stored_time(now)
         async with self._lock:
             cert = await self._get(sha256)
-            if cert.is_default:
+            if cert.is_default and not force:
                 others = await self._scalar_int(
                     "SELECT count(*) FROM keys WHERE cert_sha256 != ?", (sha256,)
                 )
@@ -420,7 +506,9 @@ class Store(StoreFile):
                 if cert.is_default:
                     await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
                 await self._bump_revision()
-                detail = {"sha256": sha256, "name": cert.name, "role": cert.role}
+                detail: dict[str, Any] = {"sha256": sha256, "name": cert.name, "role": cert.role}
+                if force:
+                    detail.update(forced=True, dependents=list(dependents))
                 await self._audit(actor, "cert.delete", detail, now)
 
     async def replace_all(

@@ -27,6 +27,7 @@ import aiosqlite
 from cryptography import x509
 
 from node.errors import AlreadyExists, BadInput, ConfigError, IntegrityError
+from node.linking import requests_digest
 from node.model import PrivateKey
 from node.sealing import (
     NONCE_BYTES,
@@ -84,6 +85,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             detail TEXT NOT NULL
         ) STRICT""",
     ),
+    # issue 11: a CSR whose key was linked to its signed certificate is fulfilled by it
+    ("ALTER TABLE csrs ADD COLUMN fulfilled_by TEXT",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -107,6 +110,8 @@ class StoreFile:
         self._busy_seconds = STORE_BUSY_SECONDS
         #: our own commits, counted (the views of :class:`node.store.Store` are keyed by it)
         self._generation = 0
+        #: public keys (DER SPKI) of CSRs by their PEM, parsed once (issue 11's linking)
+        self._csr_spki_memo: dict[bytes, bytes] = {}
 
     # ---------------------------------------------------------------- open / close
 
@@ -340,7 +345,7 @@ class StoreFile:
         """Every CSR, oldest first."""
         async with self._read_section():
             rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs ORDER BY created_at, id"
+                "SELECT id, name, pem, created_at, fulfilled_by FROM csrs ORDER BY created_at, id"
             )
         return [csr_row(r) for r in rows]
 
@@ -348,7 +353,7 @@ class StoreFile:
         """One CSR; :class:`NotFound` if there is none with that id."""
         async with self._read_section():
             rows = await self._fetchall(
-                "SELECT id, name, pem, created_at FROM csrs WHERE id = ?", (csr_id,)
+                "SELECT id, name, pem, created_at, fulfilled_by FROM csrs WHERE id = ?", (csr_id,)
             )
         if not rows:
             raise no_csr(csr_id)
@@ -375,6 +380,72 @@ class StoreFile:
             return key
 
         return await asyncio.to_thread(_open)
+
+    async def delete_csr(self, csr_id: str, *, actor: str, now: datetime) -> None:
+        """Delete a CSR and its key; :class:`NotFound` if there is none with that id."""
+        stored_time(now)
+        async with self._lock:
+            if not await self._scalar_int("SELECT count(*) FROM csrs WHERE id = ?", (csr_id,)):
+                raise no_csr(csr_id)
+            async with self._transaction():
+                await self._conn.execute("DELETE FROM csrs WHERE id = ?", (csr_id,))
+                await self._audit(actor, "csr.delete", {"id": csr_id}, now)
+
+    async def _csr_spkis(self) -> list[tuple[str, bytes]]:
+        """(id, public key as DER SPKI) of every CSR, oldest first (the caller holds the lock)."""
+        rows = await self._fetchall("SELECT id, pem FROM csrs ORDER BY created_at, id")
+        out = []
+        for i, pem in rows:
+            pem = bytes(pem)
+            found = self._csr_spki_memo.get(pem)  # a PEM has one public key: parse it once
+            if found is None:
+                found = self._csr_spki_memo[pem] = spki(x509.load_pem_x509_csr(pem).public_key())
+            out.append((str(i), found))
+        if len(self._csr_spki_memo) > 4 * len(rows) + 64:  # forget the deleted ones
+            keep = {bytes(pem) for _, pem in rows}
+            self._csr_spki_memo = {p: k for p, k in self._csr_spki_memo.items() if p in keep}
+        return out
+
+    async def _fulfil(self, links: Sequence[tuple[str, str]]) -> None:
+        """Mark CSRs fulfilled: (request id, certificate sha256) pairs (inside a transaction)."""
+        if links:
+            await self._conn.executemany(
+                "UPDATE csrs SET fulfilled_by = ? WHERE id = ?",
+                [(sha, csr_id) for csr_id, sha in links],
+            )
+
+    async def requests_digest(self) -> str:
+        """:func:`node.linking.requests_digest` of the stored CSRs."""
+        async with self._lock:
+            rows = await self._fetchall("SELECT id, fulfilled_by FROM csrs")
+        return requests_digest((str(i), f) for i, f in rows)
+
+    async def csrs_with_keys(self) -> list[tuple[StoredCsr, PrivateKey]]:
+        """Every CSR with its key (for the backup; the keys are opened off the loop)."""
+        return [(c, await self.get_csr_key(c.id)) for c in await self.list_csrs()]
+
+    async def replace_csrs(
+        self, csrs: Sequence[tuple[StoredCsr, PrivateKey]], *, actor: str, now: datetime
+    ) -> None:
+        """Make the stored CSRs exactly ``csrs`` (the primary's, on its backup), in one
+        transaction; each key is checked against its request and sealed to its id."""
+        stored_time(now)
+        rows = []
+        for c, key in csrs:
+            if spki(x509.load_pem_x509_csr(c.pem).public_key()) != spki(key.public_key()):
+                raise BadInput(f"the key given for request {c.id!r} does not match it")
+            nonce, ct = seal(self._store_key, csr_aad(c.id), key_der(key), os.urandom(NONCE_BYTES))
+            rows.append((c.id, c.name, c.pem, nonce, ct, stored_time(c.created_at),
+                         c.fulfilled_by))
+        async with self._lock, self._transaction():
+            before = {str(r[0]) for r in await self._fetchall("SELECT id FROM csrs")}
+            await self._conn.execute("DELETE FROM csrs")
+            await self._conn.executemany(
+                "INSERT INTO csrs (id, name, pem, nonce, ciphertext, created_at, fulfilled_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            ids = {r[0] for r in rows}
+            await self._audit(actor, "csr.replace", {"added": sorted(ids - before),
+                                                     "removed": sorted(before - ids)}, now)
 
     # ---------------------------------------------------------------- audit
 

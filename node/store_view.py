@@ -82,6 +82,8 @@ class StoredCsr:
     name: str
     pem: bytes
     created_at: datetime
+    #: the sha256 of the certificate its key was linked to (issue 11); ``None``: pending
+    fulfilled_by: str | None = None
 
 
 #: a chain, nearest first, and the problems that keep it from a root (build_chain's answer)
@@ -251,6 +253,8 @@ class SetEntry:
     cert: x509.Certificate
     key: PrivateKey | None
     name: str
+    #: ``name`` was not asked for (the CN, say): a certificate stored already keeps its own
+    name_is_default: bool = False
 
 
 @dataclass(frozen=True)
@@ -348,7 +352,9 @@ def no_csr(csr_id: str) -> NotFound:
 
 
 def csr_row(r: Sequence[Any]) -> StoredCsr:
-    return StoredCsr(id=r[0], name=r[1], pem=bytes(r[2]), created_at=parse_stored_time(r[3]))
+    """A row (id, name, pem, created_at[, fulfilled_by]) as a :class:`StoredCsr`."""
+    return StoredCsr(id=r[0], name=r[1], pem=bytes(r[2]), created_at=parse_stored_time(r[3]),
+                     fulfilled_by=(str(r[4]) if len(r) > 4 and r[4] else None))
 
 
 @dataclass(frozen=True)

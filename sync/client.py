@@ -301,6 +301,10 @@ class NodeClient:
         resp = await self._call(lambda: self._stub.Delete(req, timeout=self._timeout))
         return list(resp.warnings)
 
+    async def delete_request(self, csr_id: str) -> None:
+        req = certsync_pb2.DeleteCsrRequest(id=csr_id)
+        await self._call(lambda: self._stub.DeleteCsr(req, timeout=self._timeout))
+
     async def sni_lookup(self, server_name: str | None) -> certsync_pb2.SniLookupResponse:
         req = certsync_pb2.SniLookupRequest()
         if server_name is not None:
@@ -337,6 +341,11 @@ class NodeClient:
         return await self._call(lambda: self._stub.ReadAudit(req, timeout=self._timeout))
 
     # -- service Replication -------------------------------------------------------------
+
+    async def push_requests(
+        self, request: certsync_pb2.PushRequestsRequest
+    ) -> certsync_pb2.PushRequestsResponse:
+        return await self._call(lambda: self._repl.PushRequests(request, timeout=self._timeout))
 
     async def stage(self, request: certsync_pb2.StageRequest) -> certsync_pb2.StageResponse:
         return await self._call(lambda: self._repl.Stage(request, timeout=self._timeout))

@@ -94,6 +94,8 @@ def _create(args: argparse.Namespace) -> int:
     )
     resp = call_primary(args.config, args.node, lambda c: c.create_self_signed(req))
     _warn(resp.warnings)
+    for line in resp.notices:  # the guide's subject rules
+        sys.stderr.write(f"certsync: note: {line}\n")
     if args.json:
         print_json(cert_json(resp.certificate))
     else:
@@ -120,11 +122,14 @@ def _import(args: argparse.Namespace) -> int:
         ),
     )
     _warn(resp.warnings)
+    for line in resp.notices:  # a certificate linked to a stored key or CSR key
+        sys.stderr.write(f"certsync: note: {line}\n")
     if args.json:
         print_json(
             {
                 "identity_sha256": resp.identity_sha256 or None,
                 "certificates": [cert_json(c) for c in resp.certificates],
+                "notices": list(resp.notices),
             }
         )
     elif resp.identity_sha256:
@@ -276,8 +281,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     delete = sub.add_parser("delete", help="delete a certificate and its key")
     delete.add_argument("sha256", metavar="SHA256")
     delete.add_argument("--force", action="store_true",
-                        help="delete the default even though nothing then covers the required "
-                             "names (audited)")
+                        help="delete even when it is the default (then nothing may cover the "
+                             "required names) or a certificate's chain needs it (audited)")
     delete.set_defaults(func=_delete)
 
     cmd_show.register(sub)

@@ -16,7 +16,10 @@ __all__ = ["register"]
 
 
 def _csr_json(csr: certsync_pb2.CsrInfo) -> dict[str, Any]:
-    return {"id": csr.id, "name": csr.name, "created_at": csr.created_at, "pem": csr.pem}
+    return {"id": csr.id, "name": csr.name, "created_at": csr.created_at, "pem": csr.pem,
+            "subject": csr.subject, "dns_names": list(csr.dns_names),
+            "key_type": csr.key_type, "state": csr.state,
+            "fulfilled_by": csr.fulfilled_by or None}
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -24,6 +27,8 @@ def _create(args: argparse.Namespace) -> int:
         name=args.name or "", key_type=args.key, subject=subject_of(args), sans=args.san or []
     )
     csr = call_primary(args.config, args.node, lambda c: c.create_request(req))
+    for line in csr.notices:  # the guide's subject rules
+        sys.stderr.write(f"certsync: note: {line}\n")
     if args.json:
         print_json(_csr_json(csr))
     else:
@@ -37,9 +42,16 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([{k: v for k, v in _csr_json(c).items() if k != "pem"} for c in csrs])
         return 0
-    print(f"{'ID':<16}  {'CREATED':<20}  NAME")
+    print(f"{'ID':<16}  {'CREATED':<20}  {'STATE':<9}  {'KEY':<8}  SUBJECT / DNS NAMES")
     for c in csrs:
-        print(f"{c.id:<16}  {c.created_at:<20}  {c.name}")
+        names = ", ".join(c.dns_names)
+        print(f"{c.id:<16}  {c.created_at:<20}  {c.state:<9}  {c.key_type:<8}  {c.subject}"
+              + (f" ({names})" if names else ""))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    call_primary(args.config, args.node, lambda c: c.delete_request(args.id))
     return 0
 
 
@@ -68,3 +80,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     show.add_argument("id", metavar="ID")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=_show)
+    delete = sub.add_parser("delete", help="delete a CSR and its key")
+    delete.add_argument("id", metavar="ID")
+    delete.set_defaults(func=_delete)

@@ -50,11 +50,13 @@ from node.errors import (
 )
 from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
 from node.identity import Identity
+from node.model import PrivateKey
 from node.refusals import authenticate, record_refusal
 from node.rpc import abort_for, run_rpc
 from node.store import Store
 from node.store_view import StoreView
 from node.text import rfc3339
+from sync.csr_replication import receive_requests
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -66,7 +68,7 @@ from sync.promotion import (
 )
 from sync.staging import CheckedSet, KeptItem, Push, check_dates, check_push
 from sync.topology import Topology
-from sync.transfer import UnwrappedItem, WrappedItem
+from sync.transfer import TransferContext, UnwrappedItem, WrappedItem, unwrap_csr_key
 
 __all__ = [
     "NodeStateFn",
@@ -184,6 +186,12 @@ class Replica:
     def _meta(self) -> dict[str, str]:
         p = self._promotion
         return {"epoch": str(p.epoch), "primary": p.primary, "promotion": encode_promotion(p)}
+
+    def open_csr_key(self, ctx: TransferContext, *, csr_id: str, pem: bytes, wrapped: bytes,
+                     set_digest: str) -> PrivateKey:
+        """:func:`sync.transfer.unwrap_csr_key` with this node's own key (issue 11)."""
+        return unwrap_csr_key(ctx, self._node_key, csr_id=csr_id, pem=pem, wrapped=wrapped,
+                              set_digest=set_digest)
 
     def _verify(self, promotion: Promotion) -> None:
         verify_promotion(promotion, ca_cert=self.ca_cert, cluster_id=self.topology.cluster_id,
@@ -469,6 +477,12 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                        identity: Identity) -> certsync_pb2.NodeState:
         await self._replica.announce(promotion_from_msg(request.promotion), identity)
         return await self._state()
+
+    @_unary
+    async def PushRequests(self, request: certsync_pb2.PushRequestsRequest,
+                           identity: Identity) -> certsync_pb2.PushRequestsResponse:
+        digest = await receive_requests(self._replica, request, identity)
+        return certsync_pb2.PushRequestsResponse(requests_digest=digest)
 
     @_unary
     async def Promote(self, request: certsync_pb2.PromoteRequest,

@@ -59,6 +59,7 @@ from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
 from sync.client import NodeClient, NodeTarget
+from sync.csr_replication import pair_targets, push_to_pair
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
 from sync.receiver import (
@@ -521,9 +522,11 @@ class Replicator:
                 self._blocked_logged = snap.digest
             # nodes holding this very set (pushed with --force) are still checked
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
+            await self._push_requests()  # CSRs are not gated: they serve nothing
             return [r for r in fenced if r is not None]
         results = list(await asyncio.gather(*(self.push(n, latest=snap, force=forced)
                                                for n in self.targets)))
+        await self._push_requests()
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
                                               durable=False)
@@ -535,6 +538,12 @@ class Replicator:
         ``forced_default``, written by the change or by the forced push that brought it)."""
         want = snap.default.sha256 if snap.default is not None else NO_DEFAULT
         return await self.replica.store.get_meta(FORCED_DEFAULT_KEY) == want
+    async def _push_requests(self) -> None:
+        """Issue 11: CSRs with their keys, to the other node of the failover pair only."""
+        pair = [n for n in pair_targets(self.replica.topology, self.name) if n in self._peers]
+        await push_to_pair(self.replica, {n: self._client(n) for n in pair},
+                           {n: self._peers[n].public_key for n in pair},
+                           promotion_to_msg(self.replica.promotion))
 
     async def _probe_only(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress | None:
         try:

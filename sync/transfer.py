@@ -48,7 +48,9 @@ __all__ = [
     "TransferContext",
     "UnwrappedItem",
     "WrappedItem",
+    "unwrap_csr_key",
     "unwrap_item",
+    "wrap_csr_key",
     "wrap_item",
 ]
 
@@ -221,3 +223,76 @@ def unwrap_item(
 def _spki(public_key: PublicKeyTypes) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# --- CSR keys, to the backup only (issue 11) ----------------------------------------------
+#
+# A CSR's key has no certificate to make a PKCS#12 of: it travels as its PKCS#8 DER sealed
+# with the same HPKE suite for the recipient's identity key, ``info`` binding the format,
+# cluster, epoch, revision, sender, recipient, the request id, the SHA-256 of the CSR's PEM
+# and the digest of the pushed CSR set. Layout: version byte || encapsulated key ||
+# ciphertext+tag.
+
+_CSR_FORMAT = 1
+
+
+def _csr_info(ctx: TransferContext, csr_id: str, pem: bytes, set_digest: str) -> bytes:
+    fields = [
+        f"certsync-csr-key-v{_CSR_FORMAT}", ctx.cluster_id, ctx.epoch, ctx.revision,
+        ctx.sender, ctx.recipient, csr_id, hashlib.sha256(pem).hexdigest(), set_digest,
+    ]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def wrap_csr_key(
+    ctx: TransferContext,
+    recipient_public_key: ec.EllipticCurvePublicKey,
+    *,
+    csr_id: str,
+    pem: bytes,
+    key: PrivateKey,
+    set_digest: str,
+) -> bytes:
+    """A CSR's key sealed for ``ctx.recipient`` (HPKE, the suite of :func:`wrap_item`)."""
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    sealed = _SUITE.encrypt(der, recipient_public_key,
+                            info=_csr_info(ctx, csr_id, pem, set_digest))
+    return bytes([_CSR_FORMAT]) + sealed
+
+
+def unwrap_csr_key(
+    ctx: TransferContext,
+    recipient_private_key: ec.EllipticCurvePrivateKey,
+    *,
+    csr_id: str,
+    pem: bytes,
+    wrapped: bytes,
+    set_digest: str,
+) -> PrivateKey:
+    """Open a CSR key as ``ctx.recipient``; :class:`TransferRejected` when it was replayed,
+    sent to another node or altered, or when the key does not match the CSR."""
+    if len(wrapped) <= 1 + _ENC_LEN + _TAG_LEN or wrapped[0] != _CSR_FORMAT:
+        raise TransferRejected(
+            f"the key of request {csr_id!r} from {ctx.sender!r} is damaged or in another "
+            "format; run the same certsync release on every node and push again"
+        )
+    try:
+        der = _SUITE.decrypt(wrapped[1:], recipient_private_key,
+                             info=_csr_info(ctx, csr_id, pem, set_digest))
+        key = serialization.load_der_private_key(der, password=None)
+        csr = x509.load_pem_x509_csr(pem)
+    except (InvalidTag, ValueError) as err:
+        raise TransferRejected(
+            f"the key of request {csr_id!r} from {ctx.sender!r} does not open for node "
+            f"{ctx.recipient!r} at epoch {ctx.epoch}: it was replayed, sent to another node "
+            "or altered; push again from the current primary"
+        ) from err
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                      | ed25519.Ed25519PrivateKey) or _spki(key.public_key()) != _spki(
+                          csr.public_key()):
+        raise TransferRejected(
+            f"the key of request {csr_id!r} from {ctx.sender!r} does not match the request; "
+            "the primary's store is inconsistent"
+        )
+    return key

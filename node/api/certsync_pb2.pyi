@@ -589,19 +589,27 @@ class CreateSelfSignedResponse(_message.Message):
 
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def certificate(self) -> Global___CertificateInfo: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--- issue 11 ---
+        the guide's subject rules
+        """
+
     def __init__(
         self,
         *,
         certificate: Global___CertificateInfo | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "notices", b"notices", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,11 +653,32 @@ class CsrInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PEM_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DNS_NAMES_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FULFILLED_BY_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     pem: _builtins.str
     """the CSR only; its key never leaves the node"""
     created_at: _builtins.str
+    subject: _builtins.str
+    """--- issue 11: numbers from 110 on ---
+    RFC 4514
+    """
+    key_type: _builtins.str
+    state: _builtins.str
+    """pending | fulfilled"""
+    fulfilled_by: _builtins.str
+    """sha256 of the certificate its key was linked to"""
+    @_builtins.property
+    def dns_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the guide's subject rules (create only)"""
+
     def __init__(
         self,
         *,
@@ -657,10 +686,16 @@ class CsrInfo(_message.Message):
         name: _builtins.str = ...,
         pem: _builtins.str = ...,
         created_at: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        dns_names: _abc.Iterable[_builtins.str] | None = ...,
+        key_type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        fulfilled_by: _builtins.str = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "pem", b"pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dns_names", b"dns_names", "fulfilled_by", b"fulfilled_by", "id", b"id", "key_type", b"key_type", "name", b"name", "notices", b"notices", "pem", b"pem", "state", b"state", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -791,22 +826,30 @@ class ImportResponse(_message.Message):
     IDENTITY_SHA256_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
     identity_sha256: _builtins.str
     """empty when the input holds no identity certificate"""
     @_builtins.property
     def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CertificateInfo]: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """--- issue 11: numbers from 110 on ---
+        one line per certificate linked to a stored key or CSR key (the same public key)
+        """
+
     def __init__(
         self,
         *,
         identity_sha256: _builtins.str = ...,
         certificates: _abc.Iterable[Global___CertificateInfo] | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        notices: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "identity_sha256", b"identity_sha256", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "identity_sha256", b"identity_sha256", "notices", b"notices", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -950,7 +993,9 @@ class DeleteRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     force: _builtins.bool
-    """deleting the default: apply it even though no default then covers the required names"""
+    """delete anyway: the default (then no default covers the required names), or a certificate
+    the default or an identity certificate with a key needs in its chain (audited)
+    """
     def __init__(
         self,
         *,
@@ -1062,6 +1107,7 @@ class NodeState(_message.Message):
     HELD_SHA256_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     PENDING_CA_CHANGE_FIELD_NUMBER: _builtins.int
+    REQUESTS_DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """at run time: primary while this node is the primary of its epoch"""
@@ -1074,6 +1120,10 @@ class NodeState(_message.Message):
     cluster_id: _builtins.str
     primary: _builtins.str
     """the primary of this epoch, as the node knows it"""
+    requests_digest: _builtins.str
+    """--- issue 11 ---
+    digest of the node's CSRs (ids and states); the primary and its backup compare it
+    """
     @_builtins.property
     def promotion(self) -> Global___Promotion:
         """proof of epoch and primary, so a stale ex-primary can adopt it"""
@@ -1106,10 +1156,11 @@ class NodeState(_message.Message):
         held_sha256: _abc.Iterable[_builtins.str] | None = ...,
         certificates: _abc.Iterable[Global___CertificateLifecycle] | None = ...,
         pending_ca_change: Global___PendingCaChange | None = ...,
+        requests_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change", "promotion", b"promotion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "held_sha256", b"held_sha256", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "held_sha256", b"held_sha256", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "requests_digest", b"requests_digest", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1428,3 +1479,130 @@ class ReadAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadAuditResponse: _TypeAlias = ReadAuditResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCsrRequest(_message.Message):
+    """--- the guide's flows (issue 11) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCsrRequest: _TypeAlias = DeleteCsrRequest  # noqa: Y015
+
+@_typing.final
+class DeleteCsrResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCsrResponse: _TypeAlias = DeleteCsrResponse  # noqa: Y015
+
+@_typing.final
+class ReplicatedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PEM_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    FULFILLED_BY_FIELD_NUMBER: _builtins.int
+    WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    pem: _builtins.str
+    created_at: _builtins.str
+    fulfilled_by: _builtins.str
+    """empty: pending"""
+    wrapped_key: _builtins.bytes
+    """sync/transfer.py wrap_csr_key, for the recipient only"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        pem: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        fulfilled_by: _builtins.str = ...,
+        wrapped_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fulfilled_by", b"fulfilled_by", "id", b"id", "name", b"name", "pem", b"pem", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicatedRequest: _TypeAlias = ReplicatedRequest  # noqa: Y015
+
+@_typing.final
+class PushRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    REQUESTS_DIGEST_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    revision: _builtins.int
+    sender: _builtins.str
+    requests_digest: _builtins.str
+    @_builtins.property
+    def promotion(self) -> Global___Promotion: ...
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicatedRequest]: ...
+    def __init__(
+        self,
+        *,
+        promotion: Global___Promotion | None = ...,
+        epoch: _builtins.int = ...,
+        revision: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        requests_digest: _builtins.str = ...,
+        requests: _abc.Iterable[Global___ReplicatedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["promotion", b"promotion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "promotion", b"promotion", "requests", b"requests", "requests_digest", b"requests_digest", "revision", b"revision", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRequestsRequest: _TypeAlias = PushRequestsRequest  # noqa: Y015
+
+@_typing.final
+class PushRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_DIGEST_FIELD_NUMBER: _builtins.int
+    requests_digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        requests_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests_digest", b"requests_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRequestsResponse: _TypeAlias = PushRequestsResponse  # noqa: Y015

@@ -110,6 +110,11 @@ class CertStoreStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.ReadAuditRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.ReadAuditResponse.FromString,
                 _registered_method=True)
+        self.DeleteCsr = channel.unary_unary(
+                '/certsync.v1.CertStore/DeleteCsr',
+                request_serializer=node_dot_api_dot_certsync__pb2.DeleteCsrRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.DeleteCsrResponse.FromString,
+                _registered_method=True)
 
 
 class CertStoreServicer:
@@ -171,7 +176,9 @@ class CertStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes a certificate. The default is refused while other certificates exist.
+        """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+        default or in the stored chain of the default or of an identity certificate with a key,
+        unless force (issue 11).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +227,14 @@ class CertStoreServicer:
     def ReadAudit(self, request, context):
         """--- audit (issue 13) ---
         The node's audit log, newest first (admin identities only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCsr(self, request, context):
+        """--- the guide's flows (issue 11) ---
+        Deletes a certificate signing request and its key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,6 +317,11 @@ def add_CertStoreServicer_to_server(servicer, server):
                     servicer.ReadAudit,
                     request_deserializer=node_dot_api_dot_certsync__pb2.ReadAuditRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.ReadAuditResponse.SerializeToString,
+            ),
+            'DeleteCsr': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCsr,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.DeleteCsrRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.DeleteCsrResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -720,6 +740,33 @@ class CertStore:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def DeleteCsr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.CertStore/DeleteCsr',
+            node_dot_api_dot_certsync__pb2.DeleteCsrRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.DeleteCsrResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ReplicationStub:
     """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
@@ -765,6 +812,11 @@ class ReplicationStub:
                 '/certsync.v1.Replication/Replicate',
                 request_serializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
+                _registered_method=True)
+        self.PushRequests = channel.unary_unary(
+                '/certsync.v1.Replication/PushRequests',
+                request_serializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
                 _registered_method=True)
 
 
@@ -820,6 +872,14 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushRequests(self, request, context):
+        """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+        backup only; not part of the served set or its digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -852,6 +912,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.SerializeToString,
+            ),
+            'PushRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRequests,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1022,6 +1087,33 @@ class Replication:
             '/certsync.v1.Replication/Replicate',
             node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/PushRequests',
+            node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,

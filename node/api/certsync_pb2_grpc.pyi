@@ -65,7 +65,10 @@ class CertStoreStub:
     SetDefault: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.SetDefaultRequest, _certsync_pb2.SetDefaultResponse]
     """Makes a certificate the default. An expired certificate is refused unless forced."""
     Delete: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.DeleteRequest, _certsync_pb2.DeleteResponse]
-    """Deletes a certificate. The default is refused while other certificates exist."""
+    """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+    default or in the stored chain of the default or of an identity certificate with a key,
+    unless force (issue 11).
+    """
     SniLookup: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.SniLookupRequest, _certsync_pb2.SniLookupResponse]
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]
@@ -89,6 +92,10 @@ class CertStoreStub:
     """--- audit (issue 13) ---
     The node's audit log, newest first (admin identities only).
     """
+    DeleteCsr: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.DeleteCsrRequest, _certsync_pb2.DeleteCsrResponse]
+    """--- the guide's flows (issue 11) ---
+    Deletes a certificate signing request and its key.
+    """
 
 @_typing.type_check_only
 class CertStoreAsyncStub(CertStoreStub):
@@ -111,7 +118,10 @@ class CertStoreAsyncStub(CertStoreStub):
     SetDefault: _aio.UnaryUnaryMultiCallable[_certsync_pb2.SetDefaultRequest, _certsync_pb2.SetDefaultResponse]  # type: ignore[assignment]
     """Makes a certificate the default. An expired certificate is refused unless forced."""
     Delete: _aio.UnaryUnaryMultiCallable[_certsync_pb2.DeleteRequest, _certsync_pb2.DeleteResponse]  # type: ignore[assignment]
-    """Deletes a certificate. The default is refused while other certificates exist."""
+    """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+    default or in the stored chain of the default or of an identity certificate with a key,
+    unless force (issue 11).
+    """
     SniLookup: _aio.UnaryUnaryMultiCallable[_certsync_pb2.SniLookupRequest, _certsync_pb2.SniLookupResponse]  # type: ignore[assignment]
     """Which certificate the TLS endpoint serves for a server name (none: the default)."""
     GetState: _aio.UnaryUnaryMultiCallable[_certsync_pb2.GetStateRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
@@ -134,6 +144,10 @@ class CertStoreAsyncStub(CertStoreStub):
     ReadAudit: _aio.UnaryUnaryMultiCallable[_certsync_pb2.ReadAuditRequest, _certsync_pb2.ReadAuditResponse]  # type: ignore[assignment]
     """--- audit (issue 13) ---
     The node's audit log, newest first (admin identities only).
+    """
+    DeleteCsr: _aio.UnaryUnaryMultiCallable[_certsync_pb2.DeleteCsrRequest, _certsync_pb2.DeleteCsrResponse]  # type: ignore[assignment]
+    """--- the guide's flows (issue 11) ---
+    Deletes a certificate signing request and its key.
     """
 
 class CertStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -208,7 +222,10 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
         request: _certsync_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_certsync_pb2.DeleteResponse, _abc.Awaitable[_certsync_pb2.DeleteResponse]]:
-        """Deletes a certificate. The default is refused while other certificates exist."""
+        """Deletes a certificate. Refused (FAILED_PRECONDITION, CheckFailed: exit 1) when it is the
+        default or in the stored chain of the default or of an identity certificate with a key,
+        unless force (issue 11).
+        """
 
     @_abc_1.abstractmethod
     def SniLookup(
@@ -269,6 +286,16 @@ class CertStoreServicer(metaclass=_abc_1.ABCMeta):
         The node's audit log, newest first (admin identities only).
         """
 
+    @_abc_1.abstractmethod
+    def DeleteCsr(
+        self,
+        request: _certsync_pb2.DeleteCsrRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.DeleteCsrResponse, _abc.Awaitable[_certsync_pb2.DeleteCsrResponse]]:
+        """--- the guide's flows (issue 11) ---
+        Deletes a certificate signing request and its key.
+        """
+
 def add_CertStoreServicer_to_server(servicer: CertStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ReplicationStub:
@@ -298,6 +325,10 @@ class ReplicationStub:
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    PushRequests: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]
+    """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+    backup only; not part of the served set or its digest.
+    """
 
 @_typing.type_check_only
 class ReplicationAsyncStub(ReplicationStub):
@@ -324,6 +355,10 @@ class ReplicationAsyncStub(ReplicationStub):
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    PushRequests: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]  # type: ignore[assignment]
+    """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+    backup only; not part of the served set or its digest.
+    """
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
@@ -383,5 +418,15 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
         """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+    @_abc_1.abstractmethod
+    def PushRequests(
+        self,
+        request: _certsync_pb2.PushRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.PushRequestsResponse, _abc.Awaitable[_certsync_pb2.PushRequestsResponse]]:
+        """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
+        backup only; not part of the served set or its digest.
+        """
 
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

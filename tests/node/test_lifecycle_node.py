@@ -341,7 +341,7 @@ async def test_renewal_import_becomes_default_and_old_is_replaceable(node: Node)
         [("renewed.pem", pem_bundle(renewed.cert, *old.chain, key=renewed.key))]
     )
     b = resp.identity_sha256
-    assert any("renews the default" in w for w in resp.warnings)
+    assert any("renews the default" in w for w in resp.notices)  # issue 11: a notice
     assert node.app.served_for(None).key == b
     assert node.app.served_for(HOST).key == b
     certs = await node.list()
@@ -373,7 +373,7 @@ async def test_non_renewal_import_does_not_change_default(
     assert not certs[a].replaceable
     # an older copy of the same names is itself superseded by the default
     assert certs[resp.identity_sha256].replaceable is (sans == [HOST])
-    assert not any("renews" in w for w in resp.warnings)
+    assert not any("renews" in w for w in [*resp.warnings, *resp.notices])
 
 
 async def test_renewal_from_another_ca_is_not_made_default(

@@ -30,6 +30,7 @@ from node.app import NodeApp
 from node.errors import (
     BadInput,
     CertsyncError,
+    CheckFailed,
     Conflict,
     FormatError,
     HostnameError,
@@ -396,7 +397,7 @@ async def test_delete_default_refused_while_others_exist(node: Node) -> None:
             )
         )
         before = node.store_bytes()
-        with pytest.raises(Conflict, match="default"):
+        with pytest.raises(CheckFailed, match="is the default"):  # issue 11: exit 1
             await c.delete(first.certificate.sha256)
         assert node.store_bytes() == before
         await c.delete(second.certificate.sha256)  # negative twin: a non-default goes

@@ -94,7 +94,7 @@ async def _write_lock_held(path: Path) -> AsyncIterator[None]:
         await asyncio.wait_for(proc.wait(), 30)
 
 
-async def _until_waiting(store: Store, task: asyncio.Task[bool]) -> None:
+async def _until_waiting(store: Store, task: asyncio.Task[object]) -> None:
     """Until ``task`` holds the store's writer (it is waiting for the write lock)."""
     for _ in range(10_000):
         if store._lock.locked() or task.done():
@@ -139,7 +139,7 @@ async def test_the_same_change_goes_through_once_the_lock_is_released(store: Sto
             await store.add(_entries(_chain("c.example.com")), make_default=None,
                             actor=ACTOR, now=T0)
     assert await _state(store) == before
-    assert await store.add(_entries(_chain("c.example.com")), make_default=None,
+    await store.add(_entries(_chain("c.example.com")), make_default=None,
                            actor=ACTOR, now=T0)
     after = await _state(store)
     assert after[0] == "1" and after[4] == before[4] + 1  # type: ignore[operator]
@@ -206,7 +206,7 @@ async def test_a_full_volume_is_said_and_changes_nothing(small_volume: Path) -> 
             await store.add(change, make_default=None, actor=ACTOR, now=T0)
         assert await _state(store) == before
         filler.unlink()  # the twin: with space the same change is made
-        assert await store.add(change, make_default=None, actor=ACTOR, now=T0)
+        await store.add(change, make_default=None, actor=ACTOR, now=T0)
         assert (await _state(store))[0] == "2"
     finally:
         await store.close()
@@ -217,13 +217,13 @@ async def test_a_full_volume_is_said_and_changes_nothing(small_volume: Path) -> 
 
 async def test_an_identical_add_changes_nothing(store: Store) -> None:
     pki = _chain("a.example.com")
-    assert await store.add(_entries(pki), make_default=None, actor=ACTOR, now=T0)
+    await store.add(_entries(pki), make_default=None, actor=ACTOR, now=T0)
     before = await _state(store)
-    assert not await store.add(_entries(pki), make_default=None, actor=ACTOR, now=T0)
+    assert await store.add(_entries(pki), make_default=None, actor=ACTOR, now=T0) == []
     leaf_sha = before[2]
-    assert not await store.add(_entries(pki), make_default=str(leaf_sha), actor=ACTOR, now=T0)
-    assert not await store.add([SetEntry(pki.root.cert, None, "")], make_default=None,
-                               actor=ACTOR, now=T0)
+    assert await store.add(_entries(pki), make_default=str(leaf_sha), actor=ACTOR, now=T0) == []
+    assert await store.add([SetEntry(pki.root.cert, None, "")], make_default=None,
+                               actor=ACTOR, now=T0) == []
     assert await _state(store) == before  # revision, digest, audit rows
 
 
@@ -244,7 +244,7 @@ async def test_a_changed_add_bumps_the_revision(store: Store, what: str) -> None
         "default": _entries(other, "other"),
     }[what]
     default = cert_sha256(other.leaf.cert) if what == "default" else None
-    assert await store.add(again, make_default=default, actor=ACTOR, now=T0)
+    await store.add(again, make_default=default, actor=ACTOR, now=T0)
     after = await _state(store)
     assert int(str(after[0])) == int(str(before[0])) + 1
     assert after[4] == before[4] + 1  # type: ignore[operator]

@@ -45,6 +45,7 @@ CORE = frozenset({
     "node.sealing", "node.selection", "node.store_chain", "node.store_view", "node.text",
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "node.coverage_gate",
+    "node.linking",
     "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
     "node.audit_view",
