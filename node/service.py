@@ -445,6 +445,10 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         identity: Identity,
     ) -> certsync_pb2.DeleteResponse:
         stored = await self._stored(request.sha256)
+        # the coverage gate first (it names the uncovered names), then what else depends on it
+        warnings = [] if not stored.is_default else await gate_default(
+            self._rt, None, what=f"deleting {stored.sha256}, which is the default,",
+            force=request.force, method="Delete", actor=self._actor(identity), target="")
         needs = dependents_in(await self._rt.store.view(), stored.sha256)
         if needs and not request.force:
             raise CheckFailed(
@@ -452,9 +456,6 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
                 "another default or delete what depends on it first, or pass --force",
                 sha256=stored.sha256,
             )
-        warnings = [] if not stored.is_default else await gate_default(
-            self._rt, None, what=f"deleting the default {stored.sha256}", force=request.force,
-            method="Delete", actor=self._actor(identity), target="")
         await self._rt.store.delete(stored.sha256, actor=self._actor(identity), now=self._rt.now(),
                                     force=request.force, dependents=needs)
         await self._rt.refresh()

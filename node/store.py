@@ -347,7 +347,7 @@ class Store(StoreFile):
     async def key_holders(self) -> list[KeyHolder]:
         """Every key the store holds: certificates' keys first, then CSRs' keys (oldest
         first)."""
-        async with self._lock:
+        async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
         return [*(KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
@@ -363,7 +363,7 @@ class Store(StoreFile):
         """``entries`` with the keys the store links to them, plus entries for stored
         certificates that gain a key, and the links (:func:`node.linking.plan_links`). A
         default name of an entry stored already gives way to the stored name."""
-        async with self._lock:
+        async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
         out = [dataclasses.replace(e, name="") if e.name_is_default and e.name

@@ -416,7 +416,7 @@ class StoreFile:
 
     async def requests_digest(self) -> str:
         """:func:`node.linking.requests_digest` of the stored CSRs."""
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall("SELECT id, fulfilled_by FROM csrs")
         return requests_digest((str(i), f) for i, f in rows)
 
@@ -493,7 +493,7 @@ class StoreFile:
         sql = ("SELECT id, at, actor, action, detail FROM audit"  # noqa: S608
                + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY id DESC LIMIT ? OFFSET ?")
-        async with self._lock:
+        async with self._read_section():
             rows = await self._fetchall(sql, (*args, limit, offset))
         return [
             AuditEvent(
