@@ -37,7 +37,7 @@ from node.errors import BadInput, Conflict, IntegrityError
 from node.formats import cert_sha256
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
-from node.store_file import StoreFile
+from node.store_history import SetHistoryMixin
 from node.store_view import (
     CertRows,
     PreparedCert,
@@ -69,7 +69,7 @@ def _nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-class Store(StoreFile):
+class Store(SetHistoryMixin):
     """The node's certificate store in one SQLite file.
 
     Concurrency: one aiosqlite connection per ``Store``; every operation, read or write, runs

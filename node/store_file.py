@@ -82,6 +82,18 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             detail TEXT NOT NULL
         ) STRICT""",
     ),
+    (  # the activated sets a node keeps for undo (node.store_history); sealed whole
+        """CREATE TABLE set_history (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            epoch     INTEGER NOT NULL,
+            revision  INTEGER NOT NULL,
+            digest    TEXT NOT NULL,
+            default_sha256 TEXT NOT NULL,
+            activated_at TEXT NOT NULL,
+            nonce     BLOB NOT NULL CHECK (length(nonce) = 12),
+            ciphertext BLOB NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

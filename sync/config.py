@@ -61,6 +61,8 @@ class NodeConfig:
     acme: AcmeSettings | None = None
     alerts: AlertConfig = field(default_factory=AlertConfig)
     monitor_interval: int = DEFAULT_MONITOR_INTERVAL
+    # --- rollouts (issue 12): the canary this node picks while it is the primary ---
+    rollout_canary: str | None = None
 
     @property
     def store_path(self) -> Path:
@@ -120,7 +122,8 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
-              "key", "store_key", "log_format", "acme", "alerts", "monitor_interval"}
+              "key", "store_key", "log_format", "acme", "alerts", "monitor_interval",
+              "rollout_canary"}
 _ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
 _ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
@@ -149,6 +152,10 @@ def load_node_config(path: Path) -> NodeConfig:
                           f"{', '.join(LOG_FORMATS)}")
     acme = _acme_settings(_subtable(table, "acme"), base)
     alerts = _alert_config(_subtable(table, "alerts"))
+    canary = table.text("rollout_canary", "") or None
+    if canary is not None and canary not in topology.names:
+        raise ConfigError(f"{path}: rollout_canary {canary!r} is not a node of the cluster "
+                          f"({', '.join(topology.names)}); name one of them or remove it")
     return NodeConfig(
         name=name,
         path=path,
@@ -164,6 +171,7 @@ def load_node_config(path: Path) -> NodeConfig:
         acme=acme,
         alerts=alerts,
         monitor_interval=table.positive_int("monitor_interval", DEFAULT_MONITOR_INTERVAL),
+        rollout_canary=canary,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ async def wire_replication(
     peers: Mapping[str, Peer],
     interval: float,
     concurrency: int = DEFAULT_CONCURRENCY,
+    canary: str | None = None,
 ) -> Replication:
     """Build the replica (loading its epoch from the store), the gRPC servicer and the
     replicator for ``app``, and hook them into it (runtime role, trigger after changes).
@@ -104,13 +106,15 @@ async def wire_replication(
         raise ConfigError(f"node {app.name!r}: the mTLS key is not an EC key; restore it from "
                           "'certsync cluster init'")
     replica = Replica(name=app.name, topology=topology, store=app.store, ca_cert=ca_cert,
-                      node_key=node_key, clock=app.now, refresh=app.refresh)
+                      node_key=node_key, clock=app.now, refresh=app.refresh,
+                      serve=functools.partial(app.refresh, serve=True))
     await replica.load()
     replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
                             credentials=(ca_pem, cert_pem, key_pem), interval=interval,
-                            concurrency=concurrency)
+                            concurrency=concurrency, canary=canary)
     service = ReplicationService(replica, state, replicator)
-    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed)
+    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed,
+                           hold=replicator.holding)
     return Replication(replica=replica, service=service, replicator=replicator)
 
 
@@ -175,6 +179,7 @@ async def run_node(
             peers=peers_from_topology(topology),
             interval=float(topology.sync_interval_seconds),
             concurrency=_push_concurrency(),
+            canary=config.rollout_canary,
         )
         server, grpc_port = await start_grpc_server(
             store_service, address=config.grpc_listen, credentials=creds,

@@ -30,23 +30,16 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Final
 
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api import certsync_pb2
 from node.errors import (
     CertsyncError,
-    ConfigError,
     Conflict,
     CoverageError,
     NodeUnreachable,
-    NotFound,
-    PermissionDenied,
     StaleEpoch,
     TransferRejected,
 )
@@ -54,7 +47,9 @@ from node.formats import cert_sha256
 from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
+from sync import rollout as rollout_core
 from sync.client import NodeClient, NodeTarget
+from sync.peers import Peer, follow, peers_from_topology
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
 from sync.receiver import (
@@ -62,8 +57,8 @@ from sync.receiver import (
     promotion_from_msg,
     promotion_to_msg,
 )
+from sync.rollout_shell import RolloutRunner, progress, rollout_msg, selection_of
 from sync.snapshot import SetItem, Snapshot
-from sync.topology import Topology
 from sync.transfer import TransferContext, WrappedItem, wrap_item
 
 __all__ = [
@@ -85,47 +80,6 @@ _PROBE_PAUSE: Final = 0.2  # seconds, doubled on the next attempt
 _RETRY_FIRST: Final = 0.5  # seconds until a round retries nodes not in sync; doubles
 
 
-@dataclass(frozen=True)
-class Peer:
-    """Where another node is, and the public key its transfer blobs are wrapped for."""
-
-    name: str
-    grpc_address: str
-    tls_address: str
-    public_key: ec.EllipticCurvePublicKey = field(repr=False)
-
-
-def _public_key(path: Path, name: str) -> ec.EllipticCurvePublicKey:
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read node {name!r}'s certificate {str(path)!r}; check "
-                          "cluster.toml (run 'certsync cluster init' again if it is lost)") from err
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"node {name!r}'s certificate {str(path)!r} has no EC key; "
-                          "re-issue it with 'certsync cluster init'")
-    return key
-
-
-def peers_from_topology(topology: Topology) -> dict[str, Peer]:
-    """Every node of ``topology`` as a :class:`Peer` (reads each ``node.pem``)."""
-    return {
-        spec.name: Peer(spec.name, spec.grpc_address, spec.tls_address,
-                        _public_key(spec.cert_path, spec.name))
-        for spec in topology.nodes
-    }
-
-
-def progress(name: str, state: str, message: str, *, in_sync: bool = False,
-              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
-    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
-                                       in_sync=in_sync, error=error)
-    if snap is not None:
-        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
-    return p
-
-
 class Replicator:
     """See the module docstring. ``peers`` maps every node name (ourselves included or not)
     to where it is; ``credentials`` are this node's mTLS PEMs ``(ca, cert, key)``."""
@@ -141,6 +95,7 @@ class Replicator:
         concurrency: int = DEFAULT_CONCURRENCY,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        canary: str | None = None,
     ) -> None:
         self.replica = replica
         self._served_for = served_for
@@ -161,6 +116,13 @@ class Replicator:
         self._wake = asyncio.Event()
         self._stopping = False
         replica.listeners.append(self.trigger)
+        # --- rollouts (issue 12): see sync.rollout (the states) and sync.rollout_shell ---
+        self.canary_name = canary
+        #: seconds a receiver waits for our Confirm after an activation before it reverts
+        self.confirm_within = probe_timeout * _PROBE_ATTEMPTS + 5.0
+        self.rollout = rollout_core.IDLE
+        self._rollout_lock = asyncio.Lock()
+        self._runner = RolloutRunner(self)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -245,7 +207,7 @@ class Replicator:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _probe(self, name: str) -> str | None:
+    async def _probe(self, name: str, snap: Snapshot | None = None) -> str | None:
         """None when ``name`` serves what we select for the names clients reach it by (the
         site and its own hostname) and without SNI; else a sentence saying where it differs.
         The handshakes run concurrently."""
@@ -254,7 +216,8 @@ class Replicator:
             (server_name, expected)
             for server_name in (*self.replica.topology.served_names(name), None)
             # we serve nothing for it: the digest comparison is all there is
-            if (expected := self._served_for(server_name).key) is not None
+            if (expected := (self._served_for(server_name) if snap is None else
+                             selection_of(snap, server_name)).key) is not None
         ]
         got = await asyncio.gather(*(
             served_sha256(peer.tls_address, server_name, timeout=self._probe_timeout)
@@ -267,13 +230,13 @@ class Replicator:
                         f"{expected[:16]}")
         return None
 
-    async def _probe_with_retry(self, name: str) -> str | None:
+    async def probe_with_retry(self, name: str, snap: Snapshot | None = None) -> str | None:
         """:meth:`_probe`, tried again after a short pause when the handshake fails or the
         answer differs: a node under load may answer slowly, and the primary's own selection
         may have moved on meanwhile (the next round settles anything left)."""
         for attempt in range(_PROBE_ATTEMPTS):
             try:
-                mismatch = await self._probe(name)
+                mismatch = await self._probe(name, snap)
             except NodeUnreachable:
                 if attempt + 1 == _PROBE_ATTEMPTS:
                     raise
@@ -284,7 +247,7 @@ class Replicator:
                 await asyncio.sleep(_PROBE_PAUSE * (attempt + 1))
         return mismatch
 
-    async def _fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
+    async def fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
         """``name`` reports a higher epoch: verify and adopt its promotion, step down."""
         try:
             adopted = await self.replica.adopt(promotion_from_msg(state.promotion),
@@ -301,7 +264,8 @@ class Replicator:
                 f"{self.replica.primary!r}); this node stepped down")
 
     async def push(self, name: str, *, force: bool = False, fresh_probe: bool = False,
-                   latest: Snapshot | None = None) -> certsync_pb2.ReplicateProgress:
+                   latest: Snapshot | None = None,
+                   current: bool = False) -> certsync_pb2.ReplicateProgress:
         """Bring ``name`` to this primary's set; idempotent. Never raises a CertsyncError:
         the outcome is in the progress message. ``latest``: the set as the caller just read
         it for a whole round (a change after it triggers the next round)."""
@@ -327,10 +291,16 @@ class Replicator:
                     else:
                         state = await client.get_state()
                         if state.epoch > snap.epoch:
-                            return progress(name, "fenced", await self._fenced_by(name, state),
+                            return progress(name, "fenced", await self.fenced_by(name, state),
                                              snap=snap, error="StaleEpoch")
                         if state.epoch == snap.epoch and state.revision > snap.revision:
-                            snap = await self._raise_revision(state.revision)
+                            raised = await self._raise_revision(state.revision)
+                            if current:  # the raised set is a proposal: rolled out next
+                                self.trigger()
+                                return progress(name, "failed", f"node {name!r} is ahead "
+                                                f"(revision {state.revision}); proposing "
+                                                f"revision {raised.revision}", snap=snap)
+                            snap = raised
                         seen = (state.epoch, state.revision, state.set_digest)
                         served = None if fresh_probe else (known == seen or None)
                         decision = plan(
@@ -346,13 +316,11 @@ class Replicator:
                         if pushed:
                             await self._stage_activate(name, snap, force=force,
                                                        held=frozenset(state.held_sha256))
-                mismatch = await self._probe_with_retry(name)
+                mismatch = await self.probe_with_retry(name, snap)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
                     return progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
-                await client.confirm(epoch=snap.epoch, revision=snap.revision,
-                                     set_digest=snap.digest)
-                self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
+                await self.confirm(name, snap)
                 verb = "pushed, serving" if pushed else "serving"
                 _log.info("replication.in_sync", node=name, epoch=snap.epoch,
                           revision=snap.revision, pushed=pushed)
@@ -369,7 +337,7 @@ class Replicator:
                 with contextlib.suppress(CertsyncError):  # adopt the epoch it holds now
                     state = await self._client(name).get_state()
                     if snap is not None and state.epoch > snap.epoch:
-                        return progress(name, "fenced", await self._fenced_by(name, state),
+                        return progress(name, "fenced", await self.fenced_by(name, state),
                                          snap=snap, error="StaleEpoch")
                 self.trigger()  # the next round reads its state and adopts the promotion
                 return progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
@@ -408,6 +376,50 @@ class Replicator:
 
     async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool,
                               held: frozenset[str]) -> None:
+        await self.stage_only(name, snap, force=force, held=held)
+        await self.activate(name, snap)
+        _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
+                  digest=snap.digest, certificates=len(snap.items), forced=force)
+
+    async def activate(self, name: str, snap: Snapshot) -> None:
+        """Activate the staged ``snap`` on ``name``; it reverts by itself without our Confirm
+        within :attr:`confirm_within` seconds."""
+        await self._client(name).activate(epoch=snap.epoch, revision=snap.revision,
+                                          set_digest=snap.digest,
+                                          confirm_within_ms=int(self.confirm_within * 1000))
+        self._held[name] = frozenset(i.sha256 for i in snap.items)
+
+    async def confirm(self, name: str, snap: Snapshot) -> None:
+        """``name`` was seen serving ``snap``: confirm it (no revert) and remember it."""
+        await self._client(name).confirm(epoch=snap.epoch, revision=snap.revision,
+                                         set_digest=snap.digest)
+        self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
+
+    def forget(self, name: str) -> None:
+        self._served_ok.pop(name, None)
+        self._held.pop(name, None)
+
+    def lock_for(self, name: str) -> asyncio.Lock:
+        return self._lock(name)
+
+    def client_for(self, name: str) -> NodeClient:
+        return self._client(name)
+
+    def roles(self) -> dict[str, str]:
+        return {n: self.replica.topology.node(n).role for n in self.targets}
+
+    def holding(self) -> bool:
+        """Does this node's TLS endpoint stay on the current set for now (see NodeApp)?"""
+        return self.replica.is_primary and not self._runner.switching
+
+    async def set_rollout(self, r: rollout_core.Rollout) -> None:
+        """The rollout moved on: remember it (meta ``rollout``, for status)."""
+        self.rollout = r
+        await self.replica.store.set_meta(
+            {"rollout": rollout_msg(r).SerializeToString().hex()}, durable=False)
+
+    async def stage_only(self, name: str, snap: Snapshot, *, force: bool,
+                         held: frozenset[str]) -> None:
         client = self._client(name)
         try:
             staged = await client.stage(
@@ -421,10 +433,6 @@ class Replicator:
         if staged.set_digest != snap.digest:
             raise Conflict(f"node {name!r} staged digest {staged.set_digest!r}, not "
                            f"{snap.digest!r}; retrying on the next round")
-        await client.activate(epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest)
-        self._held[name] = frozenset(i.sha256 for i in snap.items)
-        _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
-                  digest=snap.digest, certificates=len(snap.items), forced=force)
 
     # -- many targets ------------------------------------------------------------------
 
@@ -461,34 +469,69 @@ class Replicator:
                            f"{self.replica.epoch} (that is {self.replica.primary!r}); "
                            f"run replicate against {self.replica.primary!r}")
         names = self._check_names(nodes)
-        snap = await self.snapshot()
-        await self._gate(snap, force=force, actor=actor)
-        tasks = [asyncio.create_task(self.push(n, force=force, fresh_probe=True, latest=snap))
-                 for n in names]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                yield await next_done
-        finally:
-            for task in tasks:
-                task.cancel()
+        async with self._rollout_lock:
+            snap = await self.snapshot()
+            current = await self._runner.current()
+            if self._proposed(snap, current) and rollout_core.should_start(
+                    self.rollout, snap.revision, asked=True):
+                await self._gate(snap, force=force, actor=actor)
+                async for step in self._runner.run(snap, force=force):
+                    yield step
+                return
+            target = current or snap
+            forced = force or bool(target.uncovered(self.required_names))
+            tasks = [asyncio.create_task(self.push(n, force=forced, fresh_probe=True,
+                                                   latest=target, current=True))
+                     for n in names]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    yield await next_done
+            finally:
+                for task in tasks:
+                    task.cancel()
+            summary = progress("", self.rollout.state, self.rollout.halted_reason or
+                               f"revision {target.revision} is current", snap=target,
+                               in_sync=self.rollout.state != "halted")
+            summary.rollout.CopyFrom(rollout_msg(self.rollout))
+            yield summary
+
+    @staticmethod
+    def _proposed(snap: Snapshot, current: Snapshot | None) -> bool:
+        """Is the store's set a proposal (not the cluster's current set)?"""
+        if current is None:
+            return bool(snap.items)
+        return (snap.revision, snap.digest) != (current.revision, current.digest)
 
     async def round(self) -> list[certsync_pb2.ReplicateProgress]:
-        """One automatic round: push to every other node that is not in sync."""
+        """One automatic round: roll out a new proposal, else bring every other node that
+        is not in sync to the current set (anti-entropy pushes only the current revision)."""
         if not self.replica.is_primary:
             await self.follow()
             return []
+        async with self._rollout_lock:
+            return await self._round_locked()
+
+    async def _round_locked(self) -> list[certsync_pb2.ReplicateProgress]:
         snap = await self.snapshot()
-        try:
-            await self._gate(snap, force=False, actor=f"node:{self.name}")
-        except CoverageError:
-            missing = snap.uncovered(self.required_names)
-            if self._blocked_logged != snap.digest:
-                _log.warning("replication.blocked", uncovered=missing, revision=snap.revision)
-                self._blocked_logged = snap.digest
-            # nodes holding this very set (pushed with --force) are still checked
+        current = await self._runner.current()
+        if self._proposed(snap, current) and rollout_core.should_start(
+                self.rollout, snap.revision, asked=False):
+            try:
+                await self._gate(snap, force=False, actor=f"node:{self.name}")
+            except CoverageError:
+                missing = snap.uncovered(self.required_names)
+                if self._blocked_logged != snap.digest:
+                    _log.warning("replication.blocked", uncovered=missing,
+                                 revision=snap.revision)
+                    self._blocked_logged = snap.digest
+            else:
+                return [p async for p in self._runner.run(snap, force=False) if p.node]
+        if current is None:
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
             return [r for r in fenced if r is not None]
-        results = list(await asyncio.gather(*(self.push(n, latest=snap)
+        forced = bool(current.uncovered(self.required_names))  # forced when it was proposed
+        results = list(await asyncio.gather(*(self.push(n, latest=current, force=forced,
+                                                        current=True)
                                                for n in self.targets)))
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
@@ -501,29 +544,17 @@ class Replicator:
         except CertsyncError:
             return None
         if state.epoch > snap.epoch:
-            return progress(name, "fenced", await self._fenced_by(name, state), snap=snap)
+            return progress(name, "fenced", await self.fenced_by(name, state), snap=snap)
         return None
 
+    async def rollback(self, to_revision: int, *, actor: str) -> certsync_pb2.RollbackResponse:
+        """See :meth:`sync.rollout_shell.RolloutRunner.rollback` (under the rollout lock)."""
+        async with self._rollout_lock:
+            return await self._runner.rollback(to_revision, actor=actor)
+
     async def follow(self) -> None:
-        """Not the primary: adopt a verified higher epoch from the nodes that may be primary
-        (the topology's primary and backup, and the primary we know). Everyone else is
-        fenced by the new primary's pushes, which carry its promotion."""
-        topology = self.replica.topology
-        candidates = {topology.primary.name, self.replica.primary}
-        if topology.backup is not None:
-            candidates.add(topology.backup.name)
-        candidates.discard(self.name)
-
-        async def ask(name: str) -> None:
-            try:
-                state = await self._client(name).get_state()
-                if state.epoch > self.replica.epoch and state.HasField("promotion"):
-                    await self.replica.adopt(promotion_from_msg(state.promotion),
-                                             actor=f"node:{name}")
-            except (CertsyncError, NotFound, PermissionDenied) as err:
-                _log.debug("replication.follow_skipped", node=name, error=type(err).__name__)
-
-        await asyncio.gather(*(ask(n) for n in sorted(candidates) if n in self._peers))
+        """Not the primary: adopt a verified higher epoch (:func:`sync.peers.follow`)."""
+        await follow(self.replica, self._client, self._peers)
 
     async def run(self) -> None:
         """The background loop until :meth:`stop`; never raises (errors are logged)."""

@@ -676,6 +676,11 @@ class ReplicationStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/certsync.v1.Replication/Rollback',
+                request_serializer=node_dot_api_dot_certsync__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -730,6 +735,15 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """--- rollouts (issue 12) ---
+        Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+        the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -762,6 +776,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=node_dot_api_dot_certsync__pb2.ReplicateRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.ReplicateProgress.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.RollbackRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -932,6 +951,33 @@ class Replication:
             '/certsync.v1.Replication/Replicate',
             node_dot_api_dot_certsync__pb2.ReplicateRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.ReplicateProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Rollback',
+            node_dot_api_dot_certsync__pb2.RollbackRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -262,6 +262,11 @@ class ReplicationStub:
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    Rollback: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]
+    """--- rollouts (issue 12) ---
+    Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+    the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
+    """
 
 @_typing.type_check_only
 class ReplicationAsyncStub(ReplicationStub):
@@ -288,6 +293,11 @@ class ReplicationAsyncStub(ReplicationStub):
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
     """Admin, on the primary: push now; one progress message per node as it finishes."""
+    Rollback: _aio.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]  # type: ignore[assignment]
+    """--- rollouts (issue 12) ---
+    Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+    the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
+    """
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     """Replication between nodes, and failover (see DESIGN.md, "Replication, in more detail").
@@ -347,5 +357,16 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
         """Admin, on the primary: push now; one progress message per node as it finishes."""
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _certsync_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.RollbackResponse, _abc.Awaitable[_certsync_pb2.RollbackResponse]]:
+        """--- rollouts (issue 12) ---
+        Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+        the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
+        """
 
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
