@@ -152,7 +152,7 @@ def load_node_config(path: Path) -> NodeConfig:
                           f"{', '.join(LOG_FORMATS)}")
     acme = _acme_settings(_subtable(table, "acme"), base)
     alerts = _alert_config(_subtable(table, "alerts"))
-    canary = table.text("rollout_canary", "") or None
+    canary = table.text("rollout_canary") if "rollout_canary" in table.data else None
     if canary is not None and canary not in topology.names:
         raise ConfigError(f"{path}: rollout_canary {canary!r} is not a node of the cluster "
                           f"({', '.join(topology.names)}); name one of them or remove it")

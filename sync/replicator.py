@@ -57,7 +57,13 @@ from sync.receiver import (
     promotion_from_msg,
     promotion_to_msg,
 )
-from sync.rollout_shell import RolloutRunner, progress, rollout_msg, selection_of
+from sync.rollout_shell import (
+    RolloutRunner,
+    progress,
+    record_from,
+    rollout_msg,
+    selection_of,
+)
 from sync.snapshot import SetItem, Snapshot
 from sync.transfer import TransferContext, WrappedItem, wrap_item
 
@@ -295,11 +301,14 @@ class Replicator:
                                              snap=snap, error="StaleEpoch")
                         if state.epoch == snap.epoch and state.revision > snap.revision:
                             raised = await self._raise_revision(state.revision)
-                            if current:  # the raised set is a proposal: rolled out next
-                                self.trigger()
+                            if current and raised.digest != snap.digest:
+                                self.trigger()  # a proposal is pending: it is rolled out
                                 return progress(name, "failed", f"node {name!r} is ahead "
                                                 f"(revision {state.revision}); proposing "
                                                 f"revision {raised.revision}", snap=snap)
+                            if current:  # the same set under a higher revision is current
+                                await self.replica.store.record_set(
+                                    record_from(raised), now=self.replica.now)
                             snap = raised
                         seen = (state.epoch, state.revision, state.set_digest)
                         served = None if fresh_probe else (known == seen or None)
@@ -478,6 +487,8 @@ class Replicator:
                 async for step in self._runner.run(snap, force=force):
                     yield step
                 return
+            if current is None:
+                await self._gate(snap, force=force, actor=actor)
             target = current or snap
             forced = force or bool(target.uncovered(self.required_names))
             tasks = [asyncio.create_task(self.push(n, force=forced, fresh_probe=True,
