@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "sync.cmd_request",
     "sync.cmd_ops",
     "sync.cmd_replicate",
+    "sync.cmd_rollback",
     "sync.cmd_bundle",
     "sync.cmd_acme",
 )

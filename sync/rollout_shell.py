@@ -37,7 +37,8 @@ from sync.snapshot import SetItem, Snapshot
 if TYPE_CHECKING:
     from sync.replicator import Replicator
 
-__all__ = ["RolloutRunner", "progress", "record_from", "rollout_msg", "selection_of", "snapshot_from"]
+__all__ = ["RolloutRunner", "progress", "record_from", "rollout_msg", "selection_of",
+           "snapshot_from"]
 
 _log = structlog.get_logger("sync.rollout")
 _INDEXES: dict[tuple[int, str], SniIndex] = {}

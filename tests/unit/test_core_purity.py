@@ -44,7 +44,7 @@ CORE = frozenset({
     "node.importing", "node.lifecycle", "node.model", "node.names", "node.renewal_plan",
     "node.sealing", "node.selection", "node.store_view", "node.text",
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
-    "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
+    "sync.plan", "sync.promotion", "sync.report", "sync.rollout", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
 })  # fmt: skip
 
