@@ -300,12 +300,13 @@ class Replicator:
                             return progress(name, "fenced", await self.fenced_by(name, state),
                                              snap=snap, error="StaleEpoch")
                         if state.epoch == snap.epoch and state.revision > snap.revision:
+                            if current and (await self.snapshot()).digest != snap.digest:
+                                # a proposal is pending: a canary not yet back, or a node
+                                # that activated it; it reverts or takes the next rollout
+                                return progress(name, "failed", f"node {name!r} holds "
+                                                f"revision {state.revision}, above the "
+                                                f"current {snap.revision}", snap=snap)
                             raised = await self._raise_revision(state.revision)
-                            if current and raised.digest != snap.digest:
-                                self.trigger()  # a proposal is pending: it is rolled out
-                                return progress(name, "failed", f"node {name!r} is ahead "
-                                                f"(revision {state.revision}); proposing "
-                                                f"revision {raised.revision}", snap=snap)
                             if current:  # the same set under a higher revision is current
                                 await self.replica.store.record_set(
                                     record_from(raised), now=self.replica.now)
