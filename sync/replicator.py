@@ -126,6 +126,8 @@ class Replicator:
         self.canary_name = canary
         #: seconds a receiver waits for our Confirm after an activation before it reverts
         self.confirm_within = probe_timeout * _PROBE_ATTEMPTS + 5.0
+        #: seconds a node has to answer before staging, else it is unreachable (no block)
+        self.reach_timeout = probe_timeout
         self.rollout = rollout_core.IDLE
         self._rollout_lock = asyncio.Lock()
         self._runner = RolloutRunner(self)

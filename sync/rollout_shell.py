@@ -147,7 +147,12 @@ class RolloutRunner:
         rep = self._rep
         async with rep.lock_for(name):
             try:
-                state = await rep.client_for(name).get_state()
+                try:  # a node that does not answer soon is unreachable: it must not hold
+                    async with asyncio.timeout(rep.reach_timeout):  # up the others
+                        state = await rep.client_for(name).get_state()
+                except TimeoutError as err:
+                    raise NodeUnreachable(f"node {name!r} did not answer within "
+                                          f"{rep.reach_timeout:g} s", node=name) from err
                 if state.epoch > snap.epoch:
                     await rep.fenced_by(name, state)
                     raise StaleEpoch(f"node {name!r} is at epoch {state.epoch}, above ours",
