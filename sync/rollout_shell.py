@@ -147,12 +147,16 @@ class RolloutRunner:
         rep = self._rep
         async with rep.lock_for(name):
             try:
-                try:  # a node that does not answer soon is unreachable: it must not hold
-                    async with asyncio.timeout(rep.reach_timeout):  # up the others
+                # a node whose state we cannot read soon (down, cut off, not of our CA) is
+                # not a reachable receiver: it does not hold up the others
+                try:
+                    async with asyncio.timeout(rep.reach_timeout):
                         state = await rep.client_for(name).get_state()
                 except TimeoutError as err:
                     raise NodeUnreachable(f"node {name!r} did not answer within "
                                           f"{rep.reach_timeout:g} s", node=name) from err
+                except CertsyncError as err:
+                    raise NodeUnreachable(str(err), node=name) from err
                 if state.epoch > snap.epoch:
                     await rep.fenced_by(name, state)
                     raise StaleEpoch(f"node {name!r} is at epoch {state.epoch}, above ours",
