@@ -14,6 +14,7 @@ cancellation contract is the store's (one lock, one transaction per change).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -121,9 +122,12 @@ class SetHistoryMixin(StoreFile):
         """Record ``record`` (with its items) as the newest activated set; keeps :data:`KEEP`.
         Recording the set that is the newest already is a no-op."""
         when = stored_time(now)
-        plain = _encode(record.items)
-        nonce, ct = seal(self._store_key, _aad(record.epoch, record.revision, record.digest),
-                         plain, os.urandom(NONCE_BYTES))
+        aad = _aad(record.epoch, record.revision, record.digest)
+
+        def sealed() -> tuple[bytes, bytes]:  # every key serialised and sealed: CPU work
+            return seal(self._store_key, aad, _encode(record.items), os.urandom(NONCE_BYTES))
+
+        nonce, ct = await asyncio.to_thread(sealed) if len(record.items) > 4 else sealed()
         async with self._lock:
             newest = await self._fetchall(
                 "SELECT epoch, revision, digest FROM set_history ORDER BY id DESC LIMIT 1")
@@ -161,8 +165,9 @@ class SetHistoryMixin(StoreFile):
                            f"(kept: {kept}); choose one of those")
         epoch, rev, digest = int(chosen[0]), int(chosen[1]), str(chosen[2])
         what = f"the recorded set of revision {rev}"
-        plain = unseal(self._store_key, _aad(epoch, rev, digest), bytes(chosen[5]),
-                       bytes(chosen[6]), what=what)
+        aad, nonce, ct = _aad(epoch, rev, digest), bytes(chosen[5]), bytes(chosen[6])
+        items = await asyncio.to_thread(
+            lambda: _decode(unseal(self._store_key, aad, nonce, ct, what=what), what))
         return HistoryRecord(epoch=epoch, revision=rev, digest=digest,
                              default_sha256=str(chosen[3]) or None,
-                             activated_at=str(chosen[4]), items=_decode(plain, what))
+                             activated_at=str(chosen[4]), items=items)
