@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+from pathlib import Path
 
 import pytest
 
 from node.api import certsync_pb2
-from node.errors import NotFound
+from node.errors import ConfigError, NotFound
+from sync.config import load_node_config
+from tests import pki
 from tests.node.test_replication_inproc import (
     NAMES,
     Cluster,
@@ -27,6 +31,15 @@ from tests.node.test_replication_inproc import (
 )
 
 __all__ = ["cluster", "cluster_dir"]  # the fixtures, shared with the replication suite
+
+
+_LATER = itertools.count(1)
+
+
+def _newer() -> pki.Pki:
+    """A chain whose leaf outlives every one made before it in this module, so SNI selection
+    (the later not_after wins among equal names) prefers the newest everywhere."""
+    return _chain(not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=90, hours=next(_LATER)))
 
 
 async def _steps(c: Cluster, *, force: bool = False) -> list[certsync_pb2.ReplicateProgress]:
@@ -46,7 +59,7 @@ async def _everyone_serves(c: Cluster, sha: str, nodes: tuple[str, ...] = NAMES)
 
 
 async def _rolled_out(c: Cluster) -> str:
-    sha = await _import(c, _chain())
+    sha = await _import(c, _newer())
     assert _summary(await _steps(c)).rollout.state == "idle"
     await _everyone_serves(c, sha)
     return sha
@@ -57,7 +70,7 @@ async def test_a_stage_refused_by_one_receiver_leaves_every_node_on_the_old_set(
     old = await _rolled_out(cluster)
     # t1's clock runs three days behind: the new certificate is not yet valid there
     cluster.nodes["t1"].clock.offset = -dt.timedelta(days=3)
-    new = await _import(cluster, _chain())
+    new = await _import(cluster, _newer())
     steps = await _steps(cluster)
     refused = [p for p in steps if p.state == "refused"]
     assert [p.node for p in refused] == ["t1"] and "not valid" in refused[0].message
@@ -90,7 +103,7 @@ async def test_a_canary_whose_probe_fails_returns_to_its_set_by_itself(
     before = await _state(cluster, "t1")
     # t1 (the traffic node: the canary by default) stops answering TLS; gRPC still works
     await asyncio.to_thread(t1.app.endpoint.stop)
-    await _import(cluster, _chain())
+    await _import(cluster, _newer())
     steps = await _steps(cluster)
     summary = _summary(steps)
     assert summary.rollout.canary == "t1" and summary.rollout.state == "halted", steps
@@ -150,3 +163,31 @@ async def test_every_node_keeps_its_previous_sets(cluster: Cluster) -> None:
         assert len(history) >= 4, (n, history)
         revisions = [h.revision for h in history]
         assert revisions == sorted(revisions, reverse=True)
+
+
+async def test_the_canary_is_a_traffic_node_unless_the_config_names_one(
+        cluster: Cluster) -> None:
+    await _import(cluster, _newer())
+    assert _summary(await _steps(cluster)).rollout.canary == "t1"  # the traffic node
+    cluster.nodes["p1"].repl.replicator.canary_name = "b1"  # rollout_canary = "b1"
+    await _import(cluster, _newer())
+    steps = await _steps(cluster)
+    assert _summary(steps).rollout.canary == "b1"
+    # the canary's step comes before every other node activates
+    activated = [p.node for p in steps if p.state == "in_sync"]
+    assert activated[0] == "b1" and activated[-1] == "p1", activated
+
+
+@pytest.mark.parametrize(("line", "canary"), [('rollout_canary = "b1"', "b1"), ("", None)])
+def test_rollout_canary_is_read_from_node_toml(cluster_dir: Path, line: str,
+                                               canary: str | None) -> None:
+    path = cluster_dir / "p1" / "node-canary.toml"
+    path.write_text(f"{line}\n" + (cluster_dir / "p1" / "node.toml").read_text())
+    assert load_node_config(path).rollout_canary == canary
+
+
+def test_a_rollout_canary_that_is_not_a_node_is_refused(cluster_dir: Path) -> None:
+    path = cluster_dir / "p1" / "node-canary.toml"
+    path.write_text('rollout_canary = "x9"\n' + (cluster_dir / "p1" / "node.toml").read_text())
+    with pytest.raises(ConfigError, match="rollout_canary 'x9' is not a node"):
+        load_node_config(path)
