@@ -23,6 +23,8 @@ from cryptography import x509
 
 from node.acme_client import AcmeSettings, Http01Responder
 from node.alerts import AlertConfig
+from node.formats import cert_sha256
+from node.model import PrivateKey
 from node.renewal import Lifecycle
 from node.selection import Selection
 from node.store import Store
@@ -160,6 +162,20 @@ class NodeApp:
             )
         default = view.default_sha256
         return served, default if default in keys else None
+
+    async def serve_set(
+        self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+        default: str | None,
+    ) -> None:
+        """Serve ``certs`` (certificate, chain, key) rather than what the store holds, until
+        the next refresh that is not held: a primary that starts while a rollout is
+        pending serves the cluster's current set, not its proposal."""
+        served = [ServedCert(sha256=cert_sha256(c), cert=c, key=k,
+                             chain=tuple(x for x in chain if x != c and not _self_signed(x)))
+                  for c, chain, k in certs]
+        async with self._refresh_lock:
+            await asyncio.to_thread(self._endpoint.update, served, default)
+        _log.info("node.serving_set", certificates=len(served), default_sha256=default)
 
     async def refresh(self, *, serve: bool = False) -> None:
         """Serve what the store holds from the next handshake on (serialised); while held

@@ -46,6 +46,7 @@ from node.messages import (
     sans_of_request,
     subject_of,
 )
+from node.model import PrivateKey
 from node.names import parse_hostname
 from node.renewal import Lifecycle
 from node.rpc import run_rpc
@@ -117,6 +118,11 @@ class NodeRuntime(Protocol):
     def now(self) -> dt.datetime: ...
 
     async def refresh(self, *, serve: bool = False) -> None: ...
+
+    async def serve_set(
+        self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+        default: str | None,
+    ) -> None: ...
 
     def served_for(self, server_name: str | None) -> Selection: ...
 

@@ -111,7 +111,7 @@ async def wire_replication(
     await replica.load()
     replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
                             credentials=(ca_pem, cert_pem, key_pem), interval=interval,
-                            concurrency=concurrency, canary=canary)
+                            concurrency=concurrency, canary=canary, serve_set=app.serve_set)
     service = ReplicationService(replica, state, replicator)
     app.attach_replication(role=lambda: replica.role, on_change=replicator.changed,
                            hold=replicator.holding)

@@ -29,10 +29,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import structlog
+from cryptography import x509
 
 from node.api import certsync_pb2
 from node.errors import (
@@ -44,6 +45,7 @@ from node.errors import (
     TransferRejected,
 )
 from node.formats import cert_sha256
+from node.model import PrivateKey
 from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
@@ -60,6 +62,7 @@ from sync.receiver import (
 from sync.rollout_shell import (
     RolloutRunner,
     progress,
+    proposed,
     record_from,
     rollout_msg,
     selection_of,
@@ -73,6 +76,10 @@ __all__ = [
     "Replicator",
     "peers_from_topology",
 ]
+
+#: serve these (certificate, chain, key) and this default on the node's endpoint
+ServeSet = Callable[[Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+                     str | None], Awaitable[None]]
 
 DEFAULT_CONCURRENCY: Final = 32
 DEFAULT_PROBE_TIMEOUT: Final = 5.0
@@ -102,6 +109,7 @@ class Replicator:
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         canary: str | None = None,
+        serve_set: ServeSet | None = None,
     ) -> None:
         self.replica = replica
         self._served_for = served_for
@@ -124,6 +132,7 @@ class Replicator:
         replica.listeners.append(self.trigger)
         # --- rollouts (issue 12): see sync.rollout (the states) and sync.rollout_shell ---
         self.canary_name = canary
+        self._serve_set = serve_set
         #: seconds a receiver waits for our Confirm after an activation before it reverts
         self.confirm_within = probe_timeout * _PROBE_ATTEMPTS + 5.0
         #: seconds a node has to answer before staging, else it is unreachable (no block)
@@ -484,7 +493,7 @@ class Replicator:
         async with self._rollout_lock:
             snap = await self.snapshot()
             current = await self._runner.current()
-            if self._proposed(snap, current) and rollout_core.should_start(
+            if proposed(snap, current) and rollout_core.should_start(
                     self.rollout, snap.revision, asked=True):
                 await self._gate(snap, force=force, actor=actor)
                 async for step in self._runner.run(snap, force=force):
@@ -509,13 +518,6 @@ class Replicator:
             summary.rollout.CopyFrom(rollout_msg(self.rollout))
             yield summary
 
-    @staticmethod
-    def _proposed(snap: Snapshot, current: Snapshot | None) -> bool:
-        """Is the store's set a proposal (not the cluster's current set)?"""
-        if current is None:
-            return bool(snap.items)
-        return (snap.revision, snap.digest) != (current.revision, current.digest)
-
     async def round(self) -> list[certsync_pb2.ReplicateProgress]:
         """One automatic round: roll out a new proposal, else bring every other node that
         is not in sync to the current set (anti-entropy pushes only the current revision)."""
@@ -528,7 +530,7 @@ class Replicator:
     async def _round_locked(self) -> list[certsync_pb2.ReplicateProgress]:
         snap = await self.snapshot()
         current = await self._runner.current()
-        if self._proposed(snap, current) and rollout_core.should_start(
+        if proposed(snap, current) and rollout_core.should_start(
                 self.rollout, snap.revision, asked=False):
             try:
                 await self._gate(snap, force=False, actor=f"node:{self.name}")
@@ -573,6 +575,7 @@ class Replicator:
     async def run(self) -> None:
         """The background loop until :meth:`stop`; never raises (errors are logged)."""
         try:
+            await self._runner.serve_current_at_start(self._serve_set)
             retry = _RETRY_FIRST
             while not self._stopping:
                 self._wake.clear()

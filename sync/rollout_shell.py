@@ -35,9 +35,9 @@ from sync import rollout as core
 from sync.snapshot import SetItem, Snapshot
 
 if TYPE_CHECKING:
-    from sync.replicator import Replicator
+    from sync.replicator import Replicator, ServeSet
 
-__all__ = ["RolloutRunner", "progress", "record_from", "rollout_msg", "selection_of",
+__all__ = ["RolloutRunner", "progress", "proposed", "record_from", "rollout_msg", "selection_of",
            "snapshot_from"]
 
 _log = structlog.get_logger("sync.rollout")
@@ -51,6 +51,13 @@ def progress(name: str, state: str, message: str, *, in_sync: bool = False,
     if snap is not None:
         p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
     return p
+
+
+def proposed(snap: Snapshot, current: Snapshot | None) -> bool:
+    """Is the store's set ``snap`` a proposal (not the cluster's ``current`` set)?"""
+    if current is None:
+        return bool(snap.items)
+    return (snap.revision, snap.digest) != (current.revision, current.digest)
 
 
 def selection_of(snap: Snapshot, server_name: str | None) -> Selection:
@@ -121,6 +128,31 @@ class RolloutRunner:
         if rep.rollout.current != newest.revision and rep.rollout.state == "idle":
             rep.rollout = core.Rollout(revision=newest.revision, current=newest.revision)
         return snap
+
+    async def serve_current_at_start(self, serve_set: ServeSet | None) -> None:
+        """A primary that starts with a proposal pending serves the current set, not the
+        proposal its store holds (the node served the store before replication started),
+        and a rollout that had halted is still halted."""
+        rep = self._rep
+        if not rep.replica.is_primary:
+            return
+        text = await rep.replica.store.get_meta("rollout")
+        if text:  # a halted rollout stays halted across a restart (until replicate)
+            saved = certsync_pb2.RolloutInfo.FromString(bytes.fromhex(text))
+            if saved.state == "halted":
+                rep.rollout = core.Rollout(
+                    state="halted", revision=saved.revision, current=saved.current_revision,
+                    canary=saved.canary or None, halted_reason=saved.halted_reason or None)
+        if serve_set is None:
+            return
+        try:
+            snap = await rep.snapshot()
+            current = await self.current()
+            if current is not None and proposed(snap, current):
+                await serve_set([(i.cert, i.chain, i.key) for i in current.items],
+                                current.default.sha256 if current.default else None)
+        except CertsyncError:
+            _log.exception("rollout.serve_current_failed")
 
     async def activate_probe_confirm(self, name: str, snap: Snapshot) -> None:
         """Activate on ``name``, probe it, confirm; raises when any of it fails (then the
