@@ -430,8 +430,9 @@ class Replicator:
         return {n: self.replica.topology.node(n).role for n in self.targets}
 
     def holding(self) -> bool:
-        """Does this node's TLS endpoint stay on the current set for now (see NodeApp)?"""
-        return self.replica.is_primary and not self._runner.switching
+        """Does this node's TLS endpoint stay on the current set for now (see NodeApp)? A
+        primary alone in its cluster serves each change at once (its rollout is itself)."""
+        return bool(self.replica.is_primary and self.targets and not self._runner.switching)
 
     async def set_rollout(self, r: rollout_core.Rollout) -> None:
         """The rollout moved on: remember it (meta ``rollout``, for status)."""
