@@ -10,19 +10,25 @@ node served before; when the primary's Confirm of that set does not arrive in ti
 probe failed, or the primary is gone), the node puts the previous set back on its own
 (audited ``replication.reverted``). A later activation keeps the oldest unconfirmed
 "previous" set, so a revert always returns to a set that was confirmed or served before.
+The pending revert is kept in store meta ``revert_pending`` as well, so a node restarted
+within the deadline still goes back (:meth:`RevertGuard.resume`): the previous set is in its
+set history, where every activation records what it activated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
+from node.errors import CertsyncError
 from node.store import Store
 from node.store_history import HistoryItem, HistoryRecord
+from node.text import parse_stored_time, stored_time
 
 __all__ = ["Pending", "RevertGuard", "record_of"]
 
@@ -61,9 +67,49 @@ class RevertGuard:
     """See the module docstring. ``revert(previous, key)`` puts ``previous`` back if the node
     still serves the set ``key`` (the receiver's, under its lock)."""
 
-    def __init__(self, revert: Callable[[HistoryRecord, SetKey], Awaitable[None]]) -> None:
+    def __init__(self, revert: Callable[[HistoryRecord, SetKey], Awaitable[None]],
+                 store: Store | None = None) -> None:
         self._revert = revert
+        self._store = store
         self._pending: Pending | None = None
+
+    async def persist(self, now: dt.datetime, within: float) -> None:
+        """Keep the pending revert (or that there is none) in store meta."""
+        if self._store is None:
+            return
+        p = self._pending
+        text = "" if p is None else "|".join(str(v) for v in (
+            *p.key, p.previous.epoch, p.previous.revision, p.previous.digest,
+            stored_time(now + dt.timedelta(seconds=within))))
+        await self._store.set_meta({"revert_pending": text}, durable=False)
+
+    async def resume(self, now: dt.datetime) -> None:
+        """After a restart: arm the revert that was pending, for the time left of it."""
+        if self._store is None:
+            return
+        text = await self._store.get_meta("revert_pending")
+        if not text:
+            return
+        try:
+            e, r, d, pe, pr, pd, deadline = text.split("|")
+            previous = await self._resume_previous(int(pe), int(pr), pd)
+            left = max(0.0, (parse_stored_time(deadline) - now).total_seconds())
+        except (ValueError, CertsyncError) as err:
+            _log.warning("replication.revert_lost", error=type(err).__name__)
+            await self._store.set_meta({"revert_pending": ""}, durable=False)
+            return
+        self.arm((int(e), int(r), d), previous, left)
+        _log.info("replication.revert_resumed", revision=int(r), seconds_left=left)
+
+    async def _resume_previous(self, epoch: int, revision: int, digest: str) -> HistoryRecord:
+        assert self._store is not None
+        if revision == 0:  # the node held nothing before
+            return HistoryRecord(epoch=epoch, revision=0, digest=digest, default_sha256=None,
+                                 activated_at="")
+        record = await self._store.history_set(revision)
+        if record.digest != digest:
+            raise ValueError(f"the kept set of revision {revision} is another one")
+        return record
 
     @property
     def pending(self) -> Pending | None:
@@ -86,6 +132,8 @@ class RevertGuard:
         if self._pending is not pending:
             return
         self._pending = None
+        with contextlib.suppress(CertsyncError):
+            await self.persist(dt.datetime.now(dt.UTC), 0)
         _log.warning("replication.confirm_missed", epoch=pending.key[0],
                      revision=pending.key[1], back_to=pending.previous.revision)
         try:

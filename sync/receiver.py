@@ -142,7 +142,7 @@ class Replica:
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[], None]] = []
         #: rollouts: an activation not confirmed in time returns to the previous set
-        self.guard = RevertGuard(self._revert)
+        self.guard = RevertGuard(self._revert, store)
 
     def __repr__(self) -> str:  # never show the node key
         return f"Replica(name={self.name!r}, epoch={self.epoch!r}, primary={self.primary!r})"
@@ -158,6 +158,7 @@ class Replica:
             self._promotion = promotion
         else:
             await self.store.set_meta(self._meta())
+        await self.guard.resume(self.now)
         _log.info("replica.loaded", epoch=self.epoch, primary=self.primary, role=self.role)
 
     @property
@@ -345,6 +346,7 @@ class Replica:
                 self.guard.arm((epoch, revision, digest), previous, confirm_within)
             else:
                 self.guard.cancel()
+            await self.guard.persist(now, confirm_within)
         _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest,
                   confirm_within=confirm_within)
 
@@ -379,7 +381,8 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
-            self.guard.confirmed((epoch, revision, digest))
+            if self.guard.confirmed((epoch, revision, digest)):
+                await self.guard.persist(self.now, 0)
             await self.store.set_meta({"last_sync": rfc3339(self.now)}, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:

@@ -129,11 +129,35 @@ async def test_a_confirmed_activation_is_not_reverted(cluster: Cluster) -> None:
     await _rolled_out(cluster)
     cluster.nodes["p1"].repl.replicator.confirm_within = 0.5
     new = await _rolled_out(cluster)
-    guard = cluster.nodes["t1"].repl.replica.guard
-    assert guard.pending is None  # confirmed: no revert is waiting
+    replica = cluster.nodes["t1"].repl.replica
+    assert replica.guard.pending is None  # confirmed: no revert is waiting
+    await replica.load()  # nor after a restart
+    assert replica.guard.pending is None
     await _everyone_serves(cluster, new)
     audit = await cluster.nodes["t1"].app.store.audit_log()
     assert not any(e.action == "replication.reverted" for e in audit)
+
+
+async def test_a_canary_restarted_before_its_deadline_still_returns(cluster: Cluster) -> None:
+    await _rolled_out(cluster)
+    cluster.nodes["p1"].repl.replicator.confirm_within = 3.0
+    t1 = cluster.nodes["t1"]
+    before = await _state(cluster, "t1")
+    await asyncio.to_thread(t1.app.endpoint.stop)
+    await _import(cluster, _newer())
+    assert _summary(await _steps(cluster)).rollout.state == "halted"
+    assert (await _state(cluster, "t1")).revision != before.revision  # it had switched
+    # the process dies: the waiting revert is gone from memory, not from the store
+    t1.repl.replica.guard.cancel()
+    assert t1.repl.replica.guard.pending is None
+    await t1.repl.replica.load()  # what a restart does
+    assert t1.repl.replica.guard.pending is not None
+
+    async def back() -> bool:
+        state = await _state(cluster, "t1")
+        return (state.revision, state.set_digest) == (before.revision, before.set_digest)
+
+    await _wait_for(back, "the restarted t1 to return to its previous set by itself")
 
 
 async def test_rollback_restores_the_previous_default_everywhere(cluster: Cluster) -> None:
