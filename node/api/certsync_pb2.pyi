@@ -373,7 +373,9 @@ class ReplicateProgress(_message.Message):
     ROLLOUT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     state: _builtins.str
-    """in_sync | failed | unreachable | fenced"""
+    """in_sync | failed | unreachable | fenced; in a rollout (issue 12) also staged | refused |
+    held (staged, not activated: the rollout halted); the summary: the rollout's state
+    """
     message: _builtins.str
     in_sync: _builtins.bool
     epoch: _builtins.int

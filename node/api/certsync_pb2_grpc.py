@@ -729,7 +729,8 @@ class ReplicationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Replicate(self, request, context):
-        """Admin, on the primary: push now; one progress message per node as it finishes.
+        """Admin, on the primary: push now; one progress message per node as it finishes (in a
+        rollout: per node and step as it happens, then a summary whose node is empty).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

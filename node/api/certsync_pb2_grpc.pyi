@@ -261,7 +261,9 @@ class ReplicationStub:
     Promote: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
-    """Admin, on the primary: push now; one progress message per node as it finishes."""
+    """Admin, on the primary: push now; one progress message per node as it finishes (in a
+    rollout: per node and step as it happens, then a summary whose node is empty).
+    """
     Rollback: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]
     """--- rollouts (issue 12) ---
     Admin, on the primary: make an earlier activated set (kept in the primary's set history)
@@ -292,7 +294,9 @@ class ReplicationAsyncStub(ReplicationStub):
     Promote: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
-    """Admin, on the primary: push now; one progress message per node as it finishes."""
+    """Admin, on the primary: push now; one progress message per node as it finishes (in a
+    rollout: per node and step as it happens, then a summary whose node is empty).
+    """
     Rollback: _aio.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]  # type: ignore[assignment]
     """--- rollouts (issue 12) ---
     Admin, on the primary: make an earlier activated set (kept in the primary's set history)
@@ -356,7 +360,9 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         request: _certsync_pb2.ReplicateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
-        """Admin, on the primary: push now; one progress message per node as it finishes."""
+        """Admin, on the primary: push now; one progress message per node as it finishes (in a
+        rollout: per node and step as it happens, then a summary whose node is empty).
+        """
 
     @_abc_1.abstractmethod
     def Rollback(
