@@ -96,9 +96,14 @@ def describe_promotion(state: certsync_pb2.NodeState, meta: Mapping[str, str]) -
     text = meta.get("promotion")
     if text:
         state.promotion.CopyFrom(promotion_to_msg(decode_promotion(text)))
-    rollout = meta.get("rollout")  # the primary's rollout (sync.replicator.set_rollout)
+    rollout = meta.get("rollout")  # the primary's rollout (sync.rollout_shell)
     if rollout and state.primary == state.name:
         state.rollout.ParseFromString(bytes.fromhex(rollout))
+        if state.rollout.state != "idle" and state.rollout.current_digest:
+            # a proposal is on its way: the cluster's set is still the current one
+            state.revision = state.rollout.current_revision
+            state.set_digest = state.rollout.current_digest
+            state.default_sha256 = state.rollout.current_default_sha256
 
 
 def promotion_from_msg(msg: certsync_pb2.Promotion) -> Promotion:

@@ -434,12 +434,6 @@ class Replicator:
         primary alone in its cluster serves each change at once (its rollout is itself)."""
         return bool(self.replica.is_primary and self.targets and not self._runner.switching)
 
-    async def set_rollout(self, r: rollout_core.Rollout) -> None:
-        """The rollout moved on: remember it (meta ``rollout``, for status)."""
-        self.rollout = r
-        await self.replica.store.set_meta(
-            {"rollout": rollout_msg(r).SerializeToString().hex()}, durable=False)
-
     async def stage_only(self, name: str, snap: Snapshot, *, force: bool,
                          held: frozenset[str]) -> None:
         client = self._client(name)

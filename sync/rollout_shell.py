@@ -220,7 +220,16 @@ class RolloutRunner:
                               snap, in_sync=True)
 
     async def _set(self, r: core.Rollout) -> core.Rollout:
-        await self._rep.set_rollout(r)
+        """The rollout moved on: remember it (store meta ``rollout``, which GetState reports
+        on the primary, with the current set's digest and default)."""
+        rep = self._rep
+        rep.rollout = r
+        info, current = rollout_msg(r), await self.current()
+        if current is not None:
+            info.current_digest = current.digest
+            info.current_default_sha256 = current.default.sha256 if current.default else ""
+        await rep.replica.store.set_meta({"rollout": info.SerializeToString().hex()},
+                                         durable=False)
         return r
 
     async def run(self, snap: Snapshot, *, force: bool
@@ -311,7 +320,7 @@ class RolloutRunner:
                     "default": record.default_sha256, "current_before": current.revision,
                     "discarded_proposal": before.revision if rep.rollout.state != "idle"
                     or before.revision != current.revision else None}, now=now)
-        await rep.set_rollout(core.discard(rep.rollout))
+        await self._set(core.discard(rep.rollout))
         _log.warning("rollout.rollback", restored=to_revision, revision=revision, actor=actor)
         rep.trigger()
         return certsync_pb2.RollbackResponse(revision=revision, restored_revision=to_revision,

@@ -1058,7 +1058,9 @@ class NodeState(_message.Message):
     @_builtins.property
     def rollout(self) -> Global___RolloutInfo:
         """--- rollouts (issue 12): numbers from 60 on ---
-        unset: the node is not the primary (or knows of none)
+        unset: the node is not the primary (or knows of none). While a proposal is rolled out
+        (state not idle) the primary reports the current set's revision, digest and default
+        above -- what it serves -- and the proposal's revision here.
         """
 
     def __init__(
@@ -1263,6 +1265,8 @@ class RolloutInfo(_message.Message):
     CANARY_FIELD_NUMBER: _builtins.int
     HALTED_REASON_FIELD_NUMBER: _builtins.int
     CURRENT_REVISION_FIELD_NUMBER: _builtins.int
+    CURRENT_DIGEST_FIELD_NUMBER: _builtins.int
+    CURRENT_DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the proposed revision (the current one when idle)"""
     state: _builtins.str
@@ -1273,6 +1277,10 @@ class RolloutInfo(_message.Message):
     """empty unless halted"""
     current_revision: _builtins.int
     """the cluster's current revision"""
+    current_digest: _builtins.str
+    """the digest of the current set"""
+    current_default_sha256: _builtins.str
+    """the current set's default (empty: none)"""
     def __init__(
         self,
         *,
@@ -1281,10 +1289,12 @@ class RolloutInfo(_message.Message):
         canary: _builtins.str = ...,
         halted_reason: _builtins.str = ...,
         current_revision: _builtins.int = ...,
+        current_digest: _builtins.str = ...,
+        current_default_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "current_revision", b"current_revision", "halted_reason", b"halted_reason", "revision", b"revision", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "current_default_sha256", b"current_default_sha256", "current_digest", b"current_digest", "current_revision", b"current_revision", "halted_reason", b"halted_reason", "revision", b"revision", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

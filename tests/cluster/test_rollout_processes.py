@@ -55,6 +55,9 @@ def test_a_canary_whose_tls_port_is_blocked_returns_by_itself(make_cluster: Make
     report = json.loads(cluster.cli("status", "--json").stdout)
     assert report["rollout"]["state"] == "halted" and report["rollout"]["canary"] == "t1"
     assert "t1" in report["rollout"]["halted_reason"]
+    # b1 serves what the cluster serves (the current set): in sync with the primary
+    rows = {row["name"]: row for row in report["nodes"]}
+    assert rows["b1"]["in_sync"] is True and rows["b1"]["default_sha256"] == old, rows["b1"]
     # t1 switched, was never confirmed, and goes back by itself
 
     def back() -> bool:

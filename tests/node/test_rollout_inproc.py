@@ -82,6 +82,11 @@ async def test_a_stage_refused_by_one_receiver_leaves_every_node_on_the_old_set(
     state = await _state(cluster, "p1")
     assert (state.rollout.state, state.rollout.revision) == ("halted", summary.revision)
     assert "'t1'" in state.rollout.halted_reason
+    # the primary reports the set the cluster serves (the current one), as t1 does
+    t1 = await _state(cluster, "t1")
+    assert (state.revision, state.set_digest, state.default_sha256) == (
+        t1.revision, t1.set_digest, old)
+    assert state.revision < summary.revision
     # a background round does not retry a halted rollout (and keeps every node on old)
     assert all(p.revision != summary.revision or p.state != "in_sync"
                for p in await cluster.nodes["p1"].repl.replicator.round())
