@@ -24,6 +24,8 @@ from cryptography import x509
 from node.acme_client import AcmeSettings, Http01Responder
 from node.alerts import AlertConfig
 from node.coverage_gate import RequiredName
+from node.formats import cert_sha256
+from node.model import PrivateKey
 from node.renewal import Lifecycle
 from node.selection import Selection
 from node.store import Store
@@ -78,6 +80,7 @@ class NodeApp:
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
+        self._hold: Callable[[], bool] | None = None  # rollouts (issue 12)
         # --- lifecycle (issue 6): renewal, alerts, CA changes; see node.renewal ---
         self._lifecycle = Lifecycle(
             node=name,
@@ -103,11 +106,15 @@ class NodeApp:
         the cluster layer's replica); the topology role until replication is attached."""
         return self._runtime_role() if self._runtime_role is not None else self._role
 
-    def attach_replication(self, *, role: Callable[[], str], on_change: Callable[[], None]) -> None:
+    def attach_replication(self, *, role: Callable[[], str], on_change: Callable[[], None],
+                           hold: Callable[[], bool] | None = None) -> None:
         """``role`` answers the runtime role; ``on_change`` is called after every refresh
-        (that is, after every store change) -- the replicator's trigger, which coalesces."""
+        (that is, after every store change) -- the replicator's trigger, which coalesces.
+        While ``hold()`` is true a refresh leaves the TLS endpoint as it is (a primary
+        serves the cluster's current set until a rollout switches it: ``refresh(serve=True)``)."""
         self._runtime_role = role
         self._on_change = on_change
+        self._hold = hold
 
     @property
     def cluster_id(self) -> str:
@@ -165,14 +172,31 @@ class NodeApp:
         default = view.default_sha256
         return served, default if default in keys else None
 
-    async def refresh(self) -> None:
-        """Serve what the store holds from the next handshake on (serialised)."""
+    async def serve_set(
+        self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+        default: str | None,
+    ) -> None:
+        """Serve ``certs`` (certificate, chain, key) rather than what the store holds, until
+        the next refresh that is not held: a primary that starts while a rollout is
+        pending serves the cluster's current set, not its proposal."""
+        served = [ServedCert(sha256=cert_sha256(c), cert=c, key=k,
+                             chain=tuple(x for x in chain if x != c and not _self_signed(x)))
+                  for c, chain, k in certs]
+        async with self._refresh_lock:
+            await asyncio.to_thread(self._endpoint.update, served, default)
+        _log.info("node.serving_set", certificates=len(served), default_sha256=default)
+
+    async def refresh(self, *, serve: bool = False) -> None:
+        """Serve what the store holds from the next handshake on (serialised); while held
+        (see :meth:`attach_replication`) only when ``serve``."""
         async with self._refresh_lock:
             view = await self._store.view()  # one reading for the endpoint and the bundle
-            served, default = await self.served_certs(view)
-            await asyncio.to_thread(self._endpoint.update, served, default)
+            if serve or self._hold is None or not self._hold():
+                served, default = await self.served_certs(view)
+                await asyncio.to_thread(self._endpoint.update, served, default)
             await self._lifecycle.publish_trust_bundle(view)
-            _log.debug("node.refreshed", certificates=len(served), default_sha256=default)
+            _log.debug("node.refreshed", held=not serve and self._hold is not None
+                       and self._hold())
         if self._on_change is not None:
             self._on_change()
 

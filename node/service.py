@@ -52,6 +52,7 @@ from node.messages import (
     sans_of_request,
     subject_of,
 )
+from node.model import PrivateKey
 from node.names import parse_hostname
 from node.refusals import authenticate, record_refusal
 from node.renewal import Lifecycle
@@ -96,15 +97,20 @@ class NodeRuntime(Protocol):
 
     def now(self) -> dt.datetime: ...
 
-    async def refresh(self) -> None: ...
+    async def refresh(self, *, serve: bool = False) -> None: ...
+
+    async def serve_set(
+        self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+        default: str | None,
+    ) -> None: ...
 
     def served_for(self, server_name: str | None) -> Selection: ...
 
     @property
     def lifecycle(self) -> Lifecycle: ...
 
-    def attach_replication(self, *, role: Callable[[], str],
-                           on_change: Callable[[], None]) -> None: ...
+    def attach_replication(self, *, role: Callable[[], str], on_change: Callable[[], None],
+                           hold: Callable[[], bool] | None = None) -> None: ...
 
 
 #: fills the cluster layer's fields of a node's state (the promotion that proves its epoch)

@@ -39,7 +39,7 @@ from node.formats import cert_sha256
 from node.linking import KeyHolder, Link, LinkCandidate, plan_links
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
-from node.store_file import StoreFile
+from node.store_history import SetHistoryMixin
 from node.store_view import (
     CertRows,
     PreparedCert,
@@ -93,7 +93,7 @@ def _changes_nothing(
     return True
 
 
-class Store(StoreFile):
+class Store(SetHistoryMixin):
     """The node's certificate store in one SQLite file.
 
     Concurrency: a writer connection and a reader connection per ``Store``. Every change runs

@@ -87,6 +87,18 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # issue 11: a CSR whose key was linked to its signed certificate is fulfilled by it
     ("ALTER TABLE csrs ADD COLUMN fulfilled_by TEXT",),
+    (  # the activated sets a node keeps for undo (node.store_history); sealed whole
+        """CREATE TABLE set_history (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            epoch     INTEGER NOT NULL,
+            revision  INTEGER NOT NULL,
+            digest    TEXT NOT NULL,
+            default_sha256 TEXT NOT NULL,
+            activated_at TEXT NOT NULL,
+            nonce     BLOB NOT NULL CHECK (length(nonce) = 12),
+            ciphertext BLOB NOT NULL
+        ) STRICT""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

@@ -39,6 +39,7 @@ _COMMAND_MODULES = (
     "sync.cmd_request",
     "sync.cmd_ops",
     "sync.cmd_replicate",
+    "sync.cmd_rollback",
     "sync.cmd_bundle",
     "sync.cmd_acme",
     "sync.cmd_audit",

@@ -351,9 +351,10 @@ class NodeClient:
         return await self._call(lambda: self._repl.Stage(request, timeout=self._timeout))
 
     async def activate(
-        self, *, epoch: int, revision: int, set_digest: str
+        self, *, epoch: int, revision: int, set_digest: str, confirm_within_ms: int = 0
     ) -> certsync_pb2.NodeState:
-        req = certsync_pb2.ActivateRequest(epoch=epoch, revision=revision, set_digest=set_digest)
+        req = certsync_pb2.ActivateRequest(epoch=epoch, revision=revision, set_digest=set_digest,
+                                           confirm_within_ms=confirm_within_ms)
         return await self._call(lambda: self._repl.Activate(req, timeout=self._timeout))
 
     async def confirm(self, *, epoch: int, revision: int, set_digest: str) -> None:
@@ -380,6 +381,11 @@ class NodeClient:
                 yield progress
         except grpc.aio.AioRpcError as err:
             raise await self._error(err) from err
+
+    async def rollback(self, to_revision: int = 0) -> certsync_pb2.RollbackResponse:
+        """Admin, on the primary: propose an earlier activated set as a new revision."""
+        req = certsync_pb2.RollbackRequest(to_revision=to_revision)
+        return await self._call(lambda: self._repl.Rollback(req, timeout=self._timeout))
 
 
 # --------------------------------------------------------------------------- CLI helpers

@@ -99,6 +99,16 @@ async def _observe(config: AdminConfig, name: str, rpc_timeout: float) -> Observ
             if state.HasField("pending_ca_change")
             else None
         ),
+        rollout=(
+            {
+                "revision": state.rollout.revision,
+                "state": state.rollout.state,
+                "canary": state.rollout.canary or None,
+                "halted_reason": state.rollout.halted_reason or None,
+            }
+            if state.HasField("rollout")
+            else None
+        ),
     )
 
 
@@ -241,6 +251,10 @@ def print_status(report: Mapping[str, Any]) -> None:
                       f"{c['days_left']} days left{nxt}")
     for problem in report["problems"]:
         print(f"  cluster: {problem}")
+    rollout = report.get("rollout") or {}
+    if rollout.get("state") not in (None, "idle"):
+        why = f": {rollout['halted_reason']}" if rollout.get("halted_reason") else ""
+        print(f"  rollout of revision {rollout['revision']}: {rollout['state']}{why}")
 
 
 # --------------------------------------------------------------------------- commands

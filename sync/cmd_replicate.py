@@ -86,28 +86,48 @@ def _progress_json(p: certsync_pb2.ReplicateProgress) -> dict[str, Any]:
             "error": p.error or None}
 
 
+def show_step(p: certsync_pb2.ReplicateProgress, *, json: bool) -> None:
+    """One progress line as the step happens (stderr when the final answer is JSON)."""
+    if p.node:
+        print(_progress_line(p), flush=True, file=sys.stderr if json else sys.stdout)
+
+
+def outcome(progress: list[certsync_pb2.ReplicateProgress]
+            ) -> tuple[list[certsync_pb2.ReplicateProgress], dict[str, Any] | None]:
+    """The last progress of each node, and the rollout of the summary (None: no summary)."""
+    final = {p.node: p for p in progress if p.node}
+    summary = next((p for p in reversed(progress) if not p.node and p.HasField("rollout")),
+                   None)
+    rollout = None if summary is None else {
+        "revision": summary.rollout.revision, "state": summary.rollout.state,
+        "canary": summary.rollout.canary or None,
+        "halted_reason": summary.rollout.halted_reason or None}
+    return list(final.values()), rollout
+
+
 def _replicate(args: argparse.Namespace) -> int:
     config = admin_config(args.config)
     targets: list[str] = list(dict.fromkeys(args.targets or []))
-
-    def show(p: certsync_pb2.ReplicateProgress) -> None:
-        # with --json, stdout holds the final JSON only; the progress lines go to stderr
-        out = sys.stderr if args.json else sys.stdout
-        print(_progress_line(p), file=out, flush=True)
-
-    primary, progress = asyncio.run(replicate(config, targets, force=args.force,
-                                              on_progress=show))
+    primary, progress = asyncio.run(replicate(
+        config, targets, force=args.force,
+        on_progress=lambda p: show_step(p, json=bool(args.json))))
     if primary != config.topology.primary.name:
         sys.stderr.write(f"certsync: note: used node {primary!r}, the current primary "
                          f"(cluster.toml names {config.topology.primary.name!r})\n")
-    all_in_sync = all(p.in_sync for p in progress)
+    final, rollout = outcome(progress)
+    halted = rollout is not None and rollout["state"] == "halted"
+    all_in_sync = all(p.in_sync for p in final) and not halted
     if args.json:
         print_json({"primary": primary, "forced": bool(args.force), "all_in_sync": all_in_sync,
-                    "nodes": [_progress_json(p) for p in progress]})
+                    "nodes": [_progress_json(p) for p in final], "rollout": rollout})
     if not all_in_sync:
         if not args.json:
-            behind = [p.node for p in progress if not p.in_sync]
-            print(f"not in sync: {', '.join(behind)}")
+            behind = [p.node for p in final if not p.in_sync]
+            if halted and rollout is not None:
+                print(f"rollout of revision {rollout['revision']} halted: "
+                      f"{rollout['halted_reason']}")
+            if behind:
+                print(f"not in sync: {', '.join(behind)}")
         return CheckFailed.exit_code
     return 0
 

@@ -63,6 +63,8 @@ class NodeConfig:
     monitor_interval: int = DEFAULT_MONITOR_INTERVAL
     # --- the admin console (issue 13): where it listens (HTTPS), None: no console
     admin_address: str | None = None
+    # --- rollouts (issue 12): the canary this node picks while it is the primary ---
+    rollout_canary: str | None = None
 
     @property
     def store_path(self) -> Path:
@@ -123,7 +125,7 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
               "key", "store_key", "log_format", "acme", "alerts", "monitor_interval",
-              "admin_address"}
+              "admin_address", "rollout_canary"}
 _ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
 _ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
@@ -155,6 +157,10 @@ def load_node_config(path: Path) -> NodeConfig:
                           f"{', '.join(LOG_FORMATS)}")
     acme = _acme_settings(_subtable(table, "acme"), base)
     alerts = _alert_config(_subtable(table, "alerts"))
+    canary = table.text("rollout_canary") if "rollout_canary" in table.data else None
+    if canary is not None and canary not in topology.names:
+        raise ConfigError(f"{path}: rollout_canary {canary!r} is not a node of the cluster "
+                          f"({', '.join(topology.names)}); name one of them or remove it")
     return NodeConfig(
         name=name,
         path=path,
@@ -171,6 +177,7 @@ def load_node_config(path: Path) -> NodeConfig:
         alerts=alerts,
         monitor_interval=table.positive_int("monitor_interval", DEFAULT_MONITOR_INTERVAL),
         admin_address=admin_address,
+        rollout_canary=canary,
     )
 
 

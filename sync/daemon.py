@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ async def wire_replication(
     peers: Mapping[str, Peer],
     interval: float,
     concurrency: int = DEFAULT_CONCURRENCY,
+    canary: str | None = None,
 ) -> Replication:
     """Build the replica (loading its epoch from the store), the gRPC servicer and the
     replicator for ``app``, and hook them into it (runtime role, trigger after changes).
@@ -122,13 +124,15 @@ async def wire_replication(
         raise ConfigError(f"node {app.name!r}: the mTLS key is not an EC key; restore it from "
                           "'certsync cluster init'")
     replica = Replica(name=app.name, topology=topology, store=app.store, ca_cert=ca_cert,
-                      node_key=node_key, clock=app.now, refresh=app.refresh)
+                      node_key=node_key, clock=app.now, refresh=app.refresh,
+                      serve=functools.partial(app.refresh, serve=True))
     await replica.load()
     replicator = Replicator(replica=replica, served_for=app.served_for, peers=peers,
                             credentials=(ca_pem, cert_pem, key_pem), interval=interval,
-                            concurrency=concurrency)
+                            concurrency=concurrency, canary=canary, serve_set=app.serve_set)
     service = ReplicationService(replica, state, replicator)
-    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed)
+    app.attach_replication(role=lambda: replica.role, on_change=replicator.changed,
+                           hold=replicator.holding)
     return Replication(replica=replica, service=service, replicator=replicator)
 
 
@@ -235,6 +239,7 @@ async def run_node(
             peers=peers_from_topology(topology),
             interval=float(topology.sync_interval_seconds),
             concurrency=_push_concurrency(),
+            canary=config.rollout_canary,
         )
         metrics = NodeMetrics(store=store, replicator=replication.replicator, endpoint=endpoint)
         if on_metrics is not None:

@@ -54,9 +54,11 @@ from node.model import PrivateKey
 from node.refusals import authenticate, record_refusal
 from node.rpc import abort_for, run_rpc
 from node.store import Store
+from node.store_history import HistoryRecord
 from node.store_view import StoreView
 from node.text import rfc3339
 from sync.csr_replication import receive_requests
+from sync.history import RevertGuard, SetKey, record_of
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -97,6 +99,14 @@ def describe_promotion(state: certsync_pb2.NodeState, meta: Mapping[str, str]) -
     text = meta.get("promotion")
     if text:
         state.promotion.CopyFrom(promotion_to_msg(decode_promotion(text)))
+    rollout = meta.get("rollout")  # the primary's rollout (sync.rollout_shell)
+    if rollout and state.primary == state.name:
+        state.rollout.ParseFromString(bytes.fromhex(rollout))
+        if state.rollout.state != "idle" and state.rollout.current_digest:
+            # a proposal is on its way: the cluster's set is still the current one
+            state.revision = state.rollout.current_revision
+            state.set_digest = state.rollout.current_digest
+            state.default_sha256 = state.rollout.current_default_sha256
 
 
 def promotion_from_msg(msg: certsync_pb2.Promotion) -> Promotion:
@@ -125,6 +135,7 @@ class Replica:
         node_key: ec.EllipticCurvePrivateKey,
         clock: Callable[[], dt.datetime],
         refresh: Callable[[], Awaitable[None]],
+        serve: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.topology = topology
@@ -133,10 +144,13 @@ class Replica:
         self._node_key = node_key
         self._clock = clock
         self._refresh = refresh
+        self._serve = serve or refresh
         self._promotion = initial_promotion(topology.cluster_id, topology.primary.name)
         self._staged: dict[tuple[int, int, str], CheckedSet] = {}
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[], None]] = []
+        #: rollouts: an activation not confirmed in time returns to the previous set
+        self.guard = RevertGuard(self._revert, store)
 
     def __repr__(self) -> str:  # never show the node key
         return f"Replica(name={self.name!r}, epoch={self.epoch!r}, primary={self.primary!r})"
@@ -152,6 +166,7 @@ class Replica:
             self._promotion = promotion
         else:
             await self.store.set_meta(self._meta())
+        await self.guard.resume(self.now)
         _log.info("replica.loaded", epoch=self.epoch, primary=self.primary, role=self.role)
 
     @property
@@ -298,13 +313,21 @@ class Replica:
                                       cert=found.certificate(), key=key, chain=tuple(chain)))
         return held
 
+    async def serve_store(self) -> None:
+        """Serve what the store holds now, even while a rollout holds the endpoint back (the
+        primary's own switch, the last step of a rollout)."""
+        await self._serve()
+
     async def _is_active(self, epoch: int, revision: int, digest: str) -> bool:
         view = await self.store.view()
         return (int(view.meta.get("revision") or 0) == revision
                 and epoch == self.epoch and view.digest == digest)
 
-    async def activate(self, epoch: int, revision: int, digest: str, identity: Identity) -> None:
-        """Phase 2: store and serve the staged set (idempotent)."""
+    async def activate(self, epoch: int, revision: int, digest: str, identity: Identity,
+                       *, confirm_within: float = 0.0) -> None:
+        """Phase 2: store and serve the staged set (idempotent). ``confirm_within`` > 0:
+        unless the primary confirms this set within that many seconds, the node returns to
+        the set it served before by itself (:class:`sync.history.RevertGuard`)."""
         async with self._lock:
             await self._check_sender(identity, "Activate", epoch)
             staged = self._staged.get((epoch, revision, digest))
@@ -323,6 +346,8 @@ class Replica:
             meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
             if staged.forced:  # a later primary keeps pushing this default forced
                 meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
+            previous = self.guard.previous_for_next(await record_of(
+                self.store, epoch=int(await self.store.get_meta("revision_epoch") or 0)))
             # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
@@ -333,7 +358,37 @@ class Replica:
                     detail={"epoch": epoch, "revision": revision, "digest": digest}, now=now)
             self._staged = {k: v for k, v in self._staged.items() if k[:2] > (epoch, revision)}
             await self._refresh()
-        _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest)
+            await self.store.record_set(await record_of(self.store, epoch=epoch), now=now)
+            if confirm_within > 0:
+                self.guard.arm((epoch, revision, digest), previous, confirm_within)
+            else:
+                self.guard.cancel()
+            await self.guard.persist(now, confirm_within)
+        _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest,
+                  confirm_within=confirm_within)
+
+    async def _revert(self, previous: HistoryRecord, key: SetKey) -> None:
+        """No Confirm of ``key`` came in time: serve ``previous`` again (if still on ``key``)."""
+        async with self._lock:
+            if not await self._is_active(*key):
+                return
+            now = self.now
+            meta = {**self._meta(), "revision": str(previous.revision),
+                    "revision_epoch": str(previous.epoch)}
+            await self.store.replace_all(
+                previous.entries(), default=previous.default_sha256, meta=meta,
+                actor=f"node:{self.name}", now=now, durable=False)
+            await self.store.record_audit(
+                actor=f"node:{self.name}", action="replication.reverted",
+                detail={"epoch": key[0], "revision": key[1], "digest": key[2],
+                        "back_to_revision": previous.revision,
+                        "why": "the primary did not confirm the set in time"}, now=now)
+            await self._refresh()
+            if previous.items:
+                await self.store.record_set(await record_of(self.store, epoch=previous.epoch),
+                                            now=now)
+        _log.warning("replication.reverted", epoch=key[0], revision=key[1],
+                     back_to=previous.revision)
 
     async def confirm(self, epoch: int, revision: int, digest: str, identity: Identity) -> None:
         """The primary saw this node serve its set: record ``last_sync``."""
@@ -343,6 +398,8 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
+            if self.guard.confirmed((epoch, revision, digest)):
+                await self.guard.persist(self.now, 0)
             await self.store.set_meta({"last_sync": rfc3339(self.now)}, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:
@@ -392,6 +449,11 @@ class ReplicateHandler(Protocol):
 
     def trigger(self) -> None:
         """Wake the push loop (coalesces)."""
+        ...
+
+    async def rollback(self, to_revision: int, *, actor: str) -> certsync_pb2.RollbackResponse:
+        """Propose an earlier activated set as a new revision (0: the one before the
+        current); raises :class:`CertsyncError` when there is none or we are not primary."""
         ...
 
 
@@ -462,7 +524,8 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     async def Activate(self, request: certsync_pb2.ActivateRequest,
                        identity: Identity) -> certsync_pb2.NodeState:
         await self._replica.activate(request.epoch, request.revision, request.set_digest,
-                                     identity)
+                                     identity,
+                                     confirm_within=request.confirm_within_ms / 1000.0)
         return await self._state(lifecycle=False)  # the primary reads the replication fields
 
     @_unary
@@ -520,3 +583,21 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                 _log.info("rpc.ok")
             except CertsyncError as err:
                 await abort_for(context, err)
+
+    @_unary
+    async def Rollback(self, request: certsync_pb2.RollbackRequest,
+                       identity: Identity) -> certsync_pb2.RollbackResponse:
+        actor = f"{identity.kind}:{identity.name}"
+        if identity.kind != "admin":
+            await record_refusal(self._replica.store, actor=actor, method="Rollback",
+                                 why="admin only", now=self._replica.now)
+            raise PermissionDenied(f"{identity.kind} {identity.name!r} may not call Rollback: "
+                                   "only an admin may; use the admin configuration (admin.toml)")
+        if self._replicator is None or not self._replica.is_primary:
+            raise NotPrimary(
+                f"node {self._replica.name!r} is not the primary of epoch "
+                f"{self._replica.epoch} (that is {self._replica.primary!r}); run rollback "
+                f"against {self._replica.primary!r}",
+                node=self._replica.name, primary=self._replica.primary,
+                epoch=self._replica.epoch)
+        return await self._replicator.rollback(request.to_revision, actor=actor)

@@ -31,35 +31,32 @@ import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api import certsync_pb2
 from node.errors import (
     CertsyncError,
-    ConfigError,
     Conflict,
     CoverageError,
     NodeUnreachable,
-    NotFound,
-    PermissionDenied,
     StaleEpoch,
     TransferRejected,
 )
 from node.formats import cert_sha256
 from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
+from node.model import PrivateKey
 from node.selection import Selection
 from node.store_view import StoreView
 from node.text import rfc3339
+from sync import rollout as rollout_core
 from sync.client import NodeClient, NodeTarget
 from sync.csr_replication import pair_targets, push_to_pair
+from sync.peers import Peer, follow, peers_from_topology
 from sync.plan import NodeState, plan
 from sync.probe import served_sha256
 from sync.receiver import (
@@ -67,8 +64,15 @@ from sync.receiver import (
     promotion_from_msg,
     promotion_to_msg,
 )
+from sync.rollout_shell import (
+    RolloutRunner,
+    progress,
+    proposed,
+    record_from,
+    rollout_msg,
+    selection_of,
+)
 from sync.snapshot import SetItem, Snapshot
-from sync.topology import Topology
 from sync.transfer import TransferContext, WrappedItem, wrap_item
 
 __all__ = [
@@ -77,6 +81,10 @@ __all__ = [
     "Replicator",
     "peers_from_topology",
 ]
+
+#: serve these (certificate, chain, key) and this default on the node's endpoint
+ServeSet = Callable[[Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],
+                     str | None], Awaitable[None]]
 
 DEFAULT_CONCURRENCY: Final = 32
 DEFAULT_PROBE_TIMEOUT: Final = 5.0
@@ -88,47 +96,6 @@ _FOREVER: Final = dt.timedelta(days=36500)
 _PROBE_ATTEMPTS: Final = 3
 _PROBE_PAUSE: Final = 0.2  # seconds, doubled on the next attempt
 _RETRY_FIRST: Final = 0.5  # seconds until a round retries nodes not in sync; doubles
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Where another node is, and the public key its transfer blobs are wrapped for."""
-
-    name: str
-    grpc_address: str
-    tls_address: str
-    public_key: ec.EllipticCurvePublicKey = field(repr=False)
-
-
-def _public_key(path: Path, name: str) -> ec.EllipticCurvePublicKey:
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read node {name!r}'s certificate {str(path)!r}; check "
-                          "cluster.toml (run 'certsync cluster init' again if it is lost)") from err
-    key = cert.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"node {name!r}'s certificate {str(path)!r} has no EC key; "
-                          "re-issue it with 'certsync cluster init'")
-    return key
-
-
-def peers_from_topology(topology: Topology) -> dict[str, Peer]:
-    """Every node of ``topology`` as a :class:`Peer` (reads each ``node.pem``)."""
-    return {
-        spec.name: Peer(spec.name, spec.grpc_address, spec.tls_address,
-                        _public_key(spec.cert_path, spec.name))
-        for spec in topology.nodes
-    }
-
-
-def progress(name: str, state: str, message: str, *, in_sync: bool = False,
-              snap: Snapshot | None = None, error: str = "") -> certsync_pb2.ReplicateProgress:
-    p = certsync_pb2.ReplicateProgress(node=name, state=state, message=message,
-                                       in_sync=in_sync, error=error)
-    if snap is not None:
-        p.epoch, p.revision, p.set_digest = snap.epoch, snap.revision, snap.digest
-    return p
 
 
 class Replicator:
@@ -146,6 +113,8 @@ class Replicator:
         concurrency: int = DEFAULT_CONCURRENCY,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        canary: str | None = None,
+        serve_set: ServeSet | None = None,
     ) -> None:
         self.replica = replica
         self._served_for = served_for
@@ -174,6 +143,16 @@ class Replicator:
         self.on_converge: list[Callable[[float], None]] = []
         self._changes = 0
         self._changed_at: float | None = None  # monotonic time of the oldest unconverged change
+        # --- rollouts (issue 12): see sync.rollout (the states) and sync.rollout_shell ---
+        self.canary_name = canary
+        self._serve_set = serve_set
+        #: seconds a receiver waits for our Confirm after an activation before it reverts
+        self.confirm_within = probe_timeout * _PROBE_ATTEMPTS + 5.0
+        #: seconds a node has to answer before staging, else it is unreachable (no block)
+        self.reach_timeout = probe_timeout
+        self.rollout = rollout_core.IDLE
+        self._rollout_lock = asyncio.Lock()
+        self._runner = RolloutRunner(self)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -273,7 +252,7 @@ class Replicator:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def _probe(self, name: str) -> str | None:
+    async def _probe(self, name: str, snap: Snapshot | None = None) -> str | None:
         """None when ``name`` serves what we select for the names clients reach it by (the
         site and its own hostname) and without SNI; else a sentence saying where it differs.
         The handshakes run concurrently."""
@@ -282,7 +261,8 @@ class Replicator:
             (server_name, expected)
             for server_name in (*self.replica.topology.served_names(name), None)
             # we serve nothing for it: the digest comparison is all there is
-            if (expected := self._served_for(server_name).key) is not None
+            if (expected := (self._served_for(server_name) if snap is None else
+                             selection_of(snap, server_name)).key) is not None
         ]
         got = await asyncio.gather(*(
             served_sha256(peer.tls_address, server_name, timeout=self._probe_timeout)
@@ -295,13 +275,13 @@ class Replicator:
                         f"{expected[:16]}")
         return None
 
-    async def _probe_with_retry(self, name: str) -> str | None:
+    async def probe_with_retry(self, name: str, snap: Snapshot | None = None) -> str | None:
         """:meth:`_probe`, tried again after a short pause when the handshake fails or the
         answer differs: a node under load may answer slowly, and the primary's own selection
         may have moved on meanwhile (the next round settles anything left)."""
         for attempt in range(_PROBE_ATTEMPTS):
             try:
-                mismatch = await self._probe(name)
+                mismatch = await self._probe(name, snap)
             except NodeUnreachable:
                 if attempt + 1 == _PROBE_ATTEMPTS:
                     raise
@@ -312,7 +292,7 @@ class Replicator:
                 await asyncio.sleep(_PROBE_PAUSE * (attempt + 1))
         return mismatch
 
-    async def _fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
+    async def fenced_by(self, name: str, state: certsync_pb2.NodeState) -> str:
         """``name`` reports a higher epoch: verify and adopt its promotion, step down."""
         try:
             adopted = await self.replica.adopt(promotion_from_msg(state.promotion),
@@ -329,7 +309,8 @@ class Replicator:
                 f"{self.replica.primary!r}); this node stepped down")
 
     async def push(self, name: str, *, force: bool = False, fresh_probe: bool = False,
-                   latest: Snapshot | None = None) -> certsync_pb2.ReplicateProgress:
+                   latest: Snapshot | None = None,
+                   current: bool = False) -> certsync_pb2.ReplicateProgress:
         """Bring ``name`` to this primary's set; idempotent. Never raises a CertsyncError:
         the outcome is in the progress message. ``latest``: the set as the caller just read
         it for a whole round (a change after it triggers the next round)."""
@@ -356,10 +337,20 @@ class Replicator:
                     else:
                         state = await client.get_state()
                         if state.epoch > snap.epoch:
-                            return progress(name, "fenced", await self._fenced_by(name, state),
+                            return progress(name, "fenced", await self.fenced_by(name, state),
                                              snap=snap, error="StaleEpoch")
                         if state.epoch == snap.epoch and state.revision > snap.revision:
-                            snap = await self._raise_revision(state.revision)
+                            if current and (await self.snapshot()).digest != snap.digest:
+                                # a proposal is pending: a canary not yet back, or a node
+                                # that activated it; it reverts or takes the next rollout
+                                return progress(name, "failed", f"node {name!r} holds "
+                                                f"revision {state.revision}, above the "
+                                                f"current {snap.revision}", snap=snap)
+                            raised = await self._raise_revision(state.revision)
+                            if current:  # the same set under a higher revision is current
+                                await self.replica.store.record_set(
+                                    record_from(raised), now=self.replica.now)
+                            snap = raised
                         seen = (state.epoch, state.revision, state.set_digest)
                         served = None if fresh_probe else (known == seen or None)
                         decision = plan(
@@ -375,14 +366,11 @@ class Replicator:
                         if pushed:
                             await self._stage_activate(name, snap, force=force,
                                                        held=frozenset(state.held_sha256))
-                mismatch = await self._probe_with_retry(name)
+                mismatch = await self.probe_with_retry(name, snap)
                 if mismatch is not None:
                     self._served_ok.pop(name, None)
                     return progress(name, "failed", mismatch, snap=snap, error="CheckFailed")
-                await client.confirm(epoch=snap.epoch, revision=snap.revision,
-                                     set_digest=snap.digest)
-                self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
-                self.synced[name] = self.replica.now
+                await self.confirm(name, snap)
                 for observe in self.on_push if pushed else ():
                     observe(name, time.monotonic() - began)
                 verb = "pushed, serving" if pushed else "serving"
@@ -401,7 +389,7 @@ class Replicator:
                 with contextlib.suppress(CertsyncError):  # adopt the epoch it holds now
                     state = await self._client(name).get_state()
                     if snap is not None and state.epoch > snap.epoch:
-                        return progress(name, "fenced", await self._fenced_by(name, state),
+                        return progress(name, "fenced", await self.fenced_by(name, state),
                                          snap=snap, error="StaleEpoch")
                 self.trigger()  # the next round reads its state and adopts the promotion
                 return progress(name, "fenced", str(err), snap=snap, error=type(err).__name__)
@@ -440,6 +428,46 @@ class Replicator:
 
     async def _stage_activate(self, name: str, snap: Snapshot, *, force: bool,
                               held: frozenset[str]) -> None:
+        await self.stage_only(name, snap, force=force, held=held)
+        await self.activate(name, snap)
+        _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
+                  digest=snap.digest, certificates=len(snap.items), forced=force)
+
+    async def activate(self, name: str, snap: Snapshot) -> None:
+        """Activate the staged ``snap`` on ``name``; it reverts by itself without our Confirm
+        within :attr:`confirm_within` seconds."""
+        await self._client(name).activate(epoch=snap.epoch, revision=snap.revision,
+                                          set_digest=snap.digest,
+                                          confirm_within_ms=int(self.confirm_within * 1000))
+        self._held[name] = frozenset(i.sha256 for i in snap.items)
+
+    async def confirm(self, name: str, snap: Snapshot) -> None:
+        """``name`` was seen serving ``snap``: confirm it (no revert) and remember it."""
+        await self._client(name).confirm(epoch=snap.epoch, revision=snap.revision,
+                                         set_digest=snap.digest)
+        self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
+        self.synced[name] = self.replica.now
+
+    def forget(self, name: str) -> None:
+        self._served_ok.pop(name, None)
+        self._held.pop(name, None)
+
+    def lock_for(self, name: str) -> asyncio.Lock:
+        return self._lock(name)
+
+    def client_for(self, name: str) -> NodeClient:
+        return self._client(name)
+
+    def roles(self) -> dict[str, str]:
+        return {n: self.replica.topology.node(n).role for n in self.targets}
+
+    def holding(self) -> bool:
+        """Does this node's TLS endpoint stay on the current set for now (see NodeApp)? A
+        primary alone in its cluster serves each change at once (its rollout is itself)."""
+        return bool(self.replica.is_primary and self.targets and not self._runner.switching)
+
+    async def stage_only(self, name: str, snap: Snapshot, *, force: bool,
+                         held: frozenset[str]) -> None:
         client = self._client(name)
         try:
             staged = await client.stage(
@@ -453,10 +481,6 @@ class Replicator:
         if staged.set_digest != snap.digest:
             raise Conflict(f"node {name!r} staged digest {staged.set_digest!r}, not "
                            f"{snap.digest!r}; retrying on the next round")
-        await client.activate(epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest)
-        self._held[name] = frozenset(i.sha256 for i in snap.items)
-        _log.info("replication.pushed", node=name, epoch=snap.epoch, revision=snap.revision,
-                  digest=snap.digest, certificates=len(snap.items), forced=force)
 
     # -- many targets ------------------------------------------------------------------
 
@@ -493,38 +517,74 @@ class Replicator:
                            f"{self.replica.epoch} (that is {self.replica.primary!r}); "
                            f"run replicate against {self.replica.primary!r}")
         names = self._check_names(nodes)
-        snap = await self.snapshot()
-        await self._gate(snap, force=force, actor=actor)
-        tasks = [asyncio.create_task(self.push(n, force=force, fresh_probe=True, latest=snap))
-                 for n in names]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                yield await next_done
-        finally:
-            for task in tasks:
-                task.cancel()
+        async with self._rollout_lock:
+            snap = await self.snapshot()
+            current = await self._runner.current()
+            if proposed(snap, current) and rollout_core.should_start(
+                    self.rollout, snap.revision, asked=True):
+                # a default an admin forced past the coverage gate goes out forced
+                force = force or await self._forced(snap)
+                await self._gate(snap, force=force, actor=actor)
+                async for step in self._runner.run(snap, force=force):
+                    yield step
+                return
+            if current is None:
+                await self._gate(snap, force=force, actor=actor)
+            target = current or snap
+            forced = force or bool(target.uncovered(self.required_names))
+            tasks = [asyncio.create_task(self.push(n, force=forced, fresh_probe=True,
+                                                   latest=target, current=True))
+                     for n in names]
+            try:
+                for next_done in asyncio.as_completed(tasks):
+                    yield await next_done
+            finally:
+                for task in tasks:
+                    task.cancel()
+            summary = progress("", self.rollout.state, self.rollout.halted_reason or
+                               f"revision {target.revision} is current", snap=target,
+                               in_sync=self.rollout.state != "halted")
+            summary.rollout.CopyFrom(rollout_msg(self.rollout))
+            yield summary
 
     async def round(self) -> list[certsync_pb2.ReplicateProgress]:
-        """One automatic round: push to every other node that is not in sync."""
+        """One automatic round: roll out a new proposal, else bring every other node that
+        is not in sync to the current set (anti-entropy pushes only the current revision)."""
         if not self.replica.is_primary:
             await self.follow()
             return []
+        async with self._rollout_lock:
+            return await self._round_locked()
+
+    async def _round_locked(self) -> list[certsync_pb2.ReplicateProgress]:
         changes = self._changes
         snap = await self.snapshot()
-        forced = await self._forced(snap)
-        try:
-            if not forced:  # an admin forced this default past the gate: push it forced
-                await self._gate(snap, force=False, actor=f"node:{self.name}")
-        except CoverageError:
-            missing = snap.uncovered(self.required_names)
-            if self._blocked_logged != snap.digest:
-                _log.warning("replication.blocked", uncovered=missing, revision=snap.revision)
-                self._blocked_logged = snap.digest
-            # nodes holding this very set (pushed with --force) are still checked
+        current = await self._runner.current()
+        if proposed(snap, current) and rollout_core.should_start(
+                self.rollout, snap.revision, asked=False):
+            forced = await self._forced(snap)  # an admin forced this default past the gate
+            try:
+                if not forced:
+                    await self._gate(snap, force=False, actor=f"node:{self.name}")
+            except CoverageError:
+                missing = snap.uncovered(self.required_names)
+                if self._blocked_logged != snap.digest:
+                    _log.warning("replication.blocked", uncovered=missing,
+                                 revision=snap.revision)
+                    self._blocked_logged = snap.digest
+            else:
+                rolled = [p async for p in self._runner.run(snap, force=forced) if p.node]
+                await self._push_requests()
+                if self.rollout.state == "idle" and all(p.in_sync for p in rolled):
+                    self._converged(changes)
+                return rolled
+        if current is None:
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
             await self._push_requests()  # CSRs are not gated: they serve nothing
             return [r for r in fenced if r is not None]
-        results = list(await asyncio.gather(*(self.push(n, latest=snap, force=forced)
+        forced = bool(current.uncovered(self.required_names))  # forced when it was proposed
+        results = list(await asyncio.gather(*(self.push(n, latest=current, force=forced,
+                                                        current=True)
                                                for n in self.targets)))
         await self._push_requests()
         if results and all(r.in_sync for r in results):
@@ -538,6 +598,7 @@ class Replicator:
         ``forced_default``, written by the change or by the forced push that brought it)."""
         want = snap.default.sha256 if snap.default is not None else NO_DEFAULT
         return await self.replica.store.get_meta(FORCED_DEFAULT_KEY) == want
+
     async def _push_requests(self) -> None:
         """Issue 11: CSRs with their keys, to the other node of the failover pair only."""
         pair = [n for n in pair_targets(self.replica.topology, self.name) if n in self._peers]
@@ -551,33 +612,22 @@ class Replicator:
         except CertsyncError:
             return None
         if state.epoch > snap.epoch:
-            return progress(name, "fenced", await self._fenced_by(name, state), snap=snap)
+            return progress(name, "fenced", await self.fenced_by(name, state), snap=snap)
         return None
 
+    async def rollback(self, to_revision: int, *, actor: str) -> certsync_pb2.RollbackResponse:
+        """See :meth:`sync.rollout_shell.RolloutRunner.rollback` (under the rollout lock)."""
+        async with self._rollout_lock:
+            return await self._runner.rollback(to_revision, actor=actor)
+
     async def follow(self) -> None:
-        """Not the primary: adopt a verified higher epoch from the nodes that may be primary
-        (the topology's primary and backup, and the primary we know). Everyone else is
-        fenced by the new primary's pushes, which carry its promotion."""
-        topology = self.replica.topology
-        candidates = {topology.primary.name, self.replica.primary}
-        if topology.backup is not None:
-            candidates.add(topology.backup.name)
-        candidates.discard(self.name)
-
-        async def ask(name: str) -> None:
-            try:
-                state = await self._client(name).get_state()
-                if state.epoch > self.replica.epoch and state.HasField("promotion"):
-                    await self.replica.adopt(promotion_from_msg(state.promotion),
-                                             actor=f"node:{name}")
-            except (CertsyncError, NotFound, PermissionDenied) as err:
-                _log.debug("replication.follow_skipped", node=name, error=type(err).__name__)
-
-        await asyncio.gather(*(ask(n) for n in sorted(candidates) if n in self._peers))
+        """Not the primary: adopt a verified higher epoch (:func:`sync.peers.follow`)."""
+        await follow(self.replica, self._client, self._peers)
 
     async def run(self) -> None:
         """The background loop until :meth:`stop`; never raises (errors are logged)."""
         try:
+            await self._runner.serve_current_at_start(self._serve_set)
             retry = _RETRY_FIRST
             while not self._stopping:
                 self._wake.clear()

@@ -64,6 +64,8 @@ class Observed:
     # of the primary only) the stored chain of each certificate by sha256
     served_chains: Mapping[ServerName, tuple[str, ...]] = field(default_factory=dict)
     stored_chains: Mapping[str, StoredChain] = field(default_factory=dict)
+    # rollouts (issue 12): the primary's {"revision","state","canary","halted_reason"}
+    rollout: Mapping[str, Any] | None = None
 
     def same_set(self, other: Observed) -> bool:
         return (self.epoch, self.revision, self.digest) == (
@@ -313,4 +315,13 @@ def status_report(
         "required_names": list(topology.required_names()),
         "nodes": nodes,
         "problems": top_problems,
+        "rollout": _rollout(leader),
     }
+
+
+def _rollout(leader: Observed | None) -> dict[str, Any]:
+    """The runtime primary's rollout; idle at its revision when it reports none."""
+    if leader is not None and leader.rollout is not None:
+        return dict(leader.rollout)
+    return {"revision": leader.revision if leader is not None else None, "state": "idle",
+            "canary": None, "halted_reason": None}

@@ -228,19 +228,25 @@ class ActivateRequest(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     SET_DIGEST_FIELD_NUMBER: _builtins.int
+    CONFIRM_WITHIN_MS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     revision: _builtins.int
     set_digest: _builtins.str
+    confirm_within_ms: _builtins.int
+    """rollouts (issue 12): > 0, the receiver returns to its previous set by itself unless a
+    Confirm of this set arrives within that many milliseconds; 0: no deadline
+    """
     def __init__(
         self,
         *,
         epoch: _builtins.int = ...,
         revision: _builtins.int = ...,
         set_digest: _builtins.str = ...,
+        confirm_within_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "revision", b"revision", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_within_ms", b"confirm_within_ms", "epoch", b"epoch", "revision", b"revision", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,9 +370,12 @@ class ReplicateProgress(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     SET_DIGEST_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     state: _builtins.str
-    """in_sync | failed | unreachable | fenced"""
+    """in_sync | failed | unreachable | fenced; in a rollout (issue 12) also staged | refused |
+    held (staged, not activated: the rollout halted); the summary: the rollout's state
+    """
     message: _builtins.str
     in_sync: _builtins.bool
     epoch: _builtins.int
@@ -374,6 +383,12 @@ class ReplicateProgress(_message.Message):
     set_digest: _builtins.str
     error: _builtins.str
     """the certsync error class when it failed (e.g. "CoverageError")"""
+    @_builtins.property
+    def rollout(self) -> Global___RolloutInfo:
+        """rollouts (issue 12): the rollout after this step; set on the stream's last message,
+        whose node is empty (the summary)
+        """
+
     def __init__(
         self,
         *,
@@ -385,10 +400,11 @@ class ReplicateProgress(_message.Message):
         revision: _builtins.int = ...,
         set_digest: _builtins.str = ...,
         error: _builtins.str = ...,
+        rollout: Global___RolloutInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "error", b"error", "in_sync", b"in_sync", "message", b"message", "node", b"node", "revision", b"revision", "set_digest", b"set_digest", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "error", b"error", "in_sync", b"in_sync", "message", b"message", "node", b"node", "revision", b"revision", "rollout", b"rollout", "set_digest", b"set_digest", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1108,6 +1124,7 @@ class NodeState(_message.Message):
     CERTIFICATES_FIELD_NUMBER: _builtins.int
     PENDING_CA_CHANGE_FIELD_NUMBER: _builtins.int
     REQUESTS_DIGEST_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: _builtins.str
     """at run time: primary while this node is the primary of its epoch"""
@@ -1140,6 +1157,14 @@ class NodeState(_message.Message):
     def pending_ca_change(self) -> Global___PendingCaChange:
         """unset: none pending"""
 
+    @_builtins.property
+    def rollout(self) -> Global___RolloutInfo:
+        """--- rollouts (issue 12): numbers from 60 on ---
+        unset: the node is not the primary (or knows of none). While a proposal is rolled out
+        (state not idle) the primary reports the current set's revision, digest and default
+        above -- what it serves -- and the proposal's revision here.
+        """
+
     def __init__(
         self,
         *,
@@ -1157,10 +1182,11 @@ class NodeState(_message.Message):
         certificates: _abc.Iterable[Global___CertificateLifecycle] | None = ...,
         pending_ca_change: Global___PendingCaChange | None = ...,
         requests_digest: _builtins.str = ...,
+        rollout: Global___RolloutInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change", "promotion", b"promotion"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_ca_change", b"pending_ca_change", "promotion", b"promotion", "rollout", b"rollout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "held_sha256", b"held_sha256", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "requests_digest", b"requests_digest", "revision", b"revision", "role", b"role", "set_digest", b"set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates", "cluster_id", b"cluster_id", "default_sha256", b"default_sha256", "epoch", b"epoch", "held_sha256", b"held_sha256", "last_sync", b"last_sync", "name", b"name", "pending_ca_change", b"pending_ca_change", "primary", b"primary", "promotion", b"promotion", "requests_digest", b"requests_digest", "revision", b"revision", "role", b"role", "rollout", b"rollout", "set_digest", b"set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1606,3 +1632,99 @@ class PushRequestsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PushRequestsResponse: _TypeAlias = PushRequestsResponse  # noqa: Y015
+
+@_typing.final
+class RolloutInfo(_message.Message):
+    """--- rollouts (issue 12) ---
+
+    Where the primary's rollout of a proposed revision stands (sync/rollout.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    HALTED_REASON_FIELD_NUMBER: _builtins.int
+    CURRENT_REVISION_FIELD_NUMBER: _builtins.int
+    CURRENT_DIGEST_FIELD_NUMBER: _builtins.int
+    CURRENT_DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """the proposed revision (the current one when idle)"""
+    state: _builtins.str
+    """idle | staging | canary | activating | halted"""
+    canary: _builtins.str
+    """empty: none chosen"""
+    halted_reason: _builtins.str
+    """empty unless halted"""
+    current_revision: _builtins.int
+    """the cluster's current revision"""
+    current_digest: _builtins.str
+    """the digest of the current set"""
+    current_default_sha256: _builtins.str
+    """the current set's default (empty: none)"""
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        state: _builtins.str = ...,
+        canary: _builtins.str = ...,
+        halted_reason: _builtins.str = ...,
+        current_revision: _builtins.int = ...,
+        current_digest: _builtins.str = ...,
+        current_default_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "current_default_sha256", b"current_default_sha256", "current_digest", b"current_digest", "current_revision", b"current_revision", "halted_reason", b"halted_reason", "revision", b"revision", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutInfo: _TypeAlias = RolloutInfo  # noqa: Y015
+
+@_typing.final
+class RollbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_REVISION_FIELD_NUMBER: _builtins.int
+    to_revision: _builtins.int
+    """0: the set activated before the current one"""
+    def __init__(
+        self,
+        *,
+        to_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["to_revision", b"to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015
+
+@_typing.final
+class RollbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    RESTORED_REVISION_FIELD_NUMBER: _builtins.int
+    DEFAULT_SHA256_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """the new revision that carries the restored set"""
+    restored_revision: _builtins.int
+    """the revision whose set was restored"""
+    default_sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        restored_revision: _builtins.int = ...,
+        default_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sha256", b"default_sha256", "restored_revision", b"restored_revision", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackResponse: _TypeAlias = RollbackResponse  # noqa: Y015

@@ -818,6 +818,11 @@ class ReplicationStub:
                 request_serializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
                 response_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/certsync.v1.Replication/Rollback',
+                request_serializer=node_dot_api_dot_certsync__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=node_dot_api_dot_certsync__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -866,7 +871,8 @@ class ReplicationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Replicate(self, request, context):
-        """Admin, on the primary: push now; one progress message per node as it finishes.
+        """Admin, on the primary: push now; one progress message per node as it finishes (in a
+        rollout: per node and step as it happens, then a summary whose node is empty).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -875,6 +881,15 @@ class ReplicationServicer:
     def PushRequests(self, request, context):
         """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
         backup only; not part of the served set or its digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """--- rollouts (issue 12) ---
+        Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+        the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -917,6 +932,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.PushRequests,
                     request_deserializer=node_dot_api_dot_certsync__pb2.PushRequestsRequest.FromString,
                     response_serializer=node_dot_api_dot_certsync__pb2.PushRequestsResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=node_dot_api_dot_certsync__pb2.RollbackRequest.FromString,
+                    response_serializer=node_dot_api_dot_certsync__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1114,6 +1134,33 @@ class Replication:
             '/certsync.v1.Replication/PushRequests',
             node_dot_api_dot_certsync__pb2.PushRequestsRequest.SerializeToString,
             node_dot_api_dot_certsync__pb2.PushRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certsync.v1.Replication/Rollback',
+            node_dot_api_dot_certsync__pb2.RollbackRequest.SerializeToString,
+            node_dot_api_dot_certsync__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -324,10 +324,17 @@ class ReplicationStub:
     Promote: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _grpc.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]
-    """Admin, on the primary: push now; one progress message per node as it finishes."""
+    """Admin, on the primary: push now; one progress message per node as it finishes (in a
+    rollout: per node and step as it happens, then a summary whose node is empty).
+    """
     PushRequests: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]
     """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
     backup only; not part of the served set or its digest.
+    """
+    Rollback: _grpc.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]
+    """--- rollouts (issue 12) ---
+    Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+    the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
     """
 
 @_typing.type_check_only
@@ -354,10 +361,17 @@ class ReplicationAsyncStub(ReplicationStub):
     Promote: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PromoteRequest, _certsync_pb2.NodeState]  # type: ignore[assignment]
     """Admin, on the node to promote: adopt the promotion, become the primary, push."""
     Replicate: _aio.UnaryStreamMultiCallable[_certsync_pb2.ReplicateRequest, _certsync_pb2.ReplicateProgress]  # type: ignore[assignment]
-    """Admin, on the primary: push now; one progress message per node as it finishes."""
+    """Admin, on the primary: push now; one progress message per node as it finishes (in a
+    rollout: per node and step as it happens, then a summary whose node is empty).
+    """
     PushRequests: _aio.UnaryUnaryMultiCallable[_certsync_pb2.PushRequestsRequest, _certsync_pb2.PushRequestsResponse]  # type: ignore[assignment]
     """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
     backup only; not part of the served set or its digest.
+    """
+    Rollback: _aio.UnaryUnaryMultiCallable[_certsync_pb2.RollbackRequest, _certsync_pb2.RollbackResponse]  # type: ignore[assignment]
+    """--- rollouts (issue 12) ---
+    Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+    the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
     """
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
@@ -417,7 +431,9 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         request: _certsync_pb2.ReplicateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_certsync_pb2.ReplicateProgress], _abc.AsyncIterator[_certsync_pb2.ReplicateProgress]]:
-        """Admin, on the primary: push now; one progress message per node as it finishes."""
+        """Admin, on the primary: push now; one progress message per node as it finishes (in a
+        rollout: per node and step as it happens, then a summary whose node is empty).
+        """
 
     @_abc_1.abstractmethod
     def PushRequests(
@@ -427,6 +443,17 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_certsync_pb2.PushRequestsResponse, _abc.Awaitable[_certsync_pb2.PushRequestsResponse]]:
         """issue 11: the primary's CSRs with their keys (each sealed for the recipient), to its
         backup only; not part of the served set or its digest.
+        """
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _certsync_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_certsync_pb2.RollbackResponse, _abc.Awaitable[_certsync_pb2.RollbackResponse]]:
+        """--- rollouts (issue 12) ---
+        Admin, on the primary: make an earlier activated set (kept in the primary's set history)
+        the proposal, as a new revision, audited; the caller then runs Replicate to roll it out.
         """
 
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

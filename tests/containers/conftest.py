@@ -89,6 +89,7 @@ def certsync_image(docker_client: docker.DockerClient) -> BuiltImage:
     ).stdout.strip()
     result = subprocess.run(
         ["bash", str(ROOT / "deploy/build-image.sh")],
+        # CERTSYNC_TEST_IMAGE: another tag, so worktrees on one Docker do not share one
         env={**os.environ, "BASE_IMAGE": base,
              "IMAGE": os.environ.get("CERTSYNC_TEST_IMAGE", "certsync:dev")},
         capture_output=True, text=True, timeout=900,

@@ -250,6 +250,46 @@ def test_6_a_container_with_another_clusters_ca_cannot_push_or_be_pushed_to(
     assert status(ours)["t1"]["in_sync"] is False
 
 
+# --------------------------------------------------------------------------- 7. rollout
+
+
+def test_7_a_canary_cut_off_after_staging_halts_the_rollout_and_no_other_activates(
+    cluster: ContainerCluster,
+) -> None:
+    old = create_default(cluster, name="old")
+    wait_served(cluster, old)
+    t2 = cluster.container("t2").get_wrapped_container()
+    # t2 frozen: it cannot answer, so staging waits for it (the reach timeout) while t1,
+    # the canary (the first traffic node), has staged already -- the moment to cut t1 off
+    t2.pause()
+    try:
+        staged_before = cluster.logs("t1").count("replication.staged")
+        new = create_default(cluster, name="new")
+        wait_until(lambda: cluster.logs("t1").count("replication.staged") > staged_before,
+                   timeout=90, what="t1 staging the new set")
+        cluster.disconnect("t1")
+    finally:
+        t2.unpause()
+
+    def halted() -> dict[str, object] | None:
+        proc = cluster.cli("status", "--json")
+        rollout = json.loads(proc.stdout)["rollout"] if proc.stdout else {}
+        return rollout if rollout.get("state") == "halted" else None
+
+    rollout = wait_until(halted, timeout=90, what="the rollout halted at the canary")
+    assert rollout["canary"] == "t1" and "t1" in str(rollout["halted_reason"])
+    # no other container activated: b1, t2 and the primary's own endpoint serve the old set
+    assert_openssl_sees(cluster, old, ["p1", "b1", "t2"])
+    assert cluster.served_inside("t1") == old  # t1 never switched (it was cut off first)
+    assert new != old
+    # the twin: t1 back, replicate retries the halted rollout and every container switches
+    cluster.connect("t1")
+    wait_until(lambda: cluster.cli("replicate").returncode == 0, timeout=90,
+               what="replicate completing the rollout")
+    wait_served(cluster, new)
+    assert_openssl_sees(cluster, new)
+
+
 # --------------------------------------------------------------------------- compose.yaml
 
 

@@ -46,7 +46,7 @@ CORE = frozenset({
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "node.coverage_gate",
     "node.linking",
-    "sync.plan", "sync.promotion", "sync.report", "sync.snapshot", "sync.staging",
+    "sync.plan", "sync.promotion", "sync.report", "sync.rollout", "sync.snapshot", "sync.staging",
     "sync.topology", "sync.transfer",
     "node.audit_view",
     "sync.console", "sync.console.pages", "sync.console.timeline",
