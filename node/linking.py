@@ -18,8 +18,9 @@ them from its rows and the rules are table tests.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -27,17 +28,21 @@ from typing import Literal
 from cryptography import x509
 
 from node.formats import cert_sha256
-from node.store_view import StoreView
+from node.model import PrivateKey
+from node.store_view import SetEntry, StoreView
 
 __all__ = [
+    "EntryLinks",
     "IssuerId",
     "KeyHolder",
     "Link",
     "LinkCandidate",
+    "apply_links",
     "dependents",
     "dependents_in",
     "describe_link",
     "issuer_of",
+    "plan_entry_links",
     "plan_links",
     "requests_digest",
     "takes_over",
@@ -205,3 +210,57 @@ def requests_digest(csrs: Iterable[tuple[str, str | None]]) -> str:
     for csr_id, fulfilled in sorted((i, f or "-") for i, f in set(csrs)):
         h.update(f"{csr_id}:{fulfilled}\n".encode("ascii"))
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- one add's links
+
+
+@dataclass(frozen=True)
+class EntryLinks:
+    """What :func:`plan_entry_links` decided for one add: the entries as they go on (a
+    default name of an entry stored already gives way to the stored name), the batch by
+    sha256, and the links planned (their keys still to be fetched by the shell)."""
+
+    entries: list[SetEntry]
+    batch: Mapping[str, SetEntry]
+    links: list[Link]
+
+
+def plan_entry_links(
+    entries: Sequence[SetEntry],
+    view: StoreView,
+    csrs: Sequence[tuple[str, bytes]],
+    spki_of: Callable[[str, x509.Certificate], bytes],
+) -> EntryLinks:
+    """The links an add of ``entries`` to ``view`` makes (:func:`plan_links`): keys of the
+    batch, stored certificates' keys, then CSRs' keys (``csrs``: (id, SPKI) oldest first),
+    for every certificate of the batch or the store without a key."""
+    out = [dataclasses.replace(e, name="") if e.name_is_default and e.name
+           and view.get(cert_sha256(e.cert)) is not None else e for e in entries]
+    batch: dict[str, SetEntry] = {}
+    for e in out:
+        sha = cert_sha256(e.cert)
+        if batch.get(sha) is None or e.key is not None:
+            batch[sha] = e
+    holders = [KeyHolder("cert", sha, spki_of(sha, e.cert))
+               for sha, e in batch.items() if e.key is not None]
+    holders += [KeyHolder("cert", c.sha256, spki_of(c.sha256, c.certificate()))
+                for c in view.certs if c.has_key]
+    holders += [KeyHolder("csr", i, k) for i, k in csrs]
+    candidates = [LinkCandidate(sha, spki_of(sha, e.cert)) for sha, e in batch.items()
+                  if e.key is None and sha not in view.keyed]
+    candidates += [LinkCandidate(c.sha256, spki_of(c.sha256, c.certificate()))
+                   for c in view.certs if not c.has_key and c.sha256 not in batch]
+    return EntryLinks(out, batch, plan_links(candidates, holders))
+
+
+def apply_links(
+    planned: EntryLinks, view: StoreView, found: Mapping[str, PrivateKey]
+) -> tuple[list[SetEntry], list[Link]]:
+    """The entries with the keys ``found`` (by certificate sha256) put in, plus an entry for
+    each stored certificate that gains one, and the links made."""
+    out = [dataclasses.replace(e, key=found[sha]) if e.key is None and sha in found else e
+           for e in planned.entries for sha in (cert_sha256(e.cert),)]
+    out += [SetEntry(cert=c.certificate(), key=found[c.sha256], name="")
+            for c in view.certs if c.sha256 in found and c.sha256 not in planned.batch]
+    return out, [k for k in planned.links if k.cert_sha256 in found]

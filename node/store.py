@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ from cryptography import x509
 
 from node.errors import BadInput, Conflict, IntegrityError
 from node.formats import cert_sha256
-from node.linking import KeyHolder, Link, LinkCandidate, plan_links
+from node.linking import KeyHolder, Link, apply_links, plan_entry_links
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
 from node.store_history import SetHistoryMixin
@@ -47,6 +46,7 @@ from node.store_view import (
     SetEntry,
     StoredCert,
     StoreView,
+    changes_nothing,
     prepare,
     row_to_cert,
 )
@@ -69,28 +69,6 @@ _Chain = tuple[tuple[x509.Certificate, ...], tuple[str, ...]]
 def _nonce() -> bytes:
     """A fresh AES-GCM nonce (the randomness :mod:`node.sealing` takes as a parameter)."""
     return os.urandom(NONCE_BYTES)
-
-
-def _changes_nothing(
-    view: StoreView, prepared: Sequence[PreparedCert], make_default: str | None
-) -> bool:
-    """Whether adding ``prepared`` (making ``make_default`` the default) to ``view`` would
-    leave every row and the default as they are (what :meth:`Store._upsert` would do)."""
-    default = view.meta.get("default_sha256")
-    if make_default is not None and make_default != default:
-        return False
-    if default is None and any(p.sealed is not None for p in prepared):
-        return False  # the first entry with a key would become the default
-    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
-    for p in prepared:
-        row = stored.get(p.sha256)
-        if row is None:
-            return False
-        name, role, has_key = row
-        if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
-                or (p.sealed is not None and not has_key)):
-            return False
-    return True
 
 
 class Store(SetHistoryMixin):
@@ -298,7 +276,7 @@ class Store(SetHistoryMixin):
             if make_default is not None and make_default not in keyed_new:
                 in_batch = any(p.sha256 == make_default for p in prepared)
                 await self._require_key(make_default, "default", stored=not in_batch)
-            if _changes_nothing(await self._current(), prepared, make_default):
+            if changes_nothing(await self._current(), prepared, make_default):
                 return links  # none: a link would have changed an entry
             async with self._transaction():
                 await self._upsert(prepared, when)
@@ -366,25 +344,10 @@ class Store(SetHistoryMixin):
         async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
-        out = [dataclasses.replace(e, name="") if e.name_is_default and e.name
-               and view.get(cert_sha256(e.cert)) is not None else e for e in entries]
-        batch: dict[str, SetEntry] = {}
-        for e in out:
-            sha = cert_sha256(e.cert)
-            if batch.get(sha) is None or e.key is not None:
-                batch[sha] = e
-        holders = [KeyHolder("cert", sha, self._spki_of(sha, e.cert))
-                   for sha, e in batch.items() if e.key is not None]
-        holders += [KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
-                    for c in view.certs if c.has_key]
-        holders += [KeyHolder("csr", i, k) for i, k in csrs]
-        candidates = [LinkCandidate(sha, self._spki_of(sha, e.cert)) for sha, e in batch.items()
-                      if e.key is None and sha not in view.keyed]
-        candidates += [LinkCandidate(c.sha256, self._spki_of(c.sha256, c.certificate()))
-                       for c in view.certs if not c.has_key and c.sha256 not in batch]
-        links = plan_links(candidates, holders)
+        planned = plan_entry_links(entries, view, csrs, self._spki_of)
+        batch, links = planned.batch, planned.links
         if not links:
-            return out, []
+            return planned.entries, []
         stored_keys = await self.keys(
             [k.source.ref for k in links if k.source.kind == "cert" and k.source.ref not in batch])
         found: dict[str, PrivateKey] = {}
@@ -396,11 +359,7 @@ class Store(SetHistoryMixin):
                 key = key or stored_keys.get(k.source.ref)
                 if key is not None:
                     found[k.cert_sha256] = key
-        out = [dataclasses.replace(e, key=found[sha]) if e.key is None and sha in found else e
-               for e in out for sha in (cert_sha256(e.cert),)]
-        out += [SetEntry(cert=c.certificate(), key=found[c.sha256], name="")
-                for c in view.certs if c.sha256 in found and c.sha256 not in batch]
-        return out, [k for k in links if k.cert_sha256 in found]
+        return apply_links(planned, view, found)
 
     async def list_certificates(self) -> list[StoredCert]:
         """Every certificate, oldest first."""

@@ -37,6 +37,7 @@ __all__ = [
     "StoreView",
     "StoredCert",
     "StoredCsr",
+    "changes_nothing",
     "csr_row",
     "no_cert",
     "no_csr",
@@ -445,3 +446,25 @@ def row_to_cert(
                             ip_addresses=ips, not_after=parse_stored_time(not_after),
                             added_at=parse_stored_time(added_at), parsed=cert)
     return fields, stored
+
+
+def changes_nothing(
+    view: StoreView, prepared: Sequence[PreparedCert], make_default: str | None
+) -> bool:
+    """Whether adding ``prepared`` (making ``make_default`` the default) to ``view`` would
+    leave every row and the default as they are (what :meth:`Store._upsert` would do)."""
+    default = view.meta.get("default_sha256")
+    if make_default is not None and make_default != default:
+        return False
+    if default is None and any(p.sealed is not None for p in prepared):
+        return False  # the first entry with a key would become the default
+    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
+    for p in prepared:
+        row = stored.get(p.sha256)
+        if row is None:
+            return False
+        name, role, has_key = row
+        if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
+                or (p.sealed is not None and not has_key)):
+            return False
+    return True

@@ -564,20 +564,8 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
                 identity = await self._authenticate(context, "Replicate")
                 actor = f"{identity.kind}:{identity.name}"
                 structlog.contextvars.bind_contextvars(caller=actor)
-                if identity.kind != "admin":
-                    await record_refusal(self._replica.store, actor=actor, method="Replicate",
-                                         why="admin only", now=self._replica.now)
-                    raise PermissionDenied(
-                        f"{identity.kind} {identity.name!r} may not call Replicate: only an "
-                        "admin may; use the admin configuration (admin.toml)")
-                if self._replicator is None or not self._replica.is_primary:
-                    raise NotPrimary(
-                        f"node {self._replica.name!r} is not the primary of epoch "
-                        f"{self._replica.epoch} (that is {self._replica.primary!r}); run "
-                        f"replicate against {self._replica.primary!r}",
-                        node=self._replica.name, primary=self._replica.primary,
-                        epoch=self._replica.epoch)
-                async for progress in self._replicator.replicate(
+                replicator = await self._admin_on_primary(identity, "Replicate")
+                async for progress in replicator.replicate(
                         list(request.nodes), force=request.force, actor=actor):
                     yield progress
                 _log.info("rpc.ok")
@@ -587,17 +575,23 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     @_unary
     async def Rollback(self, request: certsync_pb2.RollbackRequest,
                        identity: Identity) -> certsync_pb2.RollbackResponse:
-        actor = f"{identity.kind}:{identity.name}"
+        replicator = await self._admin_on_primary(identity, "Rollback")
+        return await replicator.rollback(request.to_revision,
+                                         actor=f"{identity.kind}:{identity.name}")
+
+    async def _admin_on_primary(self, identity: Identity, method: str) -> ReplicateHandler:
+        """The replicator, for an admin calling ``method`` on the primary; a refusal is
+        audited (not an admin) or names the primary (not the primary)."""
         if identity.kind != "admin":
-            await record_refusal(self._replica.store, actor=actor, method="Rollback",
-                                 why="admin only", now=self._replica.now)
-            raise PermissionDenied(f"{identity.kind} {identity.name!r} may not call Rollback: "
+            await record_refusal(self._replica.store, actor=f"{identity.kind}:{identity.name}",
+                                 method=method, why="admin only", now=self._replica.now)
+            raise PermissionDenied(f"{identity.kind} {identity.name!r} may not call {method}: "
                                    "only an admin may; use the admin configuration (admin.toml)")
         if self._replicator is None or not self._replica.is_primary:
             raise NotPrimary(
                 f"node {self._replica.name!r} is not the primary of epoch "
-                f"{self._replica.epoch} (that is {self._replica.primary!r}); run rollback "
-                f"against {self._replica.primary!r}",
+                f"{self._replica.epoch} (that is {self._replica.primary!r}); run "
+                f"{method.lower()} against {self._replica.primary!r}",
                 node=self._replica.name, primary=self._replica.primary,
                 epoch=self._replica.epoch)
-        return await self._replicator.rollback(request.to_revision, actor=actor)
+        return self._replicator

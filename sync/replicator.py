@@ -22,6 +22,10 @@ Runs in every node process and acts only while that node is the primary of its e
   store change; triggers coalesce) or every ``interval`` seconds (anti-entropy: down nodes
   catch up when they come back). A non-primary asks the nodes that may be primary for their
   state and adopts a verified higher epoch (the new primary's pushes fence everyone else).
+
+Size: over 600 lines because the push path (push, stage, activate, probe, confirm) and the
+rollout's entry points (round, replicate, rollback) share one set of per-node locks, clients
+and probe caches; a rollout's steps already live in :mod:`sync.rollout_shell`.
 """
 
 from __future__ import annotations
