@@ -463,6 +463,11 @@ class TlsEndpoint:
         return self._server.handshakes
 
     @property
+    def limits(self) -> ConnLimits:
+        """The bounds on this endpoint's connections."""
+        return self._limits
+
+    @property
     def open_connections(self) -> int:
         """Client connections open now."""
         return self._server.open_connections if self._server is not None else 0

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import BadInput
+from node.errors import BadInput, ConfigError
 from node.tls import TlsEndpoint
+from node.tls_conn import ConnLimits
+from sync.cli import main as cli_main
+from sync.config import load_node_config
+from sync.daemon import tls_endpoint
 from tests.node.test_tls import WWW, Certs, _client_ctx, _handshake
 
 
@@ -283,3 +287,44 @@ def test_a_client_rejecting_the_certificate_counts_as_failed(
 def test_bad_limits_are_refused(option: str, value: float) -> None:
     with pytest.raises(BadInput, match=option):
         TlsEndpoint(node_name="x", **{option: value})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.fixture(scope="module")
+def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cluster") / "c"
+    assert cli_main(["cluster", "init", str(d), "--site", "s.example.com",
+                     "--primary", "p1=p1.example.com"]) == 0
+    return d
+
+
+def _node_toml(cluster_dir: Path, extra: str) -> Path:
+    path = cluster_dir / "p1" / "node-tls.toml"
+    path.write_text(extra + (cluster_dir / "p1" / "node.toml").read_text())
+    return path
+
+
+def test_config_bounds_reach_the_endpoint(cluster_dir: Path) -> None:
+    path = _node_toml(cluster_dir, "tls_handshake_timeout = 2.5\ntls_max_connections = 300\n"
+                                   "tls_max_per_address = 20\n")
+    assert tls_endpoint(load_node_config(path)).limits == ConnLimits(
+        handshake_timeout=2.5, io_timeout=10.0, max_connections=300, max_per_address=20)
+    # the twin: without the keys, the defaults (per-address cap off)
+    assert tls_endpoint(load_node_config(cluster_dir / "p1" / "node.toml")).limits == (
+        ConnLimits(handshake_timeout=10.0, max_connections=4096, max_per_address=0))
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [("tls_handshake_timeout = 0\n", "tls_handshake_timeout"),
+     ('tls_handshake_timeout = "10"\n', "tls_handshake_timeout"),
+     ("tls_max_connections = 0\n", "tls_max_connections"),
+     ("tls_max_per_address = -1\n", "tls_max_per_address"),
+     ("tls_max_per_address = true\n", "tls_max_per_address")],
+)
+def test_bad_config_bounds_are_one_line_errors(cluster_dir: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as err:
+        load_node_config(_node_toml(cluster_dir, extra))
+    assert "\n" not in str(err.value)
