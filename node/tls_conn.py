@@ -5,11 +5,13 @@ event-loop threads ("loops", one ``epoll`` each). Every loop watches the shared 
 (``EPOLLEXCLUSIVE``: the kernel wakes one loop per new connection) and drives the
 connections it accepted through their phases without ever blocking on a client:
 
-    handshake -> read the request head -> send the answer -> [linger] -> closed
+    first byte -> handshake -> read the request head -> send the answer -> [linger] -> closed
 
-A handshake step is one non-blocking ``do_handshake`` (OpenSSL releases the GIL for the
-crypto, so two loops use two cores); a client that sends nothing, half a ClientHello or junk
-costs one idle socket, not a thread. Bounds, all per :class:`ConnLimits`:
+A connection gets its TLS layer only when its first byte starts a TLS handshake record
+(anything else is closed at once, without OpenSSL). A handshake step is one non-blocking
+``do_handshake`` (OpenSSL releases the GIL for the crypto, so two loops use two cores); a
+client that sends nothing, half a ClientHello or junk costs at most one idle socket, never
+a thread. Bounds, all per :class:`ConnLimits`:
 
 * a **handshake deadline** from accept (``handshake_timeout``, capped by ``io_timeout``),
   and ``io_timeout`` for the whole connection;
@@ -66,9 +68,13 @@ _EXCLUSIVE: Final = getattr(select, "EPOLLEXCLUSIVE", 0)
 _IN: Final = select.EPOLLIN
 _OUT: Final = select.EPOLLOUT
 
-_HANDSHAKE, _REQUEST, _RESPOND, _LINGER, _CLOSED = range(5)
+_HELLO, _HANDSHAKE, _REQUEST, _RESPOND, _LINGER, _CLOSED = range(6)
 #: phases in which a connection waits for its client and may be shed at the cap
-_SHEDDABLE: Final = frozenset({_HANDSHAKE, _REQUEST})
+_SHEDDABLE: Final = frozenset({_HELLO, _HANDSHAKE, _REQUEST})
+#: phases that end as a failed handshake when the connection closes
+_UNSHAKEN: Final = frozenset({_HELLO, _HANDSHAKE})
+#: the first byte of a TLS handshake record (a ClientHello starts with it)
+_HANDSHAKE_RECORD: Final = b"\x16"
 
 Choice = tuple[str | None, Selection]
 #: what the endpoint answers to a request head (b"": too big): (bytes to send, status)
@@ -104,18 +110,21 @@ class ConnLimits:
 
 class _Conn:
     __slots__ = ("born", "choice", "deadline", "drained", "events", "fd", "gen", "head",
-                 "loop", "out", "peer", "phase", "seq", "status", "tls")
+                 "loop", "out", "peer", "phase", "seq", "sock", "status", "tls")
 
-    def __init__(self, seq: int, tls: ssl.SSLSocket, peer: str, loop: _Loop, now: float) -> None:
+    #: the TLS layer, from the first byte of a ClientHello on
+    tls: ssl.SSLSocket
+
+    def __init__(self, seq: int, sock: socket.socket, peer: str, loop: _Loop, now: float) -> None:
         self.seq = seq
-        self.tls = tls
-        self.fd = tls.fileno()
+        self.sock = sock  # the raw socket, then its TLS layer: what to close
+        self.fd = sock.fileno()
         self.peer = peer
         self.loop = loop
         self.born = now
         self.deadline = now
         self.gen = 0
-        self.phase = _HANDSHAKE
+        self.phase = _HELLO
         self.events = 0
         self.head = b""
         self.out = b""
@@ -251,7 +260,7 @@ class _Loop:
             _, _, gen, conn = heapq.heappop(timers)
             if conn.phase == _CLOSED or gen != conn.gen:
                 continue
-            if conn.phase == _HANDSHAKE:
+            if conn.phase in _UNSHAKEN:
                 self._server.log.debug("tls.handshake_timeout", peer=conn.peer)
             self._close(conn)
 
@@ -285,18 +294,11 @@ class _Loop:
     def _admit(self, sock: socket.socket, peer: str) -> None:
         server = self._server
         now = time.monotonic()
-        try:
-            sock.setblocking(False)
-            tls = server.context.wrap_socket(sock, server_side=True,
-                                             do_handshake_on_connect=False)
-        except (ssl.SSLError, OSError):
-            sock.close()
-            self.counts["failed"] += 1
-            return
-        conn = _Conn(next(server.seq), tls, peer, self, now)
+        sock.setblocking(False)
+        conn = _Conn(next(server.seq), sock, peer, self, now)
         victims = server.registry.admit(conn)
         if victims is None:
-            tls.close()
+            sock.close()
             self.counts["failed"] += 1
             server.log.debug("tls.refused", peer=peer, open=len(server.registry))
             return
@@ -316,14 +318,14 @@ class _Loop:
     def _close(self, conn: _Conn, *, count: bool = True) -> None:
         if conn.phase == _CLOSED:
             return
-        if count and conn.phase == _HANDSHAKE:
+        if count and conn.phase in _UNSHAKEN:
             self.counts["failed"] += 1
         conn.phase = _CLOSED
         self._conns.pop(conn.fd, None)
         with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(conn.fd)
         with contextlib.suppress(OSError):
-            conn.tls.close()
+            conn.sock.close()
         self._server.registry.forget(conn)
 
     # -- one connection ----------------------------------------------------------------
@@ -336,6 +338,8 @@ class _Loop:
             self._close(conn)
 
     def _step(self, conn: _Conn) -> None:
+        if conn.phase == _HELLO and not self._hello(conn):
+            return
         if conn.phase == _HANDSHAKE and not self._handshake(conn):
             return
         if conn.phase == _REQUEST and not self._read_head(conn):
@@ -344,6 +348,30 @@ class _Loop:
             return
         if conn.phase == _LINGER:
             self._drain(conn)
+
+    def _hello(self, conn: _Conn) -> bool:
+        """Wait for the first byte; only a TLS handshake record gets a TLS layer (junk and
+        silent clients cost no OpenSSL state)."""
+        try:
+            first = conn.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            first = b""
+        if first != _HANDSHAKE_RECORD:
+            self._server.log.debug("tls.handshake_failed", peer=conn.peer, server_name=None,
+                                   error="not a TLS handshake" if first else "closed")
+            self._close(conn)
+            return False
+        try:
+            conn.tls = self._server.context.wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError):
+            self._close(conn)
+            return False
+        conn.sock = conn.tls
+        conn.phase = _HANDSHAKE
+        return True
 
     def _handshake(self, conn: _Conn) -> bool:
         slot = self._server.slot
