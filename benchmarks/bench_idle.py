@@ -7,7 +7,8 @@ One CA and 100 ECDSA P-256 certificates (as :mod:`benchmarks.bench_tls`), served
 * our :class:`node.tls.TlsEndpoint` in a child process (default bounds: 10 s handshake
   deadline, 4096 connections, no per-address cap; JSON logs at INFO, as a node runs);
 * Debian's nginx (``/usr/sbin/nginx``) from a temporary prefix, same certificates as 100 SNI
-  server blocks, ``worker_processes`` = cores;
+  server blocks, ``worker_processes`` = cores, an access log line per request (our endpoint
+  logs each request too);
 * optionally (``--old COMMIT``) the endpoint as it was at ``COMMIT`` (``git show``, loaded
   as a module beside the current ``node`` package): the baseline of thread-per-connection.
 
@@ -69,7 +70,7 @@ def _raise_fd_limit(need: int) -> None:
 # -- our server (child process) --------------------------------------------------------------
 
 
-def serve(cert_dir: Path, old: Path | None) -> None:
+def serve(cert_dir: Path, old: Path | None, loops: int) -> None:
     """Child: serve cert_dir with TlsEndpoint (or the old one at ``old``); print the port."""
     import importlib.util
 
@@ -86,6 +87,7 @@ def serve(cert_dir: Path, old: Path | None) -> None:
         spec = importlib.util.spec_from_file_location("certsync_old_tls", old)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)  # type: ignore[assignment,unused-ignore]
+        sys.modules[spec.name] = module  # dataclasses look their module up
         spec.loader.exec_module(module)
     configure_logging("json")
     served = []
@@ -95,15 +97,17 @@ def serve(cert_dir: Path, old: Path | None) -> None:
         assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
         sha = certs[0].fingerprint(hashes.SHA256()).hex()
         served.append(module.ServedCert(sha, certs[0], tuple(certs[1:]), key))
-    endpoint = module.TlsEndpoint(node_name="bench")
+    endpoint = (module.TlsEndpoint(node_name="bench") if old is not None
+                else module.TlsEndpoint(node_name="bench", workers=loops))
     endpoint.update(served, served[0].sha256)
     print(endpoint.start("127.0.0.1", 0), flush=True)
     sys.stdin.read()
     endpoint.stop()
 
 
-def start_ours(name: str, cert_dir: Path, old: Path | None) -> Server:
-    args = [sys.executable, "-m", "benchmarks.bench_idle", "--serve", str(cert_dir)]
+def start_ours(name: str, cert_dir: Path, old: Path | None, loops: int = 2) -> Server:
+    args = [sys.executable, "-m", "benchmarks.bench_idle", "--serve", str(cert_dir),
+            "--loops", str(loops)]
     if old is not None:
         args += ["--serve-old", str(old)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -279,7 +283,8 @@ def run(args: argparse.Namespace) -> None:
             old_path.write_bytes(subprocess.run(
                 ["git", "show", f"{args.old}:node/tls.py"], cwd=_ROOT, check=True,
                 capture_output=True).stdout)
-        servers = [start_ours("certsync", cert_dir, None), start_nginx(cert_dir, nginx_prefix)]
+        servers = [start_ours("certsync", cert_dir, None, args.loops),
+                   start_nginx(cert_dir, nginx_prefix, access_log=True)]
         if old_path is not None:
             servers.append(start_ours("old", cert_dir, old_path))
         try:
@@ -334,11 +339,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="also run node/tls.py as of COMMIT (e.g. 4a3cc71) as a baseline")
     parser.add_argument("--old-handshakes", type=int, default=40,
                         help="handshakes per phase for --old (it stalls behind idle clients)")
+    parser.add_argument("--loops", type=int, default=2, help="our endpoint's event-loop threads")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-old", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.serve_old)
+        serve(args.serve, args.serve_old, args.loops)
         return
     if not Path(NGINX).exists():
         raise SystemExit(f"nginx is not installed at {NGINX!r}; apt-get install nginx-light")
