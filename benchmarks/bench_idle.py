@@ -46,7 +46,10 @@ from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
-from benchmarks.bench_tls import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_tls import (  # after the sys.path lines above
     NGINX,
     SITES,
     Server,
