@@ -289,7 +289,11 @@ class _Loop:
                 self._ep.unregister(self._listen_fd)
                 self._accept_paused_until = time.monotonic() + _ACCEPT_PAUSE
                 return
-            self._admit(sock, str(addr[0]))
+            try:
+                self._admit(sock, str(addr[0]))
+            except Exception:  # a bug must not kill the loop; it keeps its traceback in the log
+                server.log.exception("tls.connection_failed", peer=str(addr[0]))
+                sock.close()
 
     def _admit(self, sock: socket.socket, peer: str) -> None:
         server = self._server
@@ -310,7 +314,11 @@ class _Loop:
                 old.loop.shed(old)
         self._conns[conn.fd] = conn
         conn.events = _IN
-        self._ep.register(conn.fd, _IN)
+        try:
+            self._ep.register(conn.fd, _IN)
+        except OSError:
+            self._close(conn)
+            raise
         limits = server.limits
         self._set_deadline(conn, now + min(limits.handshake_timeout, limits.io_timeout))
         self._guarded_step(conn)  # the ClientHello may already be there
