@@ -61,7 +61,6 @@ _LISTEN_BACKLOG: Final = 1024
 DEFAULT_LOOPS: Final = 2
 
 
-
 @dataclass(frozen=True)
 class ServedCert:
     """One certificate the endpoint may serve: the certificate, its chain and its key."""
@@ -262,6 +261,10 @@ def _is_get(head: bytes) -> bool:
 
 class TlsEndpoint:
     """The node's TLS endpoint; see the module docstring.
+
+    ``workers`` event-loop threads serve the connections within the bounds of
+    :class:`node.tls_conn.ConnLimits` (``handshake_timeout``, ``io_timeout``,
+    ``max_connections``, ``max_per_address``; see :mod:`node.tls_conn`).
 
     Thread-safety: :meth:`update` may be called from any thread while serving (callers in
     async code run it with ``asyncio.to_thread``; it is CPU-heavy); updates are serialised.
