@@ -178,7 +178,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_nginx(cert_dir: Path, prefix: Path) -> Server:
+def start_nginx(cert_dir: Path, prefix: Path, *, access_log: bool = False) -> Server:
+    """nginx serving cert_dir's SITES by SNI; ``access_log``: one line per request to a file
+    (as our endpoint logs each request)."""
     port = _free_port()
     blocks = []
     for i in range(SITES):
@@ -200,7 +202,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {f"{prefix}/logs/access.log" if access_log else "off"};
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;

@@ -8,13 +8,15 @@ new set of contexts (reusing those of certificates whose chain did not change) a
 then swaps it in with one assignment: the next
 handshake uses the new set and connections already open are not touched.
 
-Connections are served by a small pool of worker threads that all block in ``accept`` on
-the same listening socket (the kernel wakes one per connection). Handshake crypto in
-OpenSSL releases the GIL, so the workers use every core. After the handshake a worker
-answers one plain HTTP/1.1 ``GET`` with a tiny page naming the node, anything else with
-400, then closes (``GET /.well-known/certsync/trust-bundle.pem`` gets the trust bundle set
-with :meth:`TlsEndpoint.set_trust_bundle`, certificates only, or 404); reads are bounded
-in size and time so a slow client cannot hold a worker for long.
+Connections are served by :mod:`node.tls_conn`: a few event-loop threads drive
+non-blocking handshakes (OpenSSL's crypto releases the GIL, so the loops use every core),
+with a handshake deadline, a cap on open connections in total (the oldest idle or
+handshaking ones are shed first) and optionally per client address, so idle, slow or junk
+clients cannot stop the endpoint. After the handshake the endpoint answers one plain
+HTTP/1.1 ``GET`` with a tiny page naming the node, anything else with 400, then closes
+(``GET /.well-known/certsync/trust-bundle.pem`` gets the trust bundle set with
+:meth:`TlsEndpoint.set_trust_bundle`, certificates only, or 404); reads are bounded in size
+and time. :attr:`TlsEndpoint.handshakes` counts handshakes by SNI outcome.
 
 Private keys never reach the disk: :mod:`ssl` loads keys only from files, so on Linux each
 key is handed to OpenSSL through an anonymous in-memory file (``memfd_create``, read back
@@ -25,8 +27,6 @@ directory, loaded, and removed at once.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import html
 import os
 import secrets
@@ -35,33 +35,30 @@ import socket
 import ssl
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from node.certkeys import cert_sha256
 from node.errors import BadInput, NotFound
 from node.logging import get_logger
 from node.model import PrivateKey
 from node.names import sans_of
 from node.selection import Selection, SniEntry, SniIndex
+from node.tls_conn import OUTCOMES, ChoiceSlot, ConnLimits, ConnServer
 
-__all__ = ["TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
+__all__ = ["DEFAULT_LOOPS", "TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
 
-#: a request head (request line + headers) larger than this is refused with 400
-_MAX_REQUEST_HEAD: Final = 8 * 1024
-#: largest single read from a client
-_READ_CHUNK: Final = 4 * 1024
 #: distinct server names remembered per certificate set; random names cannot grow it further
 _LOOKUP_CACHE_SIZE: Final = 4096
 _LISTEN_BACKLOG: Final = 1024
-#: after a refused request, how long and how much unread input is drained before closing
-_LINGER_SECONDS: Final = 2.0
-_LINGER_BYTES: Final = 256 * 1024
+#: event-loop threads serving connections (OpenSSL's crypto runs on them without the GIL)
+DEFAULT_LOOPS: Final = 2
 
 
 @dataclass(frozen=True)
@@ -108,10 +105,6 @@ def _new_server_context() -> ssl.SSLContext:
 
 _O = TypeVar("_O")
 _V = TypeVar("_V")
-
-
-def _der_sha(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _public_half(key: PrivateKey) -> bytes:
@@ -250,44 +243,6 @@ _NO_BUNDLE: Final = _http_response(
 )
 
 
-def _read_request_head(conn: ssl.SSLSocket, deadline: float) -> bytes | None:
-    """The request head up to the blank line (b"" when too big), None when slow or cut off."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > _MAX_REQUEST_HEAD:
-            return b""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        conn.settimeout(remaining)
-        chunk = conn.recv(_READ_CHUNK)
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def _linger(conn: ssl.SSLSocket, deadline: float) -> None:
-    """Half-close, then discard what the client still sends, briefly.
-
-    Closing a socket with unread input makes the kernel send RST, which can destroy the
-    response before the client reads it (a refused, oversized or POST request leaves input
-    unread). ``shutdown`` drops the TLS layer, so the reads below are raw TCP.
-    """
-    conn.shutdown(socket.SHUT_WR)
-    end = min(deadline, time.monotonic() + _LINGER_SECONDS)
-    drained = 0
-    while drained < _LINGER_BYTES:
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            return
-        conn.settimeout(remaining)
-        chunk = conn.recv(_READ_CHUNK)
-        if not chunk:
-            return
-        drained += len(chunk)
-
-
 def _target(head: bytes) -> bytes:
     """The request target of a GET (without a query), as sent."""
     return head.split(b"\r\n", 1)[0].split(b" ")[1].split(b"?", 1)[0]
@@ -307,6 +262,10 @@ def _is_get(head: bytes) -> bool:
 class TlsEndpoint:
     """The node's TLS endpoint; see the module docstring.
 
+    ``workers`` event-loop threads serve the connections within the bounds of
+    :class:`node.tls_conn.ConnLimits` (``handshake_timeout``, ``io_timeout``,
+    ``max_connections``, ``max_per_address``; see :mod:`node.tls_conn`).
+
     Thread-safety: :meth:`update` may be called from any thread while serving (callers in
     async code run it with ``asyncio.to_thread``; it is CPU-heavy); updates are serialised.
     :meth:`start` and :meth:`stop` are called once each, in that order.
@@ -316,15 +275,21 @@ class TlsEndpoint:
         self,
         *,
         node_name: str,
-        workers: int = 16,
+        workers: int = DEFAULT_LOOPS,
         io_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        max_connections: int = 4096,
+        max_per_address: int = 0,
         scratch_dir: Path | None = None,
     ) -> None:
         if workers < 1:
             raise BadInput(f"workers must be at least 1, not {workers!r}; give a positive count")
         self._node_name = node_name
         self._workers = workers
-        self._io_timeout = io_timeout
+        self._limits = ConnLimits(
+            handshake_timeout=handshake_timeout, io_timeout=io_timeout,
+            max_connections=max_connections, max_per_address=max_per_address,
+        )
         self._scratch_dir = scratch_dir
         self._log = get_logger(__name__).bind(node_name=node_name)
         self._page = _http_response("200 OK", _page(node_name), "text/html; charset=utf-8")
@@ -339,12 +304,12 @@ class TlsEndpoint:
         self._in_memory = _MEMFD
         self._trust_bundle: bytes = _NO_BUNDLE
         self._update_lock = threading.Lock()
-        self._local = threading.local()
+        self._slot = ChoiceSlot()
         self._listen_ctx = _new_server_context()
         self._listen_ctx.sni_callback = self._on_sni
         self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
+        self._server: ConnServer | None = None
+        self._stopped = False
 
     # -- certificate set -------------------------------------------------------------
 
@@ -354,8 +319,8 @@ class TlsEndpoint:
         return _once_per_object(self._publics, key, _public_half)
 
     def _fingerprint(self, cert: x509.Certificate) -> str:
-        """:func:`_der_sha` of ``cert``, once per certificate object."""
-        return _once_per_object(self._fingerprints, cert, _der_sha)
+        """:func:`node.certkeys.cert_sha256` of ``cert``, once per certificate object."""
+        return _once_per_object(self._fingerprints, cert, cert_sha256)
 
     def update(self, certs: Sequence[ServedCert], default: str | None) -> None:
         """Serve ``certs`` from the next handshake on; ``default`` for no SNI or no match.
@@ -432,10 +397,10 @@ class TlsEndpoint:
     def _on_sni(
         self, conn: ssl.SSLSocket | ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
     ) -> int | None:
-        """SNI callback, on the worker thread during the handshake. Never raises."""
+        """SNI callback, on the loop thread during a handshake step. Never raises."""
         try:
             ctx, selection = self._snapshot.choose(server_name)
-            self._local.choice = (server_name, selection)
+            self._slot.choice = (server_name, selection)
             if ctx is None:
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             conn.context = ctx
@@ -468,95 +433,53 @@ class TlsEndpoint:
                 "choose a free port and a local address"
             ) from err
         self._listener = listener
-        for i in range(self._workers):
-            t = threading.Thread(
-                target=self._worker, args=(listener,), name=f"tls-worker-{i}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
+        self._server = ConnServer(
+            listener=listener, context=self._listen_ctx, slot=self._slot,
+            respond=self._respond, limits=self._limits, loops=self._workers, log=self._log,
+        )
+        self._server.start()
         bound = self.address
-        self._log.info("tls.listening", host=bound[0], port=bound[1], workers=self._workers)
+        self._log.info("tls.listening", host=bound[0], port=bound[1], loops=self._workers,
+                       max_connections=self._limits.max_connections,
+                       max_per_address=self._limits.max_per_address,
+                       handshake_timeout=self._limits.handshake_timeout)
         return bound[1]
 
     def stop(self) -> None:
-        """Stop accepting, let workers finish their connection, close the listener."""
-        listener = self._listener
-        if listener is None or self._stopping.is_set():
+        """Stop accepting, close the connections still open, close the listener."""
+        listener, server = self._listener, self._server
+        if listener is None or server is None or self._stopped:
             return
-        self._stopping.set()
-        # on Linux, shutdown() of a listening socket wakes every thread blocked in accept()
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        for t in self._threads:
-            t.join()
+        self._stopped = True
+        server.stop()
         listener.close()
         self._log.info("tls.stopped")
 
-    def _worker(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, peer = listener.accept()
-            except OSError as err:
-                if self._stopping.is_set():
-                    return
-                # e.g. out of file descriptors: say so and back off instead of spinning
-                self._log.warning("tls.accept_failed", error=str(err))
-                self._stopping.wait(0.1)
-                continue
-            try:
-                self._serve(conn, peer)
-            except Exception:  # a bug must not kill the worker; it keeps its traceback in the log
-                self._log.exception("tls.connection_failed", peer=str(peer[0]))
+    @property
+    def handshakes(self) -> Mapping[str, int]:
+        """Handshakes since start by outcome: ``exact``, ``wildcard``, ``default`` (the SNI
+        selection of a completed handshake) and ``failed`` (every accepted connection that
+        did not complete one: refused or shed at a cap, timed out, cut off, rejected).
+        A read-only snapshot; all four keys are always there."""
+        if self._server is None:
+            return MappingProxyType(dict.fromkeys(OUTCOMES, 0))
+        return self._server.handshakes
 
-    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        deadline = time.monotonic() + self._io_timeout
-        conn.settimeout(self._io_timeout)
-        self._local.choice = None
-        try:
-            tls = self._listen_ctx.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as err:
-            conn.close()
-            choice = self._local.choice
-            self._log.debug(
-                "tls.handshake_failed",
-                peer=peer[0],
-                server_name=choice[0] if choice else None,
-                error=getattr(err, "reason", None) or type(err).__name__,
-            )
-            return
-        with tls:
-            server_name, selection = self._local.choice or (None, None)
-            self._log.debug(
-                "tls.handshake",
-                peer=peer[0],
-                server_name=server_name,
-                sha256=selection.key if selection else None,
-                reason=selection.reason if selection else None,
-                version=tls.version(),
-            )
-            try:
-                head = _read_request_head(tls, deadline)
-                if head is None:
-                    return
-                ok = _is_get(head)
-                tls.settimeout(max(deadline - time.monotonic(), 0.001))
-                if ok and _target(head) == TRUST_BUNDLE_PATH:
-                    tls.sendall(self._trust_bundle)
-                else:
-                    tls.sendall(self._page if ok else _BAD_REQUEST)
-                self._log.info(
-                    "tls.request",
-                    peer=peer[0],
-                    server_name=server_name,
-                    sha256=selection.key if selection else None,
-                    reason=selection.reason if selection else None,
-                    status=200 if ok else 400,
-                )
-                # send close_notify without waiting for the client's
-                tls.setblocking(False)
-                with contextlib.suppress(ssl.SSLError, OSError):
-                    tls.unwrap()
-                if not ok:
-                    _linger(tls, deadline)
-            except (ssl.SSLError, OSError):
-                return
+    @property
+    def limits(self) -> ConnLimits:
+        """The bounds on this endpoint's connections."""
+        return self._limits
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        return self._server.open_connections if self._server is not None else 0
+
+    def _respond(self, head: bytes) -> tuple[bytes, int]:
+        """The answer to a request head (b"": too big) and its status."""
+        if not _is_get(head):
+            return _BAD_REQUEST, 400
+        if _target(head) == TRUST_BUNDLE_PATH:
+            bundle = self._trust_bundle
+            return bundle, 404 if bundle is _NO_BUNDLE else 200
+        return self._page, 200

@@ -40,6 +40,10 @@ STORE_KEY_LEN = 32
 _MAX_CONFIG_BYTES = 1024 * 1024
 #: seconds between two rounds of the lifecycle monitor (renewal, alerts, staged CA change)
 DEFAULT_MONITOR_INTERVAL = 3600
+#: seconds a TLS client has from connect to a completed handshake
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
+#: open TLS connections at most; at the cap the oldest idle/handshaking ones are shed
+DEFAULT_TLS_MAX_CONNECTIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class NodeConfig:
     admin_address: str | None = None
     # --- rollouts (issue 12): the canary this node picks while it is the primary ---
     rollout_canary: str | None = None
+    # --- TLS endpoint bounds (issue 14) ---
+    tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    tls_max_connections: int = DEFAULT_TLS_MAX_CONNECTIONS
+    tls_max_per_address: int = 0
 
     @property
     def store_path(self) -> Path:
@@ -125,7 +133,8 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
               "key", "store_key", "log_format", "acme", "alerts", "monitor_interval",
-              "admin_address", "rollout_canary"}
+              "admin_address", "rollout_canary", "tls_handshake_timeout", "tls_max_connections",
+              "tls_max_per_address"}
 _ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
 _ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
@@ -178,7 +187,28 @@ def load_node_config(path: Path) -> NodeConfig:
         monitor_interval=table.positive_int("monitor_interval", DEFAULT_MONITOR_INTERVAL),
         admin_address=admin_address,
         rollout_canary=canary,
+        tls_handshake_timeout=_positive_seconds(table, "tls_handshake_timeout",
+                                                DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        tls_max_connections=table.positive_int("tls_max_connections",
+                                               DEFAULT_TLS_MAX_CONNECTIONS),
+        tls_max_per_address=_count_or_off(table, "tls_max_per_address"),
     )
+
+
+def _positive_seconds(table: _Table, key: str, default: float) -> float:
+    value = table.data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"{table.source}: {key} must be a positive number of seconds, "
+                          f"got {value!r}")
+    return float(value)
+
+
+def _count_or_off(table: _Table, key: str) -> int:
+    value = table.data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{table.source}: {key} must be 0 (off) or a positive integer, "
+                          f"got {value!r}")
+    return value
 
 
 # --- lifecycle tables (issue 6) ---------------------------------------------------------

@@ -145,6 +145,16 @@ def _read(path: Path, what: str) -> bytes:
         ) from err
 
 
+def tls_endpoint(config: NodeConfig) -> TlsEndpoint:
+    """The node's TLS endpoint with the bounds of its config (``tls_*`` keys)."""
+    return TlsEndpoint(
+        node_name=config.name,
+        handshake_timeout=config.tls_handshake_timeout,
+        max_connections=config.tls_max_connections,
+        max_per_address=config.tls_max_per_address,
+    )
+
+
 async def _start_console(
     config: NodeConfig,
     app: NodeApp,
@@ -198,7 +208,7 @@ async def run_node(
     """
     topology: Topology = config.topology
     store = await Store.open(config.store_path, load_store_key(config.store_key_path))
-    endpoint = TlsEndpoint(node_name=config.name)
+    endpoint = tls_endpoint(config)
     server = None
     responder: Http01Responder | None = None
     monitor: asyncio.Task[None] | None = None
