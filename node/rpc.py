@@ -11,14 +11,12 @@ INTERNAL for the caller with a message that says nothing about the data.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 import structlog
-from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -39,7 +37,6 @@ from node.errors import (
     StoreFull,
     TransferRejected,
 )
-from node.identity import Identity, identity_from_certificate
 from node.limits import GRPC_MAX_MESSAGE_BYTES
 
 __all__ = [
@@ -47,7 +44,6 @@ __all__ = [
     "ERROR_KIND_KEY",
     "STATUS_TABLE",
     "abort_for",
-    "peer_identity",
     "run_rpc",
     "server_credentials",
     "start_grpc_server",
@@ -177,25 +173,3 @@ def server_credentials(*, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> grp
     )
 
 
-def peer_identity(context: grpc.aio.ServicerContext[Any, Any], *, cluster_id: str) -> Identity:
-    """The caller's identity from its mTLS client certificate (PermissionDenied if none)."""
-    pems = list(context.auth_context().get("x509_pem_cert", ()))
-    if not pems:
-        raise PermissionDenied(
-            "the call carries no client certificate; connect with mutual TLS using the "
-            "certificates from 'certsync cluster init'"
-        )
-    return _identity_of(bytes(pems[0]), cluster_id)
-
-
-@functools.lru_cache(maxsize=256)  # a peer calls many times with one certificate
-def _identity_of(pem: bytes, cluster_id: str) -> Identity:
-    """The identity a client certificate (PEM, as the TLS layer verified it) names; a
-    refusal is raised, not cached, each time."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as err:
-        raise PermissionDenied(
-            "the client certificate cannot be read; use a certificate from the cluster CA"
-        ) from err
-    return identity_from_certificate(cert, cluster_id=cluster_id)
