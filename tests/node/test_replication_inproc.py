@@ -306,8 +306,8 @@ async def test_coverage_gate_refuses_at_the_change_and_force_pushes_everywhere(
     # forced: applied, audited (every check named), then pushed forced by the loop itself
     sha = await _import(cluster, narrow, force=True)
     cluster.start_loops()
-    assert _primary_map(cluster)[None] == sha
-    for n in ("b1", "t1"):
+    # a rollout: the primary's own endpoint switches last, once every node serves it
+    for n in ("b1", "t1", "p1"):
         async def serving(node: str = n) -> bool:
             return (await _served_map(cluster, node))[None] == sha
         await _wait_for(serving, f"{n} serving the forced default")

@@ -175,6 +175,6 @@ async def test_a_schema_1_store_gains_the_fulfilled_column(tmp_path: Path) -> No
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         cols = [r[1] for r in conn.execute("PRAGMA table_info(csrs)")]
     assert "fulfilled_by" in cols
