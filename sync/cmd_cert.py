@@ -15,6 +15,7 @@ from node.model import CREATABLE_KEY_TYPES
 from sync import cmd_show
 from sync._io import MAX_INPUT_BYTES, print_json, read_input_file, read_passphrase_file
 from sync.client import call_node
+from sync.cmd_replicate import wait_for_rollout
 from sync.routing import call_primary
 
 __all__ = ["add_subject_flags", "cert_json", "register", "subject_of"]
@@ -100,7 +101,7 @@ def _create(args: argparse.Namespace) -> int:
         print_json(cert_json(resp.certificate))
     else:
         print(resp.certificate.sha256)
-    return 0
+    return _waited(args)
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -137,7 +138,7 @@ def _import(args: argparse.Namespace) -> int:
     else:
         for c in resp.certificates:
             print(c.sha256)
-    return 0
+    return _waited(args)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -195,13 +196,23 @@ def _default(args: argparse.Namespace) -> int:
         ),
     )
     _warn(warnings)
-    return 0
+    return _waited(args)
 
 
 def _delete(args: argparse.Namespace) -> int:
     _warn(call_primary(args.config, args.node,
                        lambda c: c.delete(args.sha256, force=args.force)))
-    return 0
+    return _waited(args)
+
+
+def _waited(args: argparse.Namespace) -> int:
+    """With ``--wait``: the change's rollout, waited for (exit 1 when it halted)."""
+    sys.stdout.flush()  # the change's own answer first
+    return wait_for_rollout(args.config) if args.wait else 0
+
+
+_WAIT_HELP = ("then roll the change out now and wait: exit 1 when the rollout halts or a "
+              "node is not in sync (progress on stderr)")
 
 
 def _stage_ca_change(args: argparse.Namespace) -> int:
@@ -243,6 +254,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     create.add_argument("--default", action="store_true", help="make it the default")
     create.add_argument("--force", action="store_true", help=_FORCE_HELP)
     create.add_argument("--json", action="store_true", help="print JSON")
+    create.add_argument("--wait", action="store_true", help=_WAIT_HELP)
     create.set_defaults(func=_create)
 
     imp = sub.add_parser("import", help="import certificates and keys (any accepted format)")
@@ -257,6 +269,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     imp.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
     imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.add_argument("--wait", action="store_true", help=_WAIT_HELP)
     imp.set_defaults(func=_import)
 
     lst = sub.add_parser("list", help="list the node's certificates")
@@ -276,6 +289,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                          help="allow an expired certificate, or one that leaves required names "
                               "uncovered (audited)")
     default.add_argument("--confirm-ca-change", action="store_true", help=_CONFIRM_HELP)
+    default.add_argument("--wait", action="store_true", help=_WAIT_HELP)
     default.set_defaults(func=_default)
 
     delete = sub.add_parser("delete", help="delete a certificate and its key")
@@ -283,6 +297,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     delete.add_argument("--force", action="store_true",
                         help="delete even when it is the default (then nothing may cover the "
                              "required names) or a certificate's chain needs it (audited)")
+    delete.add_argument("--wait", action="store_true", help=_WAIT_HELP)
     delete.set_defaults(func=_delete)
 
     cmd_show.register(sub)

@@ -132,6 +132,24 @@ def _replicate(args: argparse.Namespace) -> int:
     return 0
 
 
+def wait_for_rollout(config_path: str | None) -> int:
+    """``--wait`` of a change: ask the primary to roll the change out now and wait for it;
+    progress lines and the outcome go to stderr (stdout keeps the command's own answer).
+    0 when every node serves the change, 1 when its rollout halted or a node is behind."""
+    config = admin_config(config_path)
+    _primary, progress = asyncio.run(replicate(
+        config, [], force=False, on_progress=lambda p: show_step(p, json=True)))
+    final, rollout = outcome(progress)
+    halted = rollout is not None and rollout["state"] == "halted"
+    if halted and rollout is not None:
+        sys.stderr.write(f"certsync: rollout of revision {rollout['revision']} halted: "
+                         f"{rollout['halted_reason']}\n")
+    behind = [p.node for p in final if not p.in_sync]
+    if behind:
+        sys.stderr.write(f"certsync: not in sync: {', '.join(behind)}\n")
+    return CheckFailed.exit_code if halted or behind else 0
+
+
 def _admin_identity(config: AdminConfig) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     try:
         cert = x509.load_pem_x509_certificate(config.cert_path.read_bytes())

@@ -16,6 +16,7 @@ import tomli_w
 from node.errors import NodeUnreachable
 from sync.localcluster import LocalCluster, free_port_range
 from tests.cluster.conftest import (
+    COVERING,
     TRAFFIC,
     MakeCluster,
     assert_openssl_sees,
@@ -101,3 +102,26 @@ def test_rollback_restores_the_previous_default_everywhere(make_cluster: MakeClu
     report = json.loads(cli_ok(cluster, "status", "--json"))
     assert report["rollout"]["state"] == "idle"
     assert {row["default_sha256"] for row in report["nodes"]} == {old}
+
+
+def test_a_change_with_wait_returns_once_every_node_serves_it(make_cluster: MakeCluster) -> None:
+    """``--wait``: when the command returns, every node (the primary's endpoint last) serves
+    the change; the twin: a rollout that halts at its canary makes the same command exit 1,
+    saying why on stderr, with stdout still the command's own answer."""
+    cluster = make_cluster(traffic=TRAFFIC[:1])
+    old = create_default(cluster, name="old")
+    wait_served(cluster, old)
+    sans = [arg for san in COVERING for arg in ("--san", san)]
+    proc = cluster.cli("cert", "create-self-signed", "--name", "waited", "--key", "ec-p256",
+                       "--cn", COVERING[0], *sans, "--days", "500", "--default", "--wait")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    new = proc.stdout.strip()
+    assert len(new) == 64, proc.stdout
+    assert not_serving(cluster, new, list(cluster.names)) == []  # no wait needed: done
+    # twin: the canary's TLS port cannot be reached, so the rollout halts there
+    _move_tls_port(cluster, "t1")
+    proc = cluster.cli("cert", "default", old, "--confirm-ca-change", "--wait")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert "halted" in proc.stderr and "t1" in proc.stderr, proc.stderr
+    assert not not_serving(cluster, new, ["p1", "b1"])  # nobody else switched

@@ -338,9 +338,11 @@ def test_a_forged_twin_with_the_right_content_opens() -> None:
     assert out.cert == EC.cert
 
 
-def test_an_item_without_its_key_is_refused_by_its_message() -> None:
+@pytest.mark.parametrize("which", ["certificate only", "key only"])
+def test_an_item_without_its_key_or_certificate_is_refused_by_its_message(which: str) -> None:
+    blob = _p12(None, EC.cert) if which == "certificate only" else _p12(EC.key, None)
     with pytest.raises(TransferRejected) as err:
-        unwrap_item(CTX, RECIPIENT, _forge(_p12(None, EC.cert), SECRET))
+        unwrap_item(CTX, RECIPIENT, _forge(blob, SECRET))
     assert str(err.value) == ("item 'site' from 'p1' lacks its certificate or its key; only "
                               "certificates with keys are replicated, push again")
 
