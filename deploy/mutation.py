@@ -46,7 +46,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "node/logging.py": ("tests/node/test_logging.py", "tests/node/test_logging_rules.py"),
     "node/chain.py": ("tests/unit/test_chain.py", "tests/unit/test_chain_index.py",
                       "tests/unit/test_chain_edges.py"),
-    "sync/transfer.py": ("tests/unit/test_transfer.py",),
+    "sync/transfer.py": ("tests/unit/test_transfer.py", "tests/unit/test_transfer_csr.py"),
     "sync/staging.py": ("tests/unit/test_staging.py",),
     "node/sealing.py": ("tests/unit/test_sealing.py", "tests/node/test_store.py"),
 }

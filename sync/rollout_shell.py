@@ -21,6 +21,7 @@ Every step holds the target's lock of the replicator, so anti-entropy never inte
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,8 @@ class RolloutRunner:
         self._rep = replicator
         self.switching = False  # the primary's own endpoint is being switched
         self._current: tuple[tuple[int, str, int], Snapshot] | None = None
+        #: when staging began per node (monotonic): a push's duration ends at its Confirm
+        self._began: dict[str, float] = {}
 
     def _progress(self, name: str, state: str, message: str, snap: Snapshot, *,
                   in_sync: bool = False, error: str = "") -> certsync_pb2.ReplicateProgress:
@@ -164,6 +167,10 @@ class RolloutRunner:
             rep.forget(name)
             raise CheckFailed(f"probe after activation: {mismatch}")
         await rep.confirm(name, snap)
+        began = self._began.pop(name, None)
+        if began is not None:
+            for observe in rep.on_push:  # the metrics' push time: staging to Confirm
+                observe(name, time.monotonic() - began)
 
     async def switch_self(self, snap: Snapshot) -> None:
         """The last step: record ``snap`` as current and serve it on our own endpoint."""
@@ -177,6 +184,7 @@ class RolloutRunner:
 
     async def _stage(self, name: str, snap: Snapshot, force: bool) -> core.Outcome:
         rep = self._rep
+        self._began[name] = time.monotonic()
         async with rep.lock_for(name):
             try:
                 # a node whose state we cannot read soon (down, cut off, not of our CA) is
