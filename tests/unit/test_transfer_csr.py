@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.errors import TransferRejected
@@ -82,3 +83,48 @@ def test_a_key_that_does_not_belong_to_its_request_is_refused() -> None:
                            set_digest="d1")
     with pytest.raises(TransferRejected, match="does not match the request"):
         unwrap_csr_key(CTX, RECIPIENT, csr_id="r1", pem=pem, wrapped=wrapped, set_digest="d1")
+
+
+# --------------------------------------------------------------------------- exact words, edges
+
+PINNED = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def test_the_csr_info_is_the_pinned_json_with_non_ascii_escaped() -> None:
+    """The wire format, built independently: a JSON list, non-ASCII escaped."""
+    wrapped = wrap_csr_key(CTX, RECIPIENT.public_key(), csr_id="réq-1", pem=PEM, key=KEY,
+                           set_digest="d1")
+    info = (f'["certsync-csr-key-v1","c-1",3,9,"p1","b1","r\\u00e9q-1",'
+            f'"{hashlib.sha256(PEM).hexdigest()}","d1"]').encode()
+    assert wrapped[0] == 1
+    assert PINNED.decrypt(wrapped[1:], RECIPIENT, info=info) == _der(KEY)
+
+
+@pytest.mark.parametrize("size", [1 + 65 + 16, 1 + 65 + 16 + 1])
+def test_a_blob_at_the_length_edge_says_which_failure(size: int) -> None:
+    """82 bytes (format, encapsulated key, tag, no ciphertext) is damaged; one byte more
+    gets as far as opening, which fails."""
+    blob = bytes([1]) + bytes(size - 1)
+    with pytest.raises(TransferRejected) as err:
+        unwrap_csr_key(CTX, RECIPIENT, csr_id="r1", pem=PEM, wrapped=blob, set_digest="d1")
+    if size == 82:
+        assert str(err.value) == ("the key of request 'r1' from 'p1' is damaged or in another "
+                                  "format; run the same certsync release on every node and push "
+                                  "again")
+    else:
+        assert str(err.value) == ("the key of request 'r1' from 'p1' does not open for node "
+                                  "'b1' at epoch 3: it was replayed, sent to another node or "
+                                  "altered; push again from the current primary")
+
+
+def test_another_format_byte_is_damaged_and_the_mismatch_names_the_store() -> None:
+    with pytest.raises(TransferRejected, match="is damaged or in another format"):
+        unwrap_csr_key(CTX, RECIPIENT, csr_id="r1", pem=PEM, wrapped=b"\x02" + WRAPPED[1:],
+                       set_digest="d1")
+    pem = _csr(OTHER_KEY)
+    wrapped = wrap_csr_key(CTX, RECIPIENT.public_key(), csr_id="r1", pem=pem, key=KEY,
+                           set_digest="d1")
+    with pytest.raises(TransferRejected) as err:
+        unwrap_csr_key(CTX, RECIPIENT, csr_id="r1", pem=pem, wrapped=wrapped, set_digest="d1")
+    assert str(err.value) == ("the key of request 'r1' from 'p1' does not match the request; "
+                              "the primary's store is inconsistent")
