@@ -21,7 +21,7 @@ from node.errors import BadInput
 from node.text import rfc3339
 from sync._io import print_json
 from sync.client import call_node
-from sync.cmd_ops import utcnow
+from sync.cluster_view import utcnow
 
 __all__ = ["entry_json", "register"]
 

@@ -39,10 +39,10 @@ from node.api import certsync_pb2
 from node.errors import AlreadyExists, BadInput, CertsyncError
 from node.text import rfc3339
 from sync.client import NodeClient, admin_config, admin_target
+from sync.cluster_view import collect_status, utcnow
 from sync.cmd_audit import entry_json
 from sync.cmd_cert import cert_json
 from sync.cmd_coverage import collect_cluster_coverage
-from sync.cmd_ops import collect_status, utcnow
 from sync.config import AdminConfig
 from sync.topology import topology_to_dict
 

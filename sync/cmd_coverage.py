@@ -43,8 +43,8 @@ from node.names import (
 )
 from sync._io import print_json
 from sync.client import NodeClient, admin_config, admin_target
+from sync.cluster_view import find_primary
 from sync.cmd_inspect import load_material
-from sync.cmd_ops import find_primary
 from sync.config import AdminConfig
 from sync.topology import Topology
 

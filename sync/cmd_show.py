@@ -29,8 +29,8 @@ from node.errors import CertsyncError
 from node.names import sans_of
 from sync._io import print_json
 from sync.client import NodeClient, admin_config, admin_target
+from sync.cluster_view import PROBE_TIMEOUT, find_primary
 from sync.cmd_coverage import cluster_coverage_json
-from sync.cmd_ops import PROBE_TIMEOUT, find_primary
 from sync.config import AdminConfig
 from sync.probe import served_sha256
 

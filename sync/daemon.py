@@ -37,7 +37,7 @@ from node.rpc import server_credentials, start_grpc_server
 from node.service import CertStoreService, NodeRuntime
 from node.store import Store
 from node.tls import TlsEndpoint
-from sync.cmd_ops import gather
+from sync.cluster_view import gather
 from sync.config import AdminConfig, NodeConfig, load_store_key
 from sync.console.server import ConsoleSources, console_ssl_context, start_console
 from sync.metrics import NodeMetrics

@@ -71,7 +71,7 @@ _DOWNLOADS: Final[Mapping[str, tuple[Literal["pem", "der", "p7b"], str, str]]] =
 }
 
 #: the cluster as seen from this node: every node's answer and what the primary names per
-#: server name (:func:`sync.cmd_ops.gather`, with this node's identity)
+#: server name (:func:`sync.cluster_view.gather`, with this node's identity)
 ClusterView = Callable[[], Awaitable[tuple[list[Observed], dict[str | None, str] | None]]]
 
 
@@ -329,8 +329,8 @@ async def audit_page(request: web.Request) -> web.Response:
     action = request.query.get("action", "").strip() or None
     page = _page_number(request.query.get("page"))
     size = pages.AUDIT_PAGE_SIZE
-    events = await sources.store.audit_query(limit=size + 1, offset=(page - 1) * size,
-                                             actor=actor, action=action)
+    events = await sources.store.audit_log(size + 1, offset=(page - 1) * size,
+                                           actor=actor, action=action)
     return _render(request, "audit.html", title="Audit log",
                    events=pages.audit_rows(events[:size]), page=page,
                    has_next=len(events) > size, actor=actor or "", action=action or "")

@@ -31,8 +31,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.names import SanSet
+from sync.cluster_view import collect_status
 from sync.cmd_coverage import NO_DEFAULT_REASON, cluster_coverage_json
-from sync.cmd_ops import collect_status
 from sync.config import load_admin_config
 from sync.localcluster import LocalCluster
 from sync.report import Observed, status_report
