@@ -463,11 +463,12 @@ class StoreFile:
 
     async def audit_log(
         self, limit: int = 100, *, since: datetime | None = None, actor: str | None = None,
-        action: str | None = None, before_id: int | None = None,
+        action: str | None = None, before_id: int | None = None, offset: int = 0,
     ) -> list[AuditEvent]:
         """The latest ``limit`` audit events, newest first: at or after ``since``, by
         ``actor`` (exactly, e.g. ``admin:ops``), of ``action``, with an id below
-        ``before_id`` (the next page), each filter when given."""
+        ``before_id`` (the next page), each filter when given; the first ``offset`` of them
+        skipped (the console's numbered pages)."""
         where: list[str] = ["1"]
         params: list[Any] = []
         for clause, value in (("at >= ?", None if since is None else stored_time(since)),
@@ -480,33 +481,8 @@ class StoreFile:
             rows = await self._fetchall(
                 # only the fixed clauses above are joined in; every value is a parameter
                 f"SELECT id, at, actor, action, detail FROM audit WHERE {' AND '.join(where)} "  # noqa: S608
-                "ORDER BY id DESC LIMIT ?", (*params, limit),
+                "ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset),
             )
-        return [
-            AuditEvent(
-                id=r[0], at=parse_stored_time(r[1]), actor=r[2], action=r[3],
-                detail=json.loads(r[4]),
-            )
-            for r in rows
-        ]
-
-    async def audit_query(
-        self, *, limit: int, offset: int = 0, actor: str | None = None,
-        action: str | None = None,
-    ) -> list[AuditEvent]:
-        """Audit events newest first, ``offset`` skipped, at most ``limit``; only those of
-        ``actor`` and ``action`` (exact matches) when given (the console's paged table)."""
-        where, args = [], []
-        for column, value in (("actor", actor), ("action", action)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        # only fixed column names are joined in; every value is a bound parameter
-        sql = ("SELECT id, at, actor, action, detail FROM audit"  # noqa: S608
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY id DESC LIMIT ? OFFSET ?")
-        async with self._read_section():
-            rows = await self._fetchall(sql, (*args, limit, offset))
         return [
             AuditEvent(
                 id=r[0], at=parse_stored_time(r[1]), actor=r[2], action=r[3],

@@ -10,6 +10,7 @@ back with ``identity_from_certificate``.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -183,18 +184,7 @@ def issue_admin(
     ca: Issued, name: str, *, now: dt.datetime, key: ec.EllipticCurvePrivateKey
 ) -> Issued:
     """Admin ``name``'s identity: clientAuth only, SAN URI ``certsync://<id>/admin/<name>``."""
-    cluster_id = _cluster_id_of(ca)
-    check_node_name(name)
-    return _leaf(
-        ca,
-        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"admin:{name}"),
-                           _org(cluster_id)]),
-        sans=[x509.UniformResourceIdentifier(admin_uri(cluster_id, name))],
-        ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
-        key_agreement=False,
-        now=now,
-        key=key,
-    )
+    return _client_identity(ca, "admin", name, admin_uri, now=now, key=key)
 
 
 def issue_monitor(
@@ -202,13 +192,21 @@ def issue_monitor(
 ) -> Issued:
     """A metrics scraper's identity: clientAuth only, SAN URI ``certsync://<id>/monitor/<name>``;
     it may read the admin console's ``/metrics`` and nothing else."""
+    return _client_identity(ca, "monitor", name, monitor_uri, now=now, key=key)
+
+
+def _client_identity(
+    ca: Issued, kind: str, name: str, uri: Callable[[str, str], str], *, now: dt.datetime,
+    key: ec.EllipticCurvePrivateKey,
+) -> Issued:
+    """A client-only identity of ``kind`` (CN ``kind:name``, the certsync URI ``uri`` makes)."""
     cluster_id = _cluster_id_of(ca)
     check_node_name(name)
     return _leaf(
         ca,
-        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"monitor:{name}"),
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{kind}:{name}"),
                            _org(cluster_id)]),
-        sans=[x509.UniformResourceIdentifier(monitor_uri(cluster_id, name))],
+        sans=[x509.UniformResourceIdentifier(uri(cluster_id, name))],
         ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
         key_agreement=False,
         now=now,

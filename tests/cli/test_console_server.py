@@ -119,7 +119,7 @@ async def test_a_node_identity_is_refused_everywhere_and_audited(console: Runnin
     status, headers, body = await _get(console, "b1", path)
     assert status == 403 and "Only an admin identity may see the console." in body
     assert headers["Content-Security-Policy"] == HEADERS["Content-Security-Policy"]
-    [event] = await console.store.audit_query(limit=5, action="console.refused")
+    [event] = await console.store.audit_log(5, action="console.refused")
     assert (event.actor, event.detail["path"]) == ("node:b1", path)
 
 
