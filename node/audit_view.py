@@ -4,8 +4,9 @@ A stored audit row (:class:`node.store_view.AuditEvent`) is when, who, what and 
 object. :func:`audit_entry` adds what the CLI, the console and the support bundle show
 (DESIGN.md: ``{"time", "actor", "action", "target", "outcome", "detail"}``):
 
-* ``target`` -- what the action was about, from the detail: a certificate's sha256, a CSR's
-  id, the refused RPC's method, the new primary, or the revision pushed; ``""`` when none;
+* ``target`` -- what the action was about, from the detail: a certificate's sha256, its
+  ``target`` when it names one, a CSR's id, the refused RPC's method, the new primary, or
+  the revision pushed; ``""`` when none;
 * ``outcome`` -- ``refused`` for a refused call (``*.refused``), ``forced`` for a change made
   past a check (``*.forced``, or a detail with ``"forced": true``), else ``ok``.
 
@@ -30,7 +31,7 @@ MAX_SINCE: Final = timedelta(days=3650)
 _PART: Final = re.compile(r"(\d{1,6})([smhdw])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 #: detail keys naming the target, in the order they are looked for
-_TARGET_KEYS: Final = ("sha256", "id", "method", "primary")
+_TARGET_KEYS: Final = ("sha256", "target", "id", "method", "primary")
 
 
 def parse_duration(text: str) -> timedelta:

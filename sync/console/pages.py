@@ -28,6 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from node.audit_view import audit_entry
 from node.certkeys import cert_sha256, key_type_of
 from node.lifecycle import days_left
 from node.names import check_all, coverage_json, sans_of
@@ -249,36 +250,10 @@ def node_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _target(event: AuditEvent) -> str:
-    """What an event is about: its sha256, target or id, else its first certificate's."""
-    d = event.detail
-    for key in ("sha256", "target", "id"):
-        if d.get(key):
-            return str(d[key])
-    certs = d.get("certificates")
-    if isinstance(certs, list) and certs and isinstance(certs[0], Mapping):
-        return str(certs[0].get("sha256") or "")
-    return ""
-
-
-def _outcome(event: AuditEvent) -> str:
-    given = event.detail.get("outcome")
-    if given:
-        return str(given)
-    return "refused" if event.action.endswith("refused") else "ok"
-
-
 def audit_rows(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
     """Audit events for the table; ``detail`` as compact JSON text (escaped by Jinja2)."""
     return [
-        {
-            "id": e.id,
-            "time": rfc3339(e.at),
-            "actor": e.actor,
-            "action": e.action,
-            "target": _target(e),
-            "outcome": _outcome(e),
-            "detail": json.dumps(dict(e.detail), sort_keys=True, default=str),
-        }
+        {**audit_entry(e), "id": e.id,
+         "detail": json.dumps(dict(e.detail), sort_keys=True, default=str)}
         for e in events
     ]

@@ -124,6 +124,18 @@ def test_audit_rows_name_the_target_and_the_outcome() -> None:
     assert "<b>x</b>" in added["detail"]  # raw text here; the template escapes it
 
 
+def test_audit_rows_mark_a_forced_change_as_the_audit_command_does() -> None:
+    """The console and ``certsync audit`` share one rule (node.audit_view): a change made
+    past a check is ``forced``; its unforced twin is ``ok``."""
+    forced = AuditEvent(id=3, at=NOW, actor="admin:admin", action="change.forced",
+                        detail={"sha256": "cd" * 32, "overrode": ["coverage"]})
+    plain = AuditEvent(id=4, at=NOW, actor="admin:admin", action="cert.default",
+                       detail={"sha256": "cd" * 32})
+    rows = pages.audit_rows([forced, plain])
+    assert [r["outcome"] for r in rows] == ["forced", "ok"]
+    assert [r["id"] for r in rows] == [3, 4] and rows[0]["target"] == "cd" * 32
+
+
 # --------------------------------------------------------------------------- timeline
 
 
