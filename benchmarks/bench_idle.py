@@ -5,10 +5,13 @@ Not a test. Run it with ``.venv/bin/python -m benchmarks.bench_idle`` (``--help`
 One CA and 100 ECDSA P-256 certificates (as :mod:`benchmarks.bench_tls`), served in one run by
 
 * our :class:`node.tls.TlsEndpoint` in a child process (default bounds: 10 s handshake
-  deadline, 4096 connections, no per-address cap; JSON logs at INFO, as a node runs);
+  deadline, 4096 connections, no per-address cap; JSON logs at INFO, as a node runs), once
+  per ``--loops`` count (default: the default count, and 2);
 * Debian's nginx (``/usr/sbin/nginx``) from a temporary prefix, same certificates as 100 SNI
-  server blocks, ``worker_processes`` = cores, an access log line per request (our endpoint
-  logs each request too);
+  server blocks, ``worker_processes`` = cores;
+* both again with a line per request (``+log``: our ``access_log=True``, node.toml's
+  ``tls_access_log``, against nginx's ``access_log`` to a file); each ``+log`` row's ratio is
+  against ``nginx+log``, the others' against ``nginx``;
 * optionally (``--old COMMIT``) the endpoint as it was at ``COMMIT`` (``git show``, loaded
   as a module beside the current ``node`` package): the baseline of thread-per-connection.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -59,7 +63,11 @@ from bench_tls import (  # after the sys.path lines above
     start_nginx,
 )
 
+from node.tls import DEFAULT_LOOPS  # after the sys.path lines above
+
 _ROOT = Path(__file__).resolve().parent.parent
+#: the name suffix of the servers that log every request (ours: tls_access_log; nginx: access_log)
+_LOGGED = "+log"
 _CLIENT_TIMEOUT = 5.0
 _RECONNECT_GAP = 0.5
 
@@ -73,7 +81,7 @@ def _raise_fd_limit(need: int) -> None:
 # -- our server (child process) --------------------------------------------------------------
 
 
-def serve(cert_dir: Path, old: Path | None, loops: int) -> None:
+def serve(cert_dir: Path, old: Path | None, loops: int, access_log: bool) -> None:
     """Child: serve cert_dir with TlsEndpoint (or the old one at ``old``); print the port."""
     import importlib.util
 
@@ -101,16 +109,32 @@ def serve(cert_dir: Path, old: Path | None, loops: int) -> None:
         sha = certs[0].fingerprint(hashes.SHA256()).hex()
         served.append(module.ServedCert(sha, certs[0], tuple(certs[1:]), key))
     endpoint = (module.TlsEndpoint(node_name="bench") if old is not None
-                else module.TlsEndpoint(node_name="bench", workers=loops))
+                else module.TlsEndpoint(node_name="bench", workers=loops, access_log=access_log))
     endpoint.update(served, served[0].sha256)
     print(endpoint.start("127.0.0.1", 0), flush=True)
     sys.stdin.read()
     endpoint.stop()
 
 
-def start_ours(name: str, cert_dir: Path, old: Path | None, loops: int = 2) -> Server:
+def _loop_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give loop counts >= 1, e.g. 1,2")
+    return list(dict.fromkeys(counts))
+
+
+def _ours_name(loops: int) -> str:
+    """``certsync`` for the default loop count (the goal's row), else ``certsync-Nloops``."""
+    return "certsync" if loops == DEFAULT_LOOPS else f"certsync-{loops}loops"
+
+
+def start_ours(name: str, cert_dir: Path, old: Path | None, loops: int = DEFAULT_LOOPS,
+               *, access_log: bool = False) -> Server:
     args = [sys.executable, "-m", "benchmarks.bench_idle", "--serve", str(cert_dir),
-            "--loops", str(loops)]
+            "--loops", str(loops)] + (["--access-log"] if access_log else [])
     if old is not None:
         args += ["--serve-old", str(old)]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -235,9 +259,9 @@ def _good(port: int, count: int, seed: int) -> list[float | None]:
 def measure(server: Server, clients: int, handshakes: int) -> dict[str, float]:
     per = [handshakes // clients + (1 if i < handshakes % clients else 0) for i in range(clients)]
     with mp.get_context("fork").Pool(clients) as pool:
-        before = server.cpu_seconds()
+        before, started = server.cpu_seconds(), time.perf_counter()
         results = pool.starmap(_good, [(server.port, n, random.randrange(1 << 30)) for n in per])
-        after = server.cpu_seconds()
+        after, wall = server.cpu_seconds(), time.perf_counter() - started
     lat = sorted(x for r in results for x in r if x is not None)
     served = len(lat)
     if len(lat) >= 2:
@@ -249,6 +273,7 @@ def measure(server: Server, clients: int, handshakes: int) -> dict[str, float]:
         "p50_ms": q[49] * 1e3,
         "p99_ms": q[98] * 1e3,
         "cpu_us": (after - before) / max(served, 1) * 1e6,
+        "per_s": served / wall,
     }
 
 
@@ -277,8 +302,9 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="certsync-bench-idle-") as tmp:
         cert_dir = Path(tmp) / "certs"
         cert_dir.mkdir(mode=0o700)
-        nginx_prefix = Path(tmp) / "nginx"
+        nginx_prefix, nginx_log_prefix = Path(tmp) / "nginx", Path(tmp) / "nginx-log"
         nginx_prefix.mkdir()
+        nginx_log_prefix.mkdir()
         make_certs("ec-p256", cert_dir)
         old_path: Path | None = None
         if args.old:
@@ -286,8 +312,13 @@ def run(args: argparse.Namespace) -> None:
             old_path.write_bytes(subprocess.run(
                 ["git", "show", f"{args.old}:node/tls.py"], cwd=_ROOT, check=True,
                 capture_output=True).stdout)
-        servers = [start_ours("certsync", cert_dir, None, args.loops),
-                   start_nginx(cert_dir, nginx_prefix, access_log=True)]
+        # without a line per request (the defaults of both), then both with one
+        servers = [start_ours(_ours_name(n), cert_dir, None, n) for n in args.loops]
+        servers.append(start_nginx(cert_dir, nginx_prefix))
+        servers.append(start_ours(f"{_ours_name(DEFAULT_LOOPS)}{_LOGGED}", cert_dir, None,
+                                  access_log=True))
+        servers.append(dataclasses.replace(
+            start_nginx(cert_dir, nginx_log_prefix, access_log=True), name=f"nginx{_LOGGED}"))
         if old_path is not None:
             servers.append(start_ours("old", cert_dir, old_path))
         try:
@@ -304,13 +335,15 @@ def run(args: argparse.Namespace) -> None:
                             into.setdefault(k, []).append(v)
                         print(f"round {r + 1} {s.name:8s} {name:5s}: "
                               f"{res['served_pct']:6.1f} % served, p50 {res['p50_ms']:7.1f} ms, "
-                              f"p99 {res['p99_ms']:7.1f} ms, {res['cpu_us']:7.0f} us CPU each"
+                              f"p99 {res['p99_ms']:7.1f} ms, {res['cpu_us']:7.0f} us CPU each, "
+                              f"{res['per_s']:5.0f}/s"
                               + (f", {res['reconnects']:.0f} idle reconnects"
                                  if "reconnects" in res else ""), flush=True)
         finally:
             for s in servers:
                 s.stop()
             shutil.rmtree(nginx_prefix, ignore_errors=True)
+            shutil.rmtree(nginx_log_prefix, ignore_errors=True)
     summary = {
         srv: {ph: {k: round(statistics.median(v), 1) for k, v in vals.items()}
               for ph, vals in phases.items()}
@@ -318,15 +351,19 @@ def run(args: argparse.Namespace) -> None:
     }
     print(f"\n== {args.idle} idle/slow connections, {args.clients} clients, "
           f"{args.handshakes} handshakes per phase, median of {args.rounds} rounds")
-    print("| server | phase | served % | p50 ms | p99 ms | CPU us/handshake | CPU vs nginx |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| server | phase | served % | p50 ms | p99 ms | handshakes/s | CPU us/handshake "
+          "| CPU vs nginx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for srv, by_phase in summary.items():
         for ph, row in by_phase.items():
-            ratio = row["cpu_us"] / summary["nginx"][ph]["cpu_us"]
+            peer = f"nginx{_LOGGED}" if srv.endswith(_LOGGED) else "nginx"
+            ratio = row["cpu_us"] / summary[peer][ph]["cpu_us"]
             print(f"| {srv} | {ph} | {row['served_pct']:.1f} | {row['p50_ms']:.1f} | "
-                  f"{row['p99_ms']:.1f} | {row['cpu_us']:.0f} | {ratio:.2f}x |")
+                  f"{row['p99_ms']:.1f} | {row['per_s']:.0f} | {row['cpu_us']:.0f} | "
+                  f"{ratio:.2f}x |")
     ours, theirs = summary["certsync"]["idle"], summary["nginx"]["idle"]
-    print(f"\ngoal (idle): served {ours['served_pct']:.1f} % (>= 99), "
+    print(f"\ngoal (idle, the default {DEFAULT_LOOPS} loop(s)): "
+          f"served {ours['served_pct']:.1f} % (>= 99), "
           f"p99 {ours['p99_ms']:.1f} ms (<= 100), "
           f"CPU {ours['cpu_us'] / theirs['cpu_us']:.2f}x nginx (<= 1.3)")
     print(json.dumps(summary))
@@ -342,12 +379,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="also run node/tls.py as of COMMIT (e.g. 4a3cc71) as a baseline")
     parser.add_argument("--old-handshakes", type=int, default=40,
                         help="handshakes per phase for --old (it stalls behind idle clients)")
-    parser.add_argument("--loops", type=int, default=2, help="our endpoint's event-loop threads")
+    parser.add_argument("--loops", type=_loop_counts, default=_loop_counts(f"{DEFAULT_LOOPS},2"),
+                        help="our endpoint's event-loop threads, one server per count "
+                             f"(default {DEFAULT_LOOPS},2: the default and two loops)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--access-log", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-old", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.serve_old, args.loops)
+        serve(args.serve, args.serve_old, args.loops[0], args.access_log)
         return
     if not Path(NGINX).exists():
         raise SystemExit(f"nginx is not installed at {NGINX!r}; apt-get install nginx-light")

@@ -151,9 +151,9 @@ class Server:
         return total / _TICK
 
     def stop(self) -> None:
-        if self.name == "nginx":
+        if self.proc.stdin is None:  # nginx: stops on SIGTERM
             self.proc.terminate()
-        elif self.proc.stdin is not None:
+        else:  # ours: stops when its stdin closes
             self.proc.stdin.close()
         self.proc.wait(timeout=30)
 

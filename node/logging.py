@@ -109,15 +109,41 @@ def _scrub_field(name: str, value: Any) -> Any:
     return _scrub(value, fingerprints_ok=_names_fingerprint(name))
 
 
+#: values that cannot hold a secret whatever their field (a string may, when long enough)
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_rule(name: str) -> tuple[bool, bool]:
+    """(is a secret's name, may hold a fingerprint) for a field name; ``event`` is neither."""
+    if name == "event":
+        return False, False
+    return _is_secret_name(name), _names_fingerprint(name)
+
+
 def redact(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: mask secrets by field name and key-like content by value."""
-    for name in list(event_dict):
-        if name == "event":
-            event_dict[name] = _scrub(event_dict[name], fingerprints_ok=False)
-        else:
-            event_dict[name] = _scrub_field(name, event_dict[name])
+    """structlog processor: mask secrets by field name and key-like content by value.
+
+    Per field, the cheap cases first (a line per TLS request goes through here): a short
+    string or a number stays as it is unless its field is named like a secret; so does a
+    64-hex fingerprint under a fingerprint's name. Everything else is scrubbed in full.
+    """
+    for name, value in event_dict.items():  # values replaced in place: no key added or removed
+        secret, fingerprints_ok = _field_rule(str(name))
+        if secret:
+            event_dict[name] = REDACTED
+            continue
+        kind = type(value)
+        if kind is str:
+            if len(value) < _SHORTEST_SECRET or (
+                fingerprints_ok and len(value) == 64 and _HEX_FINGERPRINT.fullmatch(value)
+            ):
+                continue
+        elif kind in _PLAIN_TYPES:
+            continue
+        event_dict[name] = _scrub(value, fingerprints_ok=fingerprints_ok)
     return event_dict
 
 

@@ -57,8 +57,11 @@ __all__ = ["DEFAULT_LOOPS", "TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
 #: distinct server names remembered per certificate set; random names cannot grow it further
 _LOOKUP_CACHE_SIZE: Final = 4096
 _LISTEN_BACKLOG: Final = 1024
-#: event-loop threads serving connections (OpenSSL's crypto runs on them without the GIL)
-DEFAULT_LOOPS: Final = 2
+#: event-loop threads serving connections. One by default: a second loop lets OpenSSL's
+#: crypto use a second core (it runs without the GIL), but every other step of a connection
+#: then waits for the GIL the other loop holds, which cost 12-18 % more CPU per handshake
+#: in benchmarks/bench_idle.py; ``tls_loops`` in node.toml raises it for throughput.
+DEFAULT_LOOPS: Final = 1
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ class TlsEndpoint:
         handshake_timeout: float = 10.0,
         max_connections: int = 4096,
         max_per_address: int = 0,
+        access_log: bool = False,
         scratch_dir: Path | None = None,
     ) -> None:
         if workers < 1:
@@ -290,6 +294,7 @@ class TlsEndpoint:
             handshake_timeout=handshake_timeout, io_timeout=io_timeout,
             max_connections=max_connections, max_per_address=max_per_address,
         )
+        self._access_log = access_log
         self._scratch_dir = scratch_dir
         self._log = get_logger(__name__).bind(node_name=node_name)
         self._page = _http_response("200 OK", _page(node_name), "text/html; charset=utf-8")
@@ -436,12 +441,14 @@ class TlsEndpoint:
         self._server = ConnServer(
             listener=listener, context=self._listen_ctx, slot=self._slot,
             respond=self._respond, limits=self._limits, loops=self._workers, log=self._log,
+            access_log=self._access_log,
         )
         self._server.start()
         bound = self.address
         self._log.info("tls.listening", host=bound[0], port=bound[1], loops=self._workers,
                        max_connections=self._limits.max_connections,
                        max_per_address=self._limits.max_per_address,
+                       access_log=self._access_log,
                        handshake_timeout=self._limits.handshake_timeout)
         return bound[1]
 
@@ -469,6 +476,16 @@ class TlsEndpoint:
     def limits(self) -> ConnLimits:
         """The bounds on this endpoint's connections."""
         return self._limits
+
+    @property
+    def access_log(self) -> bool:
+        """Whether every answered request is logged (``tls.request``, INFO)."""
+        return self._access_log
+
+    @property
+    def loops(self) -> int:
+        """The event-loop threads serving its connections."""
+        return self._workers
 
     @property
     def open_connections(self) -> int:

@@ -18,6 +18,7 @@ from node.acme_client import LETS_ENCRYPT_DIRECTORY, AcmeSettings
 from node.alerts import AlertConfig, SmtpConfig
 from node.errors import BadInput, ConfigError
 from node.identity import check_node_name
+from node.tls import DEFAULT_LOOPS
 from sync.topology import NodeSpec, Topology, _Table, split_address, topology_from_dict
 
 __all__ = [
@@ -73,6 +74,8 @@ class NodeConfig:
     tls_handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
     tls_max_connections: int = DEFAULT_TLS_MAX_CONNECTIONS
     tls_max_per_address: int = 0
+    tls_loops: int = DEFAULT_LOOPS
+    tls_access_log: bool = False
 
     @property
     def store_path(self) -> Path:
@@ -134,7 +137,7 @@ def _cluster_of(table: _Table, base: Path) -> Topology:
 _NODE_KEYS = {"name", "cluster", "data_dir", "grpc_listen", "tls_listen", "ca_cert", "cert",
               "key", "store_key", "log_format", "acme", "alerts", "monitor_interval",
               "admin_address", "rollout_canary", "tls_handshake_timeout", "tls_max_connections",
-              "tls_max_per_address"}
+              "tls_max_per_address", "tls_loops", "tls_access_log"}
 _ACME_KEYS = {"directory_url", "email", "http_listen", "ca_bundle"}
 _ALERT_KEYS = {"smtp_host", "smtp_port", "smtp_from", "smtp_to", "starttls", "webhook_url"}
 _ADMIN_KEYS = {"name", "cluster", "ca_cert", "cert", "key"}
@@ -192,6 +195,8 @@ def load_node_config(path: Path) -> NodeConfig:
         tls_max_connections=table.positive_int("tls_max_connections",
                                                DEFAULT_TLS_MAX_CONNECTIONS),
         tls_max_per_address=_count_or_off(table, "tls_max_per_address"),
+        tls_loops=table.positive_int("tls_loops", DEFAULT_LOOPS),
+        tls_access_log=_flag(table, "tls_access_log"),
     )
 
 
@@ -201,6 +206,13 @@ def _positive_seconds(table: _Table, key: str, default: float) -> float:
         raise ConfigError(f"{table.source}: {key} must be a positive number of seconds, "
                           f"got {value!r}")
     return float(value)
+
+
+def _flag(table: _Table, key: str) -> bool:
+    value = table.data.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{table.source}: {key} must be true or false, got {value!r}")
+    return value
 
 
 def _count_or_off(table: _Table, key: str) -> int:

@@ -152,6 +152,8 @@ def tls_endpoint(config: NodeConfig) -> TlsEndpoint:
         handshake_timeout=config.tls_handshake_timeout,
         max_connections=config.tls_max_connections,
         max_per_address=config.tls_max_per_address,
+        workers=config.tls_loops,
+        access_log=config.tls_access_log,
     )
 
 

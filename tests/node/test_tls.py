@@ -408,16 +408,33 @@ def test_key_file_is_encrypted_and_private(tmp_path: Path) -> None:
         serialization.load_pem_private_key(data, b"wrong" + password)
 
 
-def test_logs_record_the_choice_per_request(endpoint: TlsEndpoint, certs: Certs) -> None:
-    with structlog.testing.capture_logs() as logs:
-        _https(endpoint.address[1], b"GET / HTTP/1.1\r\n\r\n", "api.example.test")
-        _https(endpoint.address[1], b"GET / HTTP/1.1\r\n\r\n", None)
+def test_access_log_records_the_choice_per_request(certs: Certs, tmp_path: Path) -> None:
+    ep = TlsEndpoint(node_name=NODE, io_timeout=5.0, access_log=True, scratch_dir=tmp_path)
+    ep.update(certs.all, certs.default.sha256)
+    port = ep.start("127.0.0.1", 0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            _https(port, b"GET / HTTP/1.1\r\n\r\n", "api.example.test")
+            _https(port, b"GET / HTTP/1.1\r\n\r\n", None)
+    finally:
+        ep.stop()
     requests = [e for e in logs if e["event"] == "tls.request"]
-    assert [(e["server_name"], e["sha256"], e["reason"], e["status"]) for e in requests] == [
-        ("api.example.test", certs.wildcard.sha256, "wildcard", 200),
-        (None, certs.default.sha256, "default", 200),
+    assert [(e["server_name"], e["sha256"], e["reason"], e["status"], e["log_level"])
+            for e in requests] == [
+        ("api.example.test", certs.wildcard.sha256, "wildcard", 200, "info"),
+        (None, certs.default.sha256, "default", 200, "info"),
     ]
     assert all(e["node_name"] == NODE for e in requests)
+
+
+def test_without_the_access_log_requests_are_only_counted(
+    endpoint: TlsEndpoint, certs: Certs
+) -> None:
+    before = endpoint.handshakes["wildcard"]
+    with structlog.testing.capture_logs() as logs:
+        assert _https(endpoint.address[1], b"GET / HTTP/1.1\r\n\r\n", "api.example.test")[0] == 200
+    assert [e for e in logs if e["event"] == "tls.request"] == []
+    assert endpoint.handshakes["wildcard"] == before + 1
 
 
 def test_slow_client_cannot_hold_the_only_worker(certs: Certs, tmp_path: Path) -> None:

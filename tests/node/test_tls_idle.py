@@ -308,12 +308,19 @@ def _node_toml(cluster_dir: Path, extra: str) -> Path:
 
 def test_config_bounds_reach_the_endpoint(cluster_dir: Path) -> None:
     path = _node_toml(cluster_dir, "tls_handshake_timeout = 2.5\ntls_max_connections = 300\n"
-                                   "tls_max_per_address = 20\n")
-    assert tls_endpoint(load_node_config(path)).limits == ConnLimits(
+                                   "tls_max_per_address = 20\ntls_loops = 3\n"
+                                   "tls_access_log = true\n")
+    endpoint = tls_endpoint(load_node_config(path))
+    assert endpoint.limits == ConnLimits(
         handshake_timeout=2.5, io_timeout=10.0, max_connections=300, max_per_address=20)
-    # the twin: without the keys, the defaults (per-address cap off)
-    assert tls_endpoint(load_node_config(cluster_dir / "p1" / "node.toml")).limits == (
+    assert endpoint.loops == 3
+    assert endpoint.access_log is True
+    # the twin: without the keys, the defaults (per-address cap off, one loop)
+    default = tls_endpoint(load_node_config(cluster_dir / "p1" / "node.toml"))
+    assert default.limits == (
         ConnLimits(handshake_timeout=10.0, max_connections=4096, max_per_address=0))
+    assert default.loops == 1
+    assert default.access_log is False
 
 
 @pytest.mark.parametrize(
@@ -322,7 +329,10 @@ def test_config_bounds_reach_the_endpoint(cluster_dir: Path) -> None:
      ('tls_handshake_timeout = "10"\n', "tls_handshake_timeout"),
      ("tls_max_connections = 0\n", "tls_max_connections"),
      ("tls_max_per_address = -1\n", "tls_max_per_address"),
-     ("tls_max_per_address = true\n", "tls_max_per_address")],
+     ("tls_max_per_address = true\n", "tls_max_per_address"),
+     ("tls_loops = 0\n", "tls_loops"),
+     ('tls_loops = "2"\n', "tls_loops"),
+     ("tls_access_log = 1\n", "tls_access_log")],
 )
 def test_bad_config_bounds_are_one_line_errors(cluster_dir: Path, extra: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key) as err:
