@@ -19,6 +19,7 @@ cert..., key...`` or ``err, kind, message, source``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import select
@@ -304,6 +305,9 @@ def _decode(reply: list[bytes], sources: Sequence[tuple[str, bytes]]) -> Materia
 # --------------------------------------------------------------------------- defaults
 
 _default = ParseSandbox()
+# a process that never called close_default() (a CLI command, a test run) still reaps its
+# worker when it exits, instead of leaving a child and its pipes to the interpreter's teardown
+atexit.register(_default.kill)
 
 
 def default() -> ParseSandbox:

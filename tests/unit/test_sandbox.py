@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +185,31 @@ def test_a_worker_over_its_cpu_limit_is_stopped(monkeypatch: pytest.MonkeyPatch)
         assert roomy.read_material_blocking([("ok.pem", pem_bundle(pki.leaf.cert))]).certificates
     finally:
         roomy.kill()
+
+
+_EXIT_SCRIPT = """
+import asyncio, atexit, os, sys
+from node import sandbox
+from tests.pki import make_chain, pem_bundle
+if sys.argv[1] == "unhooked":
+    atexit.unregister(sandbox.default().kill)
+pki = make_chain("ec-p256")
+asyncio.run(sandbox.read_material([("a.pem", pem_bundle(pki.leaf.cert))]))
+print(sandbox.default()._proc.pid, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["hooked", "unhooked"])
+def test_a_process_that_exits_reaps_the_shared_worker(mode: str) -> None:
+    """The shared sandbox's worker is killed and its pipes closed at exit (a CLI command
+    never calls close_default()); the twin without the exit hook leaves both behind."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", _EXIT_SCRIPT, mode], cwd=root,
+                          capture_output=True, text=True, timeout=60, check=True)
+    pid = int(done.stdout.split()[0])
+    warned = "ResourceWarning" in done.stderr
+    if mode == "hooked":
+        assert not warned, done.stderr
+        assert not Path(f"/proc/{pid}").exists()  # killed and waited for: no zombie either
+    else:
+        assert warned, done.stderr
