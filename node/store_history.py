@@ -133,7 +133,7 @@ class SetHistoryMixin(StoreFile):
                 "SELECT epoch, revision, digest FROM set_history ORDER BY id DESC LIMIT 1")
             if newest and tuple(newest[0]) == (record.epoch, record.revision, record.digest):
                 return
-            async with self._transaction(durable=False):
+            async with self._transaction(durable=False, certs=()):
                 await self._conn.execute(
                     "INSERT INTO set_history (epoch, revision, digest, default_sha256, "
                     "activated_at, nonce, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?)",
