@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -191,6 +192,9 @@ class _SetState:
     counts: dict[str, int]
 
 
+_SERIALS = itertools.count(1)
+
+
 class CertRows:
     """The certificate rows of a :class:`node.store_view.StoreView` and what is derived
     from them alone; views whose rows did not change (a meta change) share one.
@@ -214,6 +218,10 @@ class CertRows:
         self.chain_memo = chain_memo if chain_memo is not None else {}
         self._base = base
         self._changed = frozenset(changed)
+        #: which rows these are, and which rows ``changed`` is relative to (0: none), so a
+        #: reader that worked something out for the rows before redoes only what changed
+        self.serial = next(_SERIALS)
+        self._parent = base.serial if base is not None else 0
         #: the chains carried over (the others are built again)
         self._carried = frozenset(self.chain_memo)
         self._chains: dict[str, _Chain] = {}
@@ -382,6 +390,13 @@ class CertRows:
     def settle(self) -> None:
         """Work out what the next rows carry over (and let the base go)."""
         self._state  # noqa: B018 -- computed for what it keeps
+
+    def changes_since(self, serial: int) -> frozenset[str] | None:
+        """The sha256s whose rows differ from those of the rows numbered ``serial`` (empty:
+        these are those rows); ``None`` when that is not known (work it all out again)."""
+        if serial == self.serial:
+            return frozenset()
+        return self._changed if serial == self._parent and serial else None
 
     @property
     def settled(self) -> bool:
