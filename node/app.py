@@ -77,6 +77,8 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
+        #: what served_certs answered last, by sha256, with the chain it was made from
+        self._served: dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]] = {}
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -155,20 +157,24 @@ class NodeApp:
         view = view or await self._store.view()
         keys = await self._store.keys(view.keyed, view=view)
         served: list[ServedCert] = []
+        last, kept = self._served, {}
         for s in view.certs:
             key = keys.get(s.sha256)
             if key is None:
                 continue
             cert = s.certificate()
             chain, _problems = view.chain(s.sha256)  # rebuilt only when its issuers change
-            served.append(
-                ServedCert(
-                    sha256=s.sha256,
-                    cert=cert,
-                    chain=tuple(c for c in chain if c != cert and not _self_signed(c)),
-                    key=key,
-                )
-            )
+            seen = last.get(s.sha256)
+            if seen is not None and seen[0] is chain and seen[1].key is key \
+                    and seen[1].cert is cert:
+                item = seen[1]  # the same object: the endpoint keeps its context unlooked at
+            else:
+                item = ServedCert(sha256=s.sha256, cert=cert, key=key,
+                                  chain=tuple(c for c in chain
+                                              if c != cert and not _self_signed(c)))
+            kept[s.sha256] = (chain, item)
+            served.append(item)
+        self._served = kept
         default = view.default_sha256
         return served, default if default in keys else None
 

@@ -162,27 +162,19 @@ class Lifecycle:
         self, view: StoreView | None = None
     ) -> tuple[Sequence[StoredCert], Callable[[str], LifecycleRecord], dict[str, str]]:
         """The certificates, each one's record (read when asked for), and which are
-        replaced: worked out for the rows of the last call again only where they changed."""
+        replaced (redone since the last call only where the rows changed)."""
         view = view or await self._store.view()
-        rows = view.cert_rows
-        memo = self._replaced
+        rows, memo = view.cert_rows, self._replaced
         if memo is None or memo[0] != rows.serial:
             since = rows.changes_since(memo[0]) if memo is not None else None
-            repl = (memo[1].updated(since, rows.get) if memo is not None and since is not None
-                    else Replacements.of(rows.certs))
-            memo = self._replaced = (rows.serial, repl)
-        meta = view.meta
-
-        def record(sha: str) -> LifecycleRecord:
-            return _read_record(meta.get(state_key(sha)))
-
+            memo = self._replaced = (rows.serial, memo[1].updated(since, rows.get) if memo
+                                     and since is not None else Replacements.of(rows.certs))
+        meta, default, replaced = view.meta, view.default_sha256, memo[1].replaced
         # the default is served to every client without SNI: it is not superseded (and stays
         # alerted on) until the default moves to its replacement
-        default = view.default_sha256
-        replaced = memo[1].replaced
         if default in replaced:
             replaced = {k: v for k, v in replaced.items() if k != default}
-        return view.certs, record, replaced
+        return view.certs, lambda sha: _read_record(meta.get(state_key(sha))), replaced
 
     async def pending(self, view: StoreView | None = None) -> StagedCaChange | None:
         """The staged CA change, if any (in ``view``, a view of the store just read, when

@@ -49,7 +49,7 @@ from node.errors import BadInput, NotFound
 from node.logging import get_logger
 from node.model import PrivateKey
 from node.names import sans_of
-from node.selection import Selection, SniEntry, SniIndex
+from node.selection import Selection, SniBuilder, SniEntry, SniIndex
 from node.tls_conn import OUTCOMES, ChoiceSlot, ConnLimits, ConnServer
 
 __all__ = ["DEFAULT_LOOPS", "TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
@@ -302,6 +302,9 @@ class TlsEndpoint:
         #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
         self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
         self._entries: dict[str, SniEntry] = {}  # by sha256, for the SNI index
+        self._sni = SniBuilder()
+        #: the last update's certificates with their context's identity, by sha256
+        self._served: dict[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]] = {}
         # by id of the object, holding it so the id stays its own; pruned on each update
         self._publics: dict[int, tuple[PrivateKey, bytes]] = {}
         self._fingerprints: dict[int, tuple[x509.Certificate, str]] = {}
@@ -341,18 +344,24 @@ class TlsEndpoint:
             )
         with self._update_lock:
             # a context is reused while its certificate, chain and key stay the same, so an
-            # update costs O(changed), not O(all)
-            previous = self._built
+            # update costs O(changed), not O(all); the very ServedCert of the last update
+            # keeps its context without a look at its chain and key
+            previous, last = self._built, self._served
             built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
             contexts: dict[str, ssl.SSLContext] = {}
+            served_now: dict[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]] = {}
             directory: Path | None = None
             try:
                 for i, served in enumerate(by_sha.values()):
-                    ident = (
-                        served.sha256,
-                        tuple(self._fingerprint(c) for c in served.chain),
-                        self._public(served.key),
-                    )
+                    seen = last.get(served.sha256)
+                    if seen is not None and seen[0] is served:
+                        ident = seen[1]
+                    else:
+                        ident = (
+                            served.sha256,
+                            tuple(self._fingerprint(c) for c in served.chain),
+                            self._public(served.key),
+                        )
                     ctx = previous.get(ident)
                     if ctx is None and self._in_memory:
                         ctx = _load_in_memory(served)
@@ -365,23 +374,28 @@ class TlsEndpoint:
                         ctx = _load_context(directory, f"c{i}", served)
                     built[ident] = ctx
                     contexts[served.sha256] = ctx
+                    served_now[served.sha256] = (served, ident)
             finally:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
-            self._built = built
-            keep_keys = {id(c.key) for c in by_sha.values()}
-            keep_certs = {id(x) for c in by_sha.values() for x in c.chain}
-            self._publics = {i: v for i, v in self._publics.items() if i in keep_keys}
-            self._fingerprints = {i: v for i, v in self._fingerprints.items() if i in keep_certs}
-            # names are parsed once per certificate (IDNA normalisation is not cheap)
+            self._built, self._served = built, served_now
+            if len(self._publics) > 2 * len(by_sha) + 64:  # forget keys no longer served
+                keep_keys = {id(c.key) for c in by_sha.values()}
+                self._publics = {i: v for i, v in self._publics.items() if i in keep_keys}
+            if len(self._fingerprints) > 4 * len(by_sha) + 64:
+                keep_certs = {id(x) for c in by_sha.values() for x in c.chain}
+                self._fingerprints = {i: v for i, v in self._fingerprints.items()
+                                      if i in keep_certs}
+            # names are parsed once per certificate (IDNA normalisation is not cheap), and
+            # the index redoes only the names of certificates that came or went
             known = self._entries
             self._entries = {
                 sha: known.get(sha) or SniEntry(key=sha, sans=sans_of(c.cert),
                                                 not_after=c.cert.not_valid_after_utc)
                 for sha, c in by_sha.items()
             }
-            entries = list(self._entries.values())
-            self._snapshot = _Snapshot(SniIndex.build(entries, default), contexts, {})
+            self._sni.update(self._entries)
+            self._snapshot = _Snapshot(self._sni.index(default), contexts, {})
         self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
 
     def set_trust_bundle(self, pem: bytes | None) -> None:
