@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +78,8 @@ class NodeApp:
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
         #: what served_certs answered last, by sha256, with the chain it was made from
-        self._served: dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]] = {}
+        self._served: tuple[int, dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]]] = (
+            0, {})
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -156,27 +157,30 @@ class NodeApp:
         (of ``view``, a view of the store just read, when given)."""
         view = view or await self._store.view()
         keys = await self._store.keys(view.keyed, view=view)
-        served: list[ServedCert] = []
-        last, kept = self._served, {}
-        for s in view.certs:
-            key = keys.get(s.sha256)
-            if key is None:
+        rows, (serial, last) = view.cert_rows, self._served
+        since = rows.changes_since(serial) if serial else None
+        if since is None:  # other rows: look at every certificate
+            redo: Iterable[str] = (c.sha256 for c in view.certs)
+            kept: dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]] = {}
+        else:  # the rows' children: what changed, or may be chained otherwise, and no more
+            redo, kept = since | rows.rechained(), dict(last)
+        for sha in redo:
+            key, s = keys.get(sha), rows.get(sha)
+            if key is None or s is None:
+                kept.pop(sha, None)
                 continue
             cert = s.certificate()
-            chain, _problems = view.chain(s.sha256)  # rebuilt only when its issuers change
-            seen = last.get(s.sha256)
+            chain, _problems = view.chain(sha)  # rebuilt only when its issuers change
+            seen = last.get(sha)
             if seen is not None and seen[0] is chain and seen[1].key is key \
                     and seen[1].cert is cert:
-                item = seen[1]  # the same object: the endpoint keeps its context unlooked at
+                kept[sha] = seen  # the same object: the endpoint keeps its context unlooked at
             else:
-                item = ServedCert(sha256=s.sha256, cert=cert, key=key,
-                                  chain=tuple(c for c in chain
-                                              if c != cert and not _self_signed(c)))
-            kept[s.sha256] = (chain, item)
-            served.append(item)
-        self._served = kept
+                kept[sha] = (chain, ServedCert(sha256=sha, cert=cert, key=key, chain=tuple(
+                    c for c in chain if c != cert and not _self_signed(c))))
+        self._served = (rows.serial, kept)
         default = view.default_sha256
-        return served, default if default in keys else None
+        return [item for _chain, item in kept.values()], default if default in keys else None
 
     async def serve_set(
         self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],

@@ -35,7 +35,14 @@ from cryptography import x509
 
 from node.errors import BadInput, Conflict, IntegrityError
 from node.formats import cert_sha256
-from node.linking import KeyHolder, Link, apply_links, plan_entry_links
+from node.linking import (
+    KeyHolder,
+    Link,
+    LinkCandidate,
+    apply_links,
+    plan_entry_links,
+    stored_links,
+)
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
 from node.store_reading import INLINE_CHAINS, StoreReading
@@ -95,6 +102,7 @@ class Store(StoreReading):
     def __init__(self, conn: aiosqlite.Connection, path: Path, store_key: bytes) -> None:
         super().__init__(conn, path, store_key)
         self._spkis: dict[str, bytes] = {}  # public keys by certificate sha256 (DER fixed)
+        self._links_of: tuple[int, tuple[list[KeyHolder], list[LinkCandidate]]] | None = None
 
     # ---------------------------------------------------------------- views
 
@@ -233,15 +241,20 @@ class Store(StoreReading):
             found = self._spkis[sha] = spki(cert.public_key())
         return found
 
+    def _stored_links(self, view: StoreView) -> tuple[list[KeyHolder], list[LinkCandidate]]:
+        """:func:`node.linking.stored_links` of ``view``, once per rows."""
+        kept = self._links_of
+        if kept is None or kept[0] != view.cert_rows.serial:
+            kept = self._links_of = (view.cert_rows.serial, stored_links(view, self._spki_of))
+        return kept[1]
+
     async def key_holders(self) -> list[KeyHolder]:
         """Every key the store holds: certificates' keys first, then CSRs' keys (oldest
         first)."""
         async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
-        return [*(KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
-                  for c in view.certs if c.has_key),
-                *(KeyHolder("csr", i, k) for i, k in csrs)]
+        return [*self._stored_links(view)[0], *(KeyHolder("csr", i, k) for i, k in csrs)]
 
     async def link_stored(self, *, actor: str, now: datetime) -> list[Link]:
         """Link every stored certificate without a key to a stored key or CSR key with its
@@ -255,7 +268,8 @@ class Store(StoreReading):
         async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
-        planned = plan_entry_links(entries, view, csrs, self._spki_of)
+        planned = plan_entry_links(entries, view, csrs, self._spki_of,
+                                   self._stored_links(view))
         batch, links = planned.batch, planned.links
         if not links:
             return planned.entries, []

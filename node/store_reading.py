@@ -156,7 +156,34 @@ class StoreReading(SetHistoryMixin):
         meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
         rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
         seen = dict(self._rows_seen)
-        cert_rows = CertRows(rows=rows, load=lambda r: row_to_cert(r, seen.get(str(r[0])))[1])
+
+        def load(r: Sequence[Any]) -> StoredCert:
+            return row_to_cert(r, seen.get(str(r[0])))[1]
+
+        cert_rows = CertRows(rows=rows, load=load)
+        before = self._view[1].cert_rows if self._view is not None else None
+        if before is not None and before.settled:
+            # carried over from the writer's last view (every change between is committed:
+            # the diff of the rows finds it), so a read beside a change does not build
+            # every chain again
+            if rows == before.rows:
+                cert_rows = before
+            else:
+                old = before.row_of
+                now = {str(r[0]): r for r in rows}
+                changed = {sha for sha in old.keys() | now.keys() if old.get(sha) != now.get(sha)}
+                try:
+                    came_or_went = {load(now[sha]).certificate().subject if sha in now
+                                    else before.row_cert(sha).certificate().subject
+                                    for sha in changed if (sha in now) != (sha in old)}
+                except IntegrityError:
+                    came_or_went = None
+                if came_or_went is not None:
+                    chains = {sha: m for sha, m in before.chain_memo.items()
+                              if (sha not in changed or sha in now)
+                              and m[0].isdisjoint(came_or_went)}
+                    cert_rows = CertRows(rows=rows, load=load, chain_memo=chains, base=before,
+                                         changed=changed)
         view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
         self._reader_cache = (data_version, view)
         return view

@@ -253,6 +253,24 @@ class CertRows:
         """Every row as a :class:`StoredCert` (``is_default`` False), in row order."""
         return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
 
+    @cached
+    def _positions(self) -> dict[str, int]:
+        return {str(r[0]): i for i, r in enumerate(self.rows)}
+
+    def position(self, sha256: str | None) -> int | None:
+        """Where the row of ``sha256`` is in :attr:`certs` (``None``: not stored)."""
+        if sha256 is None or sha256 not in self.row_of:
+            return None
+        return self._positions[sha256] if len(self.certs) == len(self.rows) else next(
+            (i for i, c in enumerate(self.certs) if c.sha256 == sha256), None)
+
+    def row_cert(self, sha256: str) -> StoredCert:
+        """:meth:`get` of a sha256 known to be stored."""
+        found = self.get(sha256)
+        if found is None:
+            raise no_cert(sha256)
+        return found
+
     def get(self, sha256: str) -> StoredCert | None:
         found = self._loaded.get(sha256)
         if found is None:
@@ -291,6 +309,11 @@ class CertRows:
                 self.chain_memo[sha256] = (names, found)
             self._chains[sha256] = found
         return found
+
+    def rechained(self) -> frozenset[str]:
+        """The certificates with keys whose chain was not carried over from the parent rows
+        (built again, or to be: it may differ from the one before)."""
+        return self.keyed - self._carried
 
     def chains_to_build(self) -> int:
         """How many chains of certificates with keys :attr:`members` would build (not carried

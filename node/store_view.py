@@ -114,8 +114,12 @@ class StoreView:
 
     @cached
     def certs(self) -> tuple[StoredCert, ...]:
-        """Every certificate, oldest first."""
-        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
+        """Every certificate, oldest first (the rows' own, with the default marked)."""
+        certs = self.cert_rows.certs
+        at = self.cert_rows.position(self.default_sha256)
+        if at is None:
+            return certs
+        return (*certs[:at], dataclasses.replace(certs[at], is_default=True), *certs[at + 1:])
 
     @property
     def keyed(self) -> frozenset[str]:
@@ -285,12 +289,12 @@ def changes_nothing(
         return False
     if default is None and any(p.sealed is not None for p in prepared):
         return False  # the first entry with a key would become the default
-    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
+    stored = view.cert_rows.row_of
     for p in prepared:
         row = stored.get(p.sha256)
         if row is None:
             return False
-        name, role, has_key = row
+        name, role, has_key = str(row[2]), str(row[3]), bool(row[-1])
         if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
                 or (p.sealed is not None and not has_key)):
             return False

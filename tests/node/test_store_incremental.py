@@ -15,12 +15,15 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.app import NodeApp, NodeCluster
 from node.errors import Conflict, NotFound
 from node.formats import cert_sha256
 from node.model import PrivateKey
+from node.sealing import key_der
 from node.store import Store
 from node.store_rows import CertRows, merge_rows, row_to_cert
 from node.store_view import SetEntry, StoreView, replicated_members, set_digest
+from node.tls import ServedCert, TlsEndpoint
 from tests.pki import Issued, make_intermediate, make_key, make_leaf, make_root
 
 KEY = bytes(range(32))
@@ -122,15 +125,35 @@ def _from_scratch(view: StoreView) -> dict[str, Any]:
                 k: v for k, v in _answers(fresh).items() if k not in ("members", "digest")}}
 
 
+def _served(served: list[ServedCert], default: str | None) -> Any:
+    return default, {s.sha256: (_shas((s.cert, *s.chain)), key_der(s.key)) for s in served}
+
+
+def _app(store: Store) -> NodeApp:
+    return NodeApp(name="p1", cluster=NodeCluster(cluster_id="c", node_names=("p1",),
+                                                  role="primary"),
+                   store=store, endpoint=TlsEndpoint(node_name="p1"))
+
+
 async def _run(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "s.sqlite3"
         store = await Store.open(db, KEY)
+        app = _app(store)  # what it serves is carried over from its last answer too
         try:
             for step, op in enumerate(ops):
                 await _apply(store, op, step)
                 if step % 2:  # some changes come two at a time, between two readings
                     continue
+                view = await store.view()
+                assert _served(*await app.served_certs(view)) == _served(
+                    *await _app(store).served_certs(view)), op
+                await app.refresh()
+                names = [None, "a.inc.example", "b.inc.example", "c.inc.example",
+                         "self.inc.example", "d.inc.example"]
+                fresh = _app(store)
+                await fresh.refresh()
+                assert [app.served_for(n) for n in names] == [fresh.served_for(n) for n in names]
                 got = _answers(await store.view())
                 other = await Store.open(db, KEY)  # another connection: every row read
                 try:
@@ -138,6 +161,8 @@ async def _run(ops: list[tuple[Any, ...]]) -> None:
                 finally:
                     await other.close()
                 assert got == _from_scratch(await store.view()), op
+                async with store._lock:  # as a change would: reads take the reader connection
+                    assert _answers(await store.view()) == got, op
         finally:
             await store.close()
 
