@@ -29,6 +29,7 @@ from node.model import PrivateKey
 from node.renewal import Lifecycle
 from node.selection import Selection
 from node.store import Store
+from node.store_rows import CertRows
 from node.store_view import StoreView
 from node.tls import ServedCert, TlsEndpoint
 
@@ -78,8 +79,8 @@ class NodeApp:
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
         #: what served_certs answered last, by sha256, with the chain it was made from
-        self._served: tuple[int, dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]]] = (
-            0, {})
+        self._served: tuple[CertRows | None,
+                            dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]]] = (None, {})
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -157,13 +158,12 @@ class NodeApp:
         (of ``view``, a view of the store just read, when given)."""
         view = view or await self._store.view()
         keys = await self._store.keys(view.keyed, view=view)
-        rows, (serial, last) = view.cert_rows, self._served
-        since = rows.changes_since(serial) if serial else None
-        if since is None:  # other rows: look at every certificate
+        rows, (before, last) = view.cert_rows, self._served
+        if before is None:  # the first time: look at every certificate
             redo: Iterable[str] = (c.sha256 for c in view.certs)
             kept: dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]] = {}
-        else:  # the rows' children: what changed, or may be chained otherwise, and no more
-            redo, kept = since | rows.rechained(), dict(last)
+        else:  # what changed since, or may be chained otherwise, and no more
+            redo, kept = rows.changes_from(before) | rows.rechained_from(before), dict(last)
         for sha in redo:
             key, s = keys.get(sha), rows.get(sha)
             if key is None or s is None:
@@ -178,7 +178,7 @@ class NodeApp:
             else:
                 kept[sha] = (chain, ServedCert(sha256=sha, cert=cert, key=key, chain=tuple(
                     c for c in chain if c != cert and not _self_signed(c))))
-        self._served = (rows.serial, kept)
+        self._served = (rows, kept)
         default = view.default_sha256
         return [item for _chain, item in kept.values()], default if default in keys else None
 

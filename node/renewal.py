@@ -79,6 +79,7 @@ from node.renewal_plan import (
     state_key,
 )
 from node.store import Store
+from node.store_rows import CertRows
 from node.store_view import SetEntry, StoredCert, StoreView
 
 __all__ = ["Lifecycle", "run_monitor"]
@@ -145,7 +146,7 @@ class Lifecycle:
         self.responder = responder
         self._account_key_path = account_key_path
         self._acme_lock = asyncio.Lock()
-        self._replaced: tuple[int, Replacements] | None = None
+        self._replaced: tuple[CertRows, Replacements] | None = None
 
     # -- snapshot -------------------------------------------------------------------------
 
@@ -165,10 +166,9 @@ class Lifecycle:
         replaced (redone since the last call only where the rows changed)."""
         view = view or await self._store.view()
         rows, memo = view.cert_rows, self._replaced
-        if memo is None or memo[0] != rows.serial:
-            since = rows.changes_since(memo[0]) if memo is not None else None
-            memo = self._replaced = (rows.serial, memo[1].updated(since, rows.get) if memo
-                                     and since is not None else Replacements.of(rows.certs))
+        if memo is None or memo[0] is not rows:
+            memo = self._replaced = (rows, memo[1].updated(rows.changes_from(memo[0]), rows.get)
+                                     if memo is not None else Replacements.of(rows.certs))
         meta, default, replaced = view.meta, view.default_sha256, memo[1].replaced
         # the default is served to every client without SNI: it is not superseded (and stays
         # alerted on) until the default moves to its replacement

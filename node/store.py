@@ -312,8 +312,10 @@ class Store(StoreReading):
         event loop). :class:`IntegrityError` when a row fails to open.
         """
         wanted = list(dict.fromkeys(sha256s))
-        if view is not None and all(s in self._keys for s in wanted if s in view.keyed):
-            return {s: self._keys[s] for s in wanted if s in view.keyed}
+        if view is not None:
+            keyed, opened = view.keyed, self._keys
+            if all(s in opened for s in wanted if s in keyed):
+                return {s: opened[s] for s in wanted if s in keyed}
         async with self._read_section():
             view = await self._current()
             keyed = view.keyed

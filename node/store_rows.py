@@ -414,6 +414,23 @@ class CertRows:
         """Work out what the next rows carry over (and let the base go)."""
         self._state  # noqa: B018 -- computed for what it keeps
 
+    def changes_from(self, other: CertRows) -> frozenset[str]:
+        """The sha256s whose rows differ between ``other`` and these rows: what changed
+        since the parent rows, else a comparison of the two (no row parsed)."""
+        if other is self:
+            return frozenset()
+        if other.serial == self._parent:
+            return self._changed
+        mine, theirs = self.row_of, other.row_of
+        return frozenset(sha for sha in mine.keys() | theirs.keys()
+                         if mine.get(sha) != theirs.get(sha))
+
+    def rechained_from(self, other: CertRows) -> frozenset[str]:
+        """The certificates with keys whose chain may differ from the one ``other`` gave."""
+        if other is self:
+            return frozenset()
+        return self.rechained() if other.serial == self._parent else self.keyed
+
     def changes_since(self, serial: int) -> frozenset[str] | None:
         """The sha256s whose rows differ from those of the rows numbered ``serial`` (empty:
         these are those rows); ``None`` when that is not known (work it all out again)."""

@@ -175,6 +175,8 @@ class RolloutRunner:
         """The last step: record ``snap`` as current and serve it on our own endpoint."""
         rep = self._rep
         await rep.replica.store.record_set(record_from(snap), now=rep.replica.now)
+        # the newest record is this set: current() need not decode it from the history
+        self._current = ((snap.revision, snap.digest, snap.epoch), snap)
         self.switching = True
         try:
             await rep.replica.serve_store()
