@@ -27,6 +27,7 @@ directory, loaded, and removed at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import html
 import os
 import secrets
@@ -62,6 +63,8 @@ _LISTEN_BACKLOG: Final = 1024
 #: then waits for the GIL the other loop holds, which cost 12-18 % more CPU per handshake
 #: in benchmarks/bench_idle.py; ``tls_loops`` in node.toml raises it for throughput.
 DEFAULT_LOOPS: Final = 1
+#: from this many new contexts in one update, they are loaded on two threads
+_PARALLEL_LOADS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ class TlsEndpoint:
             contexts: dict[str, ssl.SSLContext] = {}
             served_now: dict[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]] = {}
             directory: Path | None = None
+            fresh = self._load_many(by_sha, last, previous)
             try:
                 for i, served in enumerate(by_sha.values()):
                     seen = last.get(served.sha256)
@@ -364,7 +368,7 @@ class TlsEndpoint:
                         )
                     ctx = previous.get(ident)
                     if ctx is None and self._in_memory:
-                        ctx = _load_in_memory(served)
+                        ctx = fresh.get(served.sha256) or _load_in_memory(served)
                     elif ctx is None:
                         if directory is None:
                             directory = Path(
@@ -397,6 +401,23 @@ class TlsEndpoint:
             self._sni.update(self._entries)
             self._snapshot = _Snapshot(self._sni.index(default), contexts, {})
         self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
+
+    def _load_many(
+        self, by_sha: Mapping[str, ServedCert],
+        last: Mapping[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]],
+        previous: Mapping[tuple[str, tuple[str, ...], bytes], ssl.SSLContext],
+    ) -> dict[str, ssl.SSLContext]:
+        """Contexts for the certificates of a big update that have none yet (a start with a
+        full store), loaded on two threads: OpenSSL loads the chain and key without the GIL,
+        so the second core shares the work. Small updates load theirs one by one."""
+        todo = [c for sha, c in by_sha.items() if (sha not in last or last[sha][0] is not c)
+                and (c.sha256, tuple(self._fingerprint(x) for x in c.chain),
+                     self._public(c.key)) not in previous]
+        if not self._in_memory or len(todo) < _PARALLEL_LOADS:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tls-load") as pool:
+            return dict(zip((c.sha256 for c in todo), pool.map(_load_in_memory, todo),
+                            strict=True))
 
     def set_trust_bundle(self, pem: bytes | None) -> None:
         """Serve ``pem`` (certificates only) at the trust-bundle path; ``None``: 404."""
