@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from node.model import PrivateKey
 from node.renewal import Lifecycle
 from node.selection import Selection
 from node.store import Store
+from node.store_rows import CertRows
 from node.store_view import StoreView
 from node.tls import ServedCert, TlsEndpoint
 
@@ -77,6 +78,9 @@ class NodeApp:
         self._endpoint = endpoint
         self._clock = clock
         self._refresh_lock = asyncio.Lock()
+        #: what served_certs answered last, by sha256, with the chain it was made from
+        self._served: tuple[CertRows | None,
+                            dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]]] = (None, {})
         # --- replication (issue 4): runtime role and "store changed" hook; see attach_replication
         self._runtime_role: Callable[[], str] | None = None
         self._on_change: Callable[[], None] | None = None
@@ -154,23 +158,29 @@ class NodeApp:
         (of ``view``, a view of the store just read, when given)."""
         view = view or await self._store.view()
         keys = await self._store.keys(view.keyed, view=view)
-        served: list[ServedCert] = []
-        for s in view.certs:
-            key = keys.get(s.sha256)
-            if key is None:
+        rows, (before, last) = view.cert_rows, self._served
+        if before is None:  # the first time: look at every certificate
+            redo: Iterable[str] = (c.sha256 for c in view.certs)
+            kept: dict[str, tuple[tuple[x509.Certificate, ...], ServedCert]] = {}
+        else:  # what changed since, or may be chained otherwise, and no more
+            redo, kept = rows.changes_from(before) | rows.rechained_from(before), dict(last)
+        for sha in redo:
+            key, s = keys.get(sha), rows.get(sha)
+            if key is None or s is None:
+                kept.pop(sha, None)
                 continue
             cert = s.certificate()
-            chain, _problems = view.chain(s.sha256)  # rebuilt only when its issuers change
-            served.append(
-                ServedCert(
-                    sha256=s.sha256,
-                    cert=cert,
-                    chain=tuple(c for c in chain if c != cert and not _self_signed(c)),
-                    key=key,
-                )
-            )
+            chain, _problems = view.chain(sha)  # rebuilt only when its issuers change
+            seen = last.get(sha)
+            if seen is not None and seen[0] is chain and seen[1].key is key \
+                    and seen[1].cert is cert:
+                kept[sha] = seen  # the same object: the endpoint keeps its context unlooked at
+            else:
+                kept[sha] = (chain, ServedCert(sha256=sha, cert=cert, key=key, chain=tuple(
+                    c for c in chain if c != cert and not _self_signed(c))))
+        self._served = (rows, kept)
         default = view.default_sha256
-        return served, default if default in keys else None
+        return [item for _chain, item in kept.values()], default if default in keys else None
 
     async def serve_set(
         self, certs: Sequence[tuple[x509.Certificate, Sequence[x509.Certificate], PrivateKey]],

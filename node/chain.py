@@ -22,8 +22,10 @@ affect it (DESIGN.md), they are reported beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -196,13 +198,49 @@ class ChainIndex:
     ``ChainIndex(pool).build(cert)`` returns exactly ``build_chain(cert, pool)``, but hands
     :func:`build_chain` only the certificates whose subject is an issuer name reachable from
     ``cert`` (in pool order), so building the chains of all N certificates of a store is
-    O(N), not O(N^2).
+    O(N), not O(N^2). :meth:`ordered` takes the pool as (order key, certificate) pairs, and
+    :meth:`updated` is the index of that pool with some pairs gone and others added: what
+    a store change costs is what changed, not the whole pool again.
     """
 
     def __init__(self, pool: Sequence[x509.Certificate]) -> None:
-        self._by_subject: dict[x509.Name, list[tuple[int, x509.Certificate]]] = {}
+        self._by_subject: dict[x509.Name, list[tuple[Any, x509.Certificate]]] = {}
         for i, c in enumerate(pool):
             self._by_subject.setdefault(c.subject, []).append((i, c))
+
+    @classmethod
+    def ordered(cls, pool: Iterable[tuple[Any, x509.Certificate]]) -> ChainIndex:
+        """The index of the pool ``pool`` sorted by its keys (distinct, comparable)."""
+        index = cls(())
+        for key, c in sorted(pool, key=lambda pair: pair[0]):
+            index._by_subject.setdefault(c.subject, []).append((key, c))
+        return index
+
+    def updated(
+        self, gone: Iterable[tuple[Any, x509.Certificate]],
+        added: Iterable[tuple[Any, x509.Certificate]],
+    ) -> ChainIndex:
+        """A new index (this one is not changed): the pool without ``gone``, with ``added``,
+        in key order (the keys of an :meth:`ordered` index)."""
+        out = ChainIndex(())
+        by_subject = out._by_subject = dict(self._by_subject)
+        touched: set[x509.Name] = set()
+        for key, c in gone:
+            name = c.subject
+            if name not in touched:
+                by_subject[name] = list(by_subject.get(name, ()))
+                touched.add(name)
+            by_subject[name] = [p for p in by_subject[name] if p[0] != key]
+        for key, c in added:
+            name = c.subject
+            if name not in touched:
+                by_subject[name] = list(by_subject.get(name, ()))
+                touched.add(name)
+            bisect.insort(by_subject[name], (key, c), key=lambda pair: pair[0])
+        for name in touched:
+            if not by_subject[name]:
+                del by_subject[name]
+        return out
 
     def build(
         self, identity: x509.Certificate
@@ -222,7 +260,7 @@ class ChainIndex:
         is one of these names."""
         seen: set[x509.Name] = set()
         todo = [identity.issuer]
-        relevant: list[tuple[int, x509.Certificate]] = []
+        relevant: list[tuple[Any, x509.Certificate]] = []
         while todo:
             name = todo.pop()
             if name in seen:

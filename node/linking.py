@@ -231,10 +231,12 @@ def plan_entry_links(
     view: StoreView,
     csrs: Sequence[tuple[str, bytes]],
     spki_of: Callable[[str, x509.Certificate], bytes],
+    stored: tuple[Sequence[KeyHolder], Sequence[LinkCandidate]] | None = None,
 ) -> EntryLinks:
     """The links an add of ``entries`` to ``view`` makes (:func:`plan_links`): keys of the
     batch, stored certificates' keys, then CSRs' keys (``csrs``: (id, SPKI) oldest first),
-    for every certificate of the batch or the store without a key."""
+    for every certificate of the batch or the store without a key. ``stored`` is
+    :func:`stored_links` of ``view`` when the caller keeps it."""
     out = [dataclasses.replace(e, name="") if e.name_is_default and e.name
            and view.get(cert_sha256(e.cert)) is not None else e for e in entries]
     batch: dict[str, SetEntry] = {}
@@ -244,14 +246,27 @@ def plan_entry_links(
             batch[sha] = e
     holders = [KeyHolder("cert", sha, spki_of(sha, e.cert))
                for sha, e in batch.items() if e.key is not None]
-    holders += [KeyHolder("cert", c.sha256, spki_of(c.sha256, c.certificate()))
-                for c in view.certs if c.has_key]
+    cert_holders, keyless = stored or stored_links(view, spki_of)
+    holders += cert_holders
     holders += [KeyHolder("csr", i, k) for i, k in csrs]
     candidates = [LinkCandidate(sha, spki_of(sha, e.cert)) for sha, e in batch.items()
                   if e.key is None and sha not in view.keyed]
-    candidates += [LinkCandidate(c.sha256, spki_of(c.sha256, c.certificate()))
-                   for c in view.certs if not c.has_key and c.sha256 not in batch]
+    candidates += [c for c in keyless if c.sha256 not in batch]
     return EntryLinks(out, batch, plan_links(candidates, holders))
+
+
+def stored_links(
+    view: StoreView, spki_of: Callable[[str, x509.Certificate], bytes]
+) -> tuple[list[KeyHolder], list[LinkCandidate]]:
+    """The stored certificates with a key as holders, and those without one as candidates,
+    in the store's order (the same for every add until the rows change)."""
+    holders, keyless = [], []
+    for c in view.cert_rows.certs:
+        if c.has_key:
+            holders.append(KeyHolder("cert", c.sha256, spki_of(c.sha256, c.certificate())))
+        else:
+            keyless.append(LinkCandidate(c.sha256, spki_of(c.sha256, c.certificate())))
+    return holders, keyless
 
 
 def apply_links(

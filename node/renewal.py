@@ -68,6 +68,7 @@ from node.renewal_plan import (
     PENDING_KEY,
     CertStatus,
     LifecycleRecord,
+    Replacements,
     TickReport,
     chain_pem,
     common_name,
@@ -75,10 +76,10 @@ from node.renewal_plan import (
     pending_from_json,
     pending_to_json,
     plan_tick,
-    replaced_by,
     state_key,
 )
 from node.store import Store
+from node.store_rows import CertRows
 from node.store_view import SetEntry, StoredCert, StoreView
 
 __all__ = ["Lifecycle", "run_monitor"]
@@ -145,7 +146,7 @@ class Lifecycle:
         self.responder = responder
         self._account_key_path = account_key_path
         self._acme_lock = asyncio.Lock()
-        self._replaced: tuple[object, dict[str, str]] | None = None
+        self._replaced: tuple[CertRows, Replacements] | None = None
 
     # -- snapshot -------------------------------------------------------------------------
 
@@ -160,19 +161,20 @@ class Lifecycle:
 
     async def _snapshot(
         self, view: StoreView | None = None
-    ) -> tuple[list[StoredCert], dict[str, LifecycleRecord], dict[str, str]]:
+    ) -> tuple[Sequence[StoredCert], Callable[[str], LifecycleRecord], dict[str, str]]:
+        """The certificates, each one's record (read when asked for), and which are
+        replaced (redone since the last call only where the rows changed)."""
         view = view or await self._store.view()
-        certs = list(view.certs)
-        records = {c.sha256: _read_record(view.meta.get(state_key(c.sha256)))
-                   for c in certs}
-        memo = self._replaced
-        if memo is None or memo[0] is not view.cert_rows:  # the same rows: the same answer
-            memo = self._replaced = (view.cert_rows,
-                                     replaced_by(certs))
+        rows, memo = view.cert_rows, self._replaced
+        if memo is None or memo[0] is not rows:
+            memo = self._replaced = (rows, memo[1].updated(rows.changes_from(memo[0]), rows.get)
+                                     if memo is not None else Replacements.of(rows.certs))
+        meta, default, replaced = view.meta, view.default_sha256, memo[1].replaced
         # the default is served to every client without SNI: it is not superseded (and stays
         # alerted on) until the default moves to its replacement
-        default = view.default_sha256
-        return certs, records, {k: v for k, v in memo[1].items() if k != default}
+        if default in replaced:
+            replaced = {k: v for k, v in replaced.items() if k != default}
+        return view.certs, lambda sha: _read_record(meta.get(state_key(sha))), replaced
 
     async def pending(self, view: StoreView | None = None) -> StagedCaChange | None:
         """The staged CA change, if any (in ``view``, a view of the store just read, when
@@ -185,12 +187,14 @@ class Lifecycle:
         only: Collection[str] | None = None,
     ) -> dict[str, CertStatus]:
         """Every stored certificate's lifecycle at ``now``, by sha256 (``only``: just these)."""
-        certs, records, replaced = await self._snapshot(view)
+        view = view or await self._store.view()
+        certs, record_of, replaced = await self._snapshot(view)
         out: dict[str, CertStatus] = {}
+        if only is not None:  # in the store's order, as every certificate would be
+            certs = sorted((c for sha in only if (c := view.get(sha)) is not None),
+                           key=lambda c: (c.added_at, c.sha256))
         for c in certs:
-            if only is not None and c.sha256 not in only:
-                continue
-            record = records[c.sha256]
+            record = record_of(c.sha256)
             decision = renewal_decision(record.state(c, c.sha256 in replaced), now)
             out[c.sha256] = CertStatus(
                 sha256=c.sha256,
@@ -474,7 +478,8 @@ class Lifecycle:
 
     async def tick(self, now: dt.datetime) -> TickReport:
         """One round at ``now``: renew, alert, switch; see the module docstring."""
-        certs, records, replaced = await self._snapshot()
+        certs, record_of, replaced = await self._snapshot()
+        records = {c.sha256: record_of(c.sha256) for c in certs}
         by_sha = {c.sha256: c for c in certs}
         states = {c.sha256: records[c.sha256].state(c, c.sha256 in replaced) for c in certs}
         plan = plan_tick(

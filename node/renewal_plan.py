@@ -35,6 +35,7 @@ __all__ = [
     "PENDING_KEY",
     "CertStatus",
     "LifecycleRecord",
+    "Replacements",
     "TickPlan",
     "TickReport",
     "chain_pem",
@@ -194,6 +195,66 @@ def replaced_by(
                       old.dns_names, old.not_after, issuers[old.sha256]):
             out[old.sha256] = new.sha256
     return out
+
+
+class Replacements:
+    """:func:`replaced_by` of some certificates, kept so that of the next ones (after a
+    store change) redoes only the groups of what changed: :meth:`updated`. ``replaced``
+    is the answer; ``tests/unit/test_replaced_by.py`` checks it against :func:`replaced_by`
+    after random changes."""
+
+    def __init__(self, issuer: Callable[[StoredCert], IssuerId] = lambda c: issuer_of(
+            c.certificate())) -> None:
+        self._issuer = issuer
+        self._groups: dict[tuple[frozenset[str], str], dict[str, StoredCert]] = {}
+        self._group_of: dict[str, tuple[frozenset[str], str]] = {}
+        self._issuers: dict[str, IssuerId] = {}
+        self.replaced: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, certs: Iterable[StoredCert],
+           issuer: Callable[[StoredCert], IssuerId] | None = None) -> Replacements:
+        out = cls() if issuer is None else cls(issuer)
+        certs = list(certs)
+        return out.updated({c.sha256 for c in certs}, {c.sha256: c for c in certs}.get)
+
+    def updated(self, changed: Iterable[str],
+                get: Callable[[str], StoredCert | None]) -> Replacements:
+        """A new answer (this one stays as it is): the certificates of ``changed`` are now
+        ``get(sha256)`` (``None``: gone)."""
+        out = Replacements(self._issuer)
+        groups, group_of = dict(self._groups), dict(self._group_of)
+        issuers, replaced = dict(self._issuers), dict(self.replaced)
+        touched: set[tuple[frozenset[str], str]] = set()
+        for sha in changed:
+            key = group_of.pop(sha, None)
+            if key is not None:
+                groups[key] = {k: v for k, v in groups[key].items() if k != sha}
+                touched.add(key)
+            issuers.pop(sha, None)
+            replaced.pop(sha, None)
+            c = get(sha)
+            if c is None or not c.has_key or not c.dns_names:
+                continue
+            issuers[sha] = self._issuer(c)
+            key = (_names_key(c.dns_names), issuers[sha].name)
+            if key not in touched:
+                groups[key] = dict(groups.get(key, {}))
+                touched.add(key)
+            groups[key][sha] = c
+            group_of[sha] = key
+        for key in touched:
+            group = groups[key]
+            if not group:
+                del groups[key]
+                continue
+            ordered = sorted(group.values(), key=lambda c: (c.added_at, c.sha256))
+            for sha in group:
+                replaced.pop(sha, None)
+            replaced.update(replaced_by(ordered, lambda c: issuers[c.sha256]))
+        out._groups, out._group_of, out._issuers, out.replaced = (
+            groups, group_of, issuers, replaced)
+        return out
 
 
 @dataclass(frozen=True)

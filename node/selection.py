@@ -17,7 +17,7 @@ certificate (a property test checks this against a brute-force scan).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -25,7 +25,7 @@ from typing import Literal
 from node.errors import HostnameError
 from node.names import SanSet, parse_hostname, san_rule
 
-__all__ = ["Selection", "SniEntry", "SniIndex"]
+__all__ = ["Selection", "SniBuilder", "SniEntry", "SniIndex"]
 
 #: one lower-case LDH label that IDNA 2008 accepts as is (no hyphen first or last, none in
 #: 3rd and 4th position): exactly IDNA's verdict on an ASCII label, except ``xn--`` labels,
@@ -179,3 +179,73 @@ class SniIndex:
         if hit is not None:
             return hit
         return self._wild.get(host.value.partition(".")[2], self._default)
+
+
+def _names_of(entry: SniEntry) -> list[tuple[str, str]]:
+    """(table, name) of each name ``entry`` answers: ``exact``, ``wild`` or ``ip``."""
+    out = []
+    for san in entry.sans.dns_names:
+        rule = san_rule(san)
+        if rule.kind == "exact":
+            out.append(("exact", rule.key))
+        elif rule.kind == "wildcard":
+            out.append(("wild", rule.key))
+    for text in entry.sans.ip_addresses:
+        try:
+            host = parse_hostname(text)
+        except HostnameError:
+            continue
+        if host.kind == "ip":
+            out.append(("ip", host.value))
+    return out
+
+
+class SniBuilder:
+    """:meth:`SniIndex.build` kept up to date: :meth:`update` with the entries now served
+    redoes the names of entries that came, went or changed (by identity), and :meth:`index`
+    is the index :meth:`SniIndex.build` would give for them -- a change of the served set
+    costs what changed. Not thread-safe (its owner serialises updates); each index it
+    hands out is immutable."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, SniEntry] = {}
+        self._names: dict[str, list[tuple[str, str]]] = {}
+        self._found: dict[str, dict[str, dict[str, SniEntry]]] = {"exact": {}, "wild": {},
+                                                                  "ip": {}}
+        self._answers: dict[str, dict[str, Selection]] = {"exact": {}, "wild": {}, "ip": {}}
+        self._shared: dict[Selection, Selection] = {}
+
+    def update(self, entries: Mapping[str, SniEntry]) -> None:
+        """Serve ``entries`` (by key) from the next :meth:`index` on."""
+        old = self._entries
+        touched: set[tuple[str, str]] = set()
+        for key, entry in old.items():
+            if entries.get(key) is not entry:
+                for table, name in self._names.pop(key):
+                    self._found[table][name].pop(key, None)
+                    touched.add((table, name))
+        for key, entry in entries.items():
+            if old.get(key) is not entry:
+                names = self._names[key] = _names_of(entry)
+                for table, name in names:
+                    self._found[table].setdefault(name, {})[key] = entry
+                    touched.add((table, name))
+        self._entries = dict(entries)
+        for table, name in touched:
+            candidates = self._found[table].get(name)
+            if not candidates:
+                self._found[table].pop(name, None)
+                self._answers[table].pop(name, None)
+                continue
+            sel = Selection(_best(list(candidates.values())).key,
+                            "wildcard" if table == "wild" else "exact")
+            self._answers[table][name] = self._shared.setdefault(sel, sel)
+        if len(self._shared) > 2 * len(self._entries) + 64:  # forget answers no longer given
+            given = {sel for table in self._answers.values() for sel in table.values()}
+            self._shared = {sel: sel for sel in given}
+
+    def index(self, default: str | None) -> SniIndex:
+        """The index of the entries of the last :meth:`update`, with ``default``."""
+        a = self._answers
+        return SniIndex(dict(a["exact"]), dict(a["wild"]), dict(a["ip"]),
+                        Selection(default, "default"))

@@ -28,7 +28,6 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from node import chain as chain_mod
 from node import create, formats, keygen, sandbox
 from node.api import certsync_pb2, certsync_pb2_grpc
 from node.audit_rpc import read_audit
@@ -198,14 +197,11 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
     async def _info(self, sha256: str) -> certsync_pb2.CertificateInfo:
         return (await cert_infos(self._rt.store, self._rt.lifecycle, self._rt.now(), [sha256]))[0]
 
+    async def _pool(self) -> list[x509.Certificate]:
+        return [c.certificate() for c in await self._rt.store.list_certificates()]
+
     def _expired(self, stored: StoredCert) -> bool:
         return stored.not_after <= self._rt.now()
-
-    async def _pool(self) -> list[x509.Certificate]:
-        return [
-            x509.load_der_x509_certificate(c.der)
-            for c in await self._rt.store.list_certificates()
-        ]
 
     # -- creating ----------------------------------------------------------------------
 
@@ -498,11 +494,14 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
         )
         if ident is None:
             return request.make_default
-        # the chain is judged over the store and the input together, not the input alone
-        pool = [e.cert for e in entries] + await self._pool()
+        # the chain is judged over the input and the store together (in that order), not
+        # the input alone: the store's index with the input's certificates put first
+        view = await self._rt.store.view()
+        index = view.chain_index.updated(
+            [], [(("", f"{i:08d}"), e.cert) for i, e in enumerate(entries)])
         has_key = ident.key is not None or spki(ident.cert.public_key()) in linkable
         if request.make_default:
-            chain, _problems = await asyncio.to_thread(chain_mod.build_chain, ident.cert, pool)
+            chain, _problems = await asyncio.to_thread(index.build, ident.cert)
             await self._rt.lifecycle.check_default_change(
                 formats.cert_sha256(ident.cert),
                 confirm_ca_change=request.confirm_ca_change,
@@ -510,7 +509,7 @@ class CertStoreService(certsync_pb2_grpc.CertStoreServicer):
             )
             return True
         renews, notes = await self._rt.lifecycle.renewal_default(
-            ident.cert, pool, has_key=has_key
+            ident.cert, [e.cert for e in entries], has_key=has_key
         )
         # a renewal that takes over is news (a notice); one that cannot is a warning
         (notices if renews and notices is not None else warnings).extend(notes)

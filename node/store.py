@@ -35,27 +35,30 @@ from cryptography import x509
 
 from node.errors import BadInput, Conflict, IntegrityError
 from node.formats import cert_sha256
-from node.linking import KeyHolder, Link, apply_links, plan_entry_links
+from node.linking import (
+    KeyHolder,
+    Link,
+    LinkCandidate,
+    apply_links,
+    plan_entry_links,
+    stored_links,
+)
 from node.model import PrivateKey
 from node.sealing import NONCE_BYTES, key_aad, load_key, spki, unseal
-from node.store_history import SetHistoryMixin
+from node.store_reading import INLINE_CHAINS, StoreReading
 from node.store_view import (
-    CertRows,
     PreparedCert,
-    RowFields,
     SetEntry,
     StoredCert,
     StoreView,
     changes_nothing,
     prepare,
-    row_to_cert,
 )
 from node.text import stored_time
 
 __all__ = ["Store"]
 
 #: below these, CPU work of a change runs on the event loop: a thread hop costs more
-_INLINE_CHAINS: Final = 4  # chains to build (a signature check or two each)
 _INLINE_SEALS: Final = 4  # keys to seal (AES-GCM over a PKCS#8)
 _INLINE_ENTRIES: Final = 64  # entries to serialise and check against their keys
 
@@ -71,7 +74,7 @@ def _nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-class Store(SetHistoryMixin):
+class Store(StoreReading):
     """The node's certificate store in one SQLite file.
 
     Concurrency: a writer connection and a reader connection per ``Store``. Every change runs
@@ -98,18 +101,8 @@ class Store(SetHistoryMixin):
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, store_key: bytes) -> None:
         super().__init__(conn, path, store_key)
-        # In-memory views of the file, valid while nothing changes it: ``_generation``
-        # counts our own commits, SQLite's ``data_version`` another connection's. Parsed
-        # rows and opened keys are kept by sha256 (a row with that sha256 can only hold
-        # that certificate, and its key row only the key matching it); a change made by
-        # another connection drops them all, so a row altered behind our back is read,
-        # and checked, again.
-        self._view: tuple[tuple[int, int], StoreView] | None = None
-        self._rows_seen: dict[str, tuple[RowFields, StoredCert]] = {}
-        self._keys: dict[str, PrivateKey] = {}
-        #: the last view read through the reader connection, by its ``data_version``
-        self._reader_cache: tuple[int, StoreView] | None = None
         self._spkis: dict[str, bytes] = {}  # public keys by certificate sha256 (DER fixed)
+        self._links_of: tuple[int, tuple[list[KeyHolder], list[LinkCandidate]]] | None = None
 
     # ---------------------------------------------------------------- views
 
@@ -138,80 +131,6 @@ class Store(SetHistoryMixin):
                 keyed,
             )
 
-    def _row_to_cert(self, row: Sequence[Any]) -> StoredCert:
-        """A row as a :class:`StoredCert` (:func:`node.store_view.row_to_cert`, with the
-        last answer for its sha256)."""
-        seen = self._rows_seen[str(row[0])] = row_to_cert(row, self._rows_seen.get(row[0]))
-        return seen[1]
-
-    _CERT_SELECT = (
-        "SELECT c.sha256, c.der, c.name, c.role, c.not_after, c.added_at, "
-        "k.cert_sha256 IS NOT NULL FROM certificates c LEFT JOIN keys k ON k.cert_sha256 = c.sha256"
-    )
-
-    async def _current(self) -> StoreView:
-        """The view of the store now (the caller holds ``self._lock``); one query when
-        nothing changed since the last call."""
-        if self._via_reader():
-            return await self._reader_view()
-        data_version = await self._scalar_int("PRAGMA data_version")
-        token = (self._generation, data_version)
-        if self._view is not None:
-            if self._view[0] == token:
-                return self._view[1]
-            if self._view[0][1] != data_version:  # another connection wrote: trust nothing
-                self._rows_seen.clear()
-                self._keys.clear()
-                self._view = None
-        meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
-        rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
-        if self._view is not None and self._view[1].rows == rows:
-            cert_rows = self._view[1].cert_rows  # only meta changed: keep parsed rows, chains
-        else:
-            present = {str(r[0]) for r in rows}
-            keyed = {str(r[0]) for r in rows if r[-1]}
-            chains = self._carried_chains(rows, present)  # before the caches forget the gone
-            self._rows_seen = {sha: r for sha, r in self._rows_seen.items() if sha in present}
-            self._keys = {sha: k for sha, k in self._keys.items() if sha in keyed}
-            cert_rows = CertRows(rows=rows, load=self._row_to_cert, chain_memo=chains)
-        view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
-        self._view = (token, view)
-        return view
-
-    async def _reader_view(self) -> StoreView:
-        """The view read through the reader connection while a change holds the writer's:
-        kept only while the reader's ``data_version`` stays (any commit, ours included,
-        moves it); parsed rows are reused (each is checked against its DER)."""
-        data_version = await self._scalar_int("PRAGMA data_version")
-        if self._reader_cache is not None and self._reader_cache[0] == data_version:
-            return self._reader_cache[1]
-        meta = {str(k): str(v) for k, v in await self._fetchall("SELECT key, value FROM meta")}
-        rows = tuple(await self._fetchall(self._CERT_SELECT + " ORDER BY c.added_at, c.sha256"))
-        seen = dict(self._rows_seen)
-        cert_rows = CertRows(rows=rows, load=lambda r: row_to_cert(r, seen.get(str(r[0])))[1])
-        view = StoreView(meta=MappingProxyType(meta), cert_rows=cert_rows)
-        self._reader_cache = (data_version, view)
-        return view
-
-    def _carried_chains(
-        self, rows: Sequence[Sequence[Any]], present: set[str]
-    ) -> dict[str, tuple[frozenset[x509.Name], _Chain]]:
-        """The chains of the last view still valid for ``rows``: those of certificates still
-        present whose issuer names are none of the subjects of what came or went."""
-        if self._view is None:
-            return {}
-        before = self._view[1].cert_rows
-        old = {str(r[0]) for r in before.rows}
-        try:
-            changed = {self._row_to_cert(r).certificate().subject
-                       for r in rows if str(r[0]) not in old}
-            changed |= {c.certificate().subject for sha in old - present
-                        if (c := before.get(sha)) is not None}
-        except IntegrityError:  # an altered row: build every chain again (and fail there)
-            return {}
-        return {sha: m for sha, m in before.chain_memo.items()
-                if sha in present and m[0].isdisjoint(changed)}
-
     async def view(self) -> StoreView:
         """Every certificate and meta value as of now, as one immutable :class:`StoreView`
         (the same object until the store changes). The first call after a change works out
@@ -221,7 +140,7 @@ class Store(SetHistoryMixin):
         if "members" not in rows.__dict__:
             # an altered row raises for whoever reads it, not for a reader of meta values
             with contextlib.suppress(IntegrityError):
-                if rows.chains_to_build() <= _INLINE_CHAINS:
+                if rows.chains_to_build() <= INLINE_CHAINS:
                     rows.members  # noqa: B018 -- a few signature checks: cheaper than a thread hop
                 else:
                     await asyncio.to_thread(lambda: rows.members)
@@ -278,7 +197,7 @@ class Store(SetHistoryMixin):
                 await self._require_key(make_default, "default", stored=not in_batch)
             if changes_nothing(await self._current(), prepared, make_default):
                 return links  # none: a link would have changed an entry
-            async with self._transaction():
+            async with self._transaction(certs=[p.sha256 for p in prepared]):
                 await self._upsert(prepared, when)
                 default = make_default
                 if default is not None:
@@ -322,15 +241,20 @@ class Store(SetHistoryMixin):
             found = self._spkis[sha] = spki(cert.public_key())
         return found
 
+    def _stored_links(self, view: StoreView) -> tuple[list[KeyHolder], list[LinkCandidate]]:
+        """:func:`node.linking.stored_links` of ``view``, once per rows."""
+        kept = self._links_of
+        if kept is None or kept[0] != view.cert_rows.serial:
+            kept = self._links_of = (view.cert_rows.serial, stored_links(view, self._spki_of))
+        return kept[1]
+
     async def key_holders(self) -> list[KeyHolder]:
         """Every key the store holds: certificates' keys first, then CSRs' keys (oldest
         first)."""
         async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
-        return [*(KeyHolder("cert", c.sha256, self._spki_of(c.sha256, c.certificate()))
-                  for c in view.certs if c.has_key),
-                *(KeyHolder("csr", i, k) for i, k in csrs)]
+        return [*self._stored_links(view)[0], *(KeyHolder("csr", i, k) for i, k in csrs)]
 
     async def link_stored(self, *, actor: str, now: datetime) -> list[Link]:
         """Link every stored certificate without a key to a stored key or CSR key with its
@@ -344,7 +268,8 @@ class Store(SetHistoryMixin):
         async with self._read_section():
             view = await self._current()
             csrs = await self._csr_spkis()
-        planned = plan_entry_links(entries, view, csrs, self._spki_of)
+        planned = plan_entry_links(entries, view, csrs, self._spki_of,
+                                   self._stored_links(view))
         batch, links = planned.batch, planned.links
         if not links:
             return planned.entries, []
@@ -387,8 +312,10 @@ class Store(SetHistoryMixin):
         event loop). :class:`IntegrityError` when a row fails to open.
         """
         wanted = list(dict.fromkeys(sha256s))
-        if view is not None and all(s in self._keys for s in wanted if s in view.keyed):
-            return {s: self._keys[s] for s in wanted if s in view.keyed}
+        if view is not None:
+            keyed, opened = view.keyed, self._keys
+            if all(s in opened for s in wanted if s in keyed):
+                return {s: opened[s] for s in wanted if s in keyed}
         async with self._read_section():
             view = await self._current()
             keyed = view.keyed
@@ -430,7 +357,7 @@ class Store(SetHistoryMixin):
         async with self._lock:
             await self._require_key(sha256, "default")
             previous = await self._meta("default_sha256")
-            async with self._transaction():
+            async with self._transaction(certs=()):
                 await self._put_meta({"default_sha256": sha256})
                 await self._bump_revision()
                 detail = {"sha256": sha256, "previous": previous}
@@ -460,7 +387,7 @@ class Store(SetHistoryMixin):
                         "with keys exist; choose another default first "
                         "('certsync cert default SHA256')"
                     )
-            async with self._transaction():
+            async with self._transaction(certs=[sha256]):
                 await self._conn.execute("DELETE FROM certificates WHERE sha256 = ?", (sha256,))
                 if cert.is_default:
                     await self._conn.execute("DELETE FROM meta WHERE key = 'default_sha256'")
@@ -504,11 +431,13 @@ class Store(SetHistoryMixin):
                 "send its key with it or choose another default"
             )
         new = {p.sha256 for p in prepared}
-        async with self._lock, self._transaction(durable=durable):
+        touched = set(new)  # and every row stored now (below): the rows it may change
+        async with self._lock, self._transaction(durable=durable, certs=touched):
             current = await self._current()
             if current.cert_rows is not before.cert_rows:  # rows changed meanwhile: seal all
                 prepared = await asyncio.to_thread(prepare, self._store_key, entries, _nonce)
             old = {str(r[0]) for r in await self._fetchall("SELECT sha256 FROM certificates")}
+            touched.update(old)
             gone = sorted(old - new)
             if gone:
                 await self._conn.executemany(
@@ -583,7 +512,7 @@ class Store(SetHistoryMixin):
             raise ValueError("set_meta needs both actor and now, or neither")
         async with self._lock:
             before = self._view
-            async with self._transaction(durable=durable):
+            async with self._transaction(durable=durable, certs=()):
                 await self._put_meta(values)
                 if actor is not None and now is not None:
                     await self._audit(actor, "meta.set", dict(values), now)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -122,6 +122,9 @@ class StoreFile:
         self._busy_seconds = STORE_BUSY_SECONDS
         #: our own commits, counted (the views of :class:`node.store.Store` are keyed by it)
         self._generation = 0
+        #: the certificates whose rows (or key rows) our commits since the last view may
+        #: have changed; ``None``: any (the view reads every row again)
+        self._touched: set[str] | None = set()
         #: public keys (DER SPKI) of CSRs by their PEM, parsed once (issue 11's linking)
         self._csr_spki_memo: dict[bytes, bytes] = {}
 
@@ -197,7 +200,7 @@ class StoreFile:
         text = await self._locked(lambda: self._meta("store_key_check"))
         if text is None:
             check = key_check(self._store_key, os.urandom(NONCE_BYTES))
-            async with self._lock, self._transaction():
+            async with self._lock, self._transaction(certs=()):
                 await self._put_meta({"store_key_check": check})
             return
         if not key_check_opens(self._store_key, text):
@@ -226,8 +229,14 @@ class StoreFile:
             await self._conn.execute("ROLLBACK")
 
     @asynccontextmanager
-    async def _transaction(self, *, durable: bool = True) -> AsyncIterator[None]:
+    async def _transaction(
+        self, *, durable: bool = True, certs: Collection[str] | None = None
+    ) -> AsyncIterator[None]:
         """One write transaction; the caller holds ``self._lock``.
+
+        ``certs`` names the certificates whose rows in ``certificates`` or ``keys`` it may
+        change (``()``: none); ``None``: it may change any, and the next view reads every
+        row again. The next view reads just these.
 
         ``durable=False`` commits with ``synchronous=NORMAL`` instead of ``FULL``: still
         atomic (a crash of the process or the machine leaves the old state or the new one),
@@ -257,6 +266,10 @@ class StoreFile:
             raise
         finally:
             self._generation += 1
+            if certs is None or self._touched is None:
+                self._touched = None
+            else:
+                self._touched.update(certs)
             if durable:
                 await asyncio.shield(self._conn.execute("PRAGMA synchronous = NORMAL"))
 
@@ -344,7 +357,7 @@ class StoreFile:
                 raise AlreadyExists(
                     f"request {csr_id!r} is stored already; see 'certsync request list'"
                 )
-            async with self._transaction():
+            async with self._transaction(certs=()):
                 await self._conn.execute(
                     "INSERT INTO csrs (id, name, pem, nonce, ciphertext, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -399,7 +412,7 @@ class StoreFile:
         async with self._lock:
             if not await self._scalar_int("SELECT count(*) FROM csrs WHERE id = ?", (csr_id,)):
                 raise no_csr(csr_id)
-            async with self._transaction():
+            async with self._transaction(certs=()):
                 await self._conn.execute("DELETE FROM csrs WHERE id = ?", (csr_id,))
                 await self._audit(actor, "csr.delete", {"id": csr_id}, now)
 
@@ -449,7 +462,7 @@ class StoreFile:
             nonce, ct = seal(self._store_key, csr_aad(c.id), key_der(key), os.urandom(NONCE_BYTES))
             rows.append((c.id, c.name, c.pem, nonce, ct, stored_time(c.created_at),
                          c.fulfilled_by))
-        async with self._lock, self._transaction():
+        async with self._lock, self._transaction(certs=()):
             before = {str(r[0]) for r in await self._fetchall("SELECT id FROM csrs")}
             await self._conn.execute("DELETE FROM csrs")
             await self._conn.executemany(
@@ -497,5 +510,5 @@ class StoreFile:
         """Append an audit event on its own (e.g. a refused call)."""
         stored_time(now)
         redact(detail)
-        async with self._lock, self._transaction():
+        async with self._lock, self._transaction(certs=()):
             await self._audit(actor, action, detail, now)

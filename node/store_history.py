@@ -21,8 +21,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
+import aiosqlite
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -87,13 +89,35 @@ def _der(cert: x509.Certificate) -> str:
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
 
 
-def _encode(items: Sequence[HistoryItem]) -> bytes:
-    return json.dumps([
+def _item_json(i: HistoryItem) -> str:
+    return json.dumps(
         {"name": i.name, "cert": _der(i.cert), "default": i.is_default,
          "key": base64.b64encode(key_der(i.key)).decode("ascii") if i.key is not None else None,
-         "chain": [_der(c) for c in i.chain]}
-        for i in items
-    ]).encode("utf-8")
+         "chain": [_der(c) for c in i.chain]})
+
+
+#: an item's JSON with what it was made from (compared by identity: the same objects)
+_Fragment = tuple[object, object, object, str, bool, str]
+
+
+def _encode(items: Sequence[HistoryItem], memo: dict[str, _Fragment] | None = None) -> bytes:
+    """The items as JSON (what ``json.dumps`` of the list gives); ``memo`` keeps each item's
+    JSON for the next record, which re-encodes only the items that changed (a record of
+    1 000 certificates serialised every key again on every rollout)."""
+    if memo is None:
+        return ("[" + ", ".join(_item_json(i) for i in items) + "]").encode("utf-8")
+    parts, kept = [], {}
+    for i in items:
+        sha = str(id(i.cert))  # the fragment holds the certificate: the id stays its own
+        f = memo.get(sha)
+        if f is None or not (f[0] is i.key and f[1] is i.cert and f[2] is i.chain
+                             and f[3] == i.name and f[4] == i.is_default):
+            f = (i.key, i.cert, i.chain, i.name, i.is_default, _item_json(i))
+        kept[sha] = f
+        parts.append(f[5])
+    memo.clear()
+    memo.update(kept)
+    return ("[" + ", ".join(parts) + "]").encode("utf-8")
 
 
 def _decode(plain: bytes, what: str) -> tuple[HistoryItem, ...]:
@@ -118,14 +142,20 @@ def _decode(plain: bytes, what: str) -> tuple[HistoryItem, ...]:
 class SetHistoryMixin(StoreFile):
     """``set_history`` over the store's connection; see the module docstring."""
 
+    def __init__(self, conn: aiosqlite.Connection, path: Path, store_key: bytes) -> None:
+        super().__init__(conn, path, store_key)
+        #: each recorded item's JSON by sha256, for the next record (see _encode)
+        self._history_json: dict[str, _Fragment] = {}
+
     async def record_set(self, record: HistoryRecord, *, now: datetime) -> None:
         """Record ``record`` (with its items) as the newest activated set; keeps :data:`KEEP`.
         Recording the set that is the newest already is a no-op."""
         when = stored_time(now)
         aad = _aad(record.epoch, record.revision, record.digest)
 
-        def sealed() -> tuple[bytes, bytes]:  # every key serialised and sealed: CPU work
-            return seal(self._store_key, aad, _encode(record.items), os.urandom(NONCE_BYTES))
+        def sealed() -> tuple[bytes, bytes]:  # keys serialised and sealed: CPU work
+            plain = _encode(record.items, self._history_json)
+            return seal(self._store_key, aad, plain, os.urandom(NONCE_BYTES))
 
         nonce, ct = await asyncio.to_thread(sealed) if len(record.items) > 4 else sealed()
         async with self._lock:
@@ -133,7 +163,7 @@ class SetHistoryMixin(StoreFile):
                 "SELECT epoch, revision, digest FROM set_history ORDER BY id DESC LIMIT 1")
             if newest and tuple(newest[0]) == (record.epoch, record.revision, record.digest):
                 return
-            async with self._transaction(durable=False):
+            async with self._transaction(durable=False, certs=()):
                 await self._conn.execute(
                     "INSERT INTO set_history (epoch, revision, digest, default_sha256, "
                     "activated_at, nonce, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -1,18 +1,18 @@
 """[core] The store as plain values: its records, the row cache, :class:`StoreView`, the digest.
 
 Nothing here touches the file: :mod:`node.store` reads rows and hands them to
-:class:`CertRows`, which parses and checks each row when first asked for and derives the
-chain index, chains and the replicated set (:func:`replicated_members`, :func:`set_digest`)
-from the rows alone. :func:`prepare` is the CPU part of a change (check keys against their
+:class:`node.store_rows.CertRows`, which parses and checks each row when first asked for and
+derives the chain index, chains and the replicated set (:func:`replicated_members` as it
+would be worked out from scratch, :func:`set_digest`) from the rows alone, carried over from
+the rows before a change. :func:`prepare` is the CPU part of a change (check keys against their
 certificates, serialise and seal them); the nonces it seals with are a parameter.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,11 +20,21 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from node.chain import ChainIndex, build_chain, classify
-from node.errors import BadInput, IntegrityError, NotFound
+from node.chain import ChainIndex, classify
+from node.errors import BadInput, NotFound
 from node.formats import cert_sha256
 from node.model import PrivateKey, Role
 from node.sealing import key_aad, key_der, seal, spki
+from node.store_rows import (
+    CertRows,
+    RowFields,
+    StoredCert,
+    cached,
+    no_cert,
+    row_to_cert,
+    sans,
+    set_digest,
+)
 from node.text import parse_stored_time, stored_time
 
 __all__ = [
@@ -52,30 +62,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class StoredCert:
-    """One certificate row, as plain values."""
-
-    sha256: str
-    name: str
-    der: bytes = field(repr=False)
-    role: Role
-    has_key: bool
-    is_default: bool
-    dns_names: tuple[str, ...]
-    ip_addresses: tuple[str, ...]
-    not_after: datetime
-    added_at: datetime
-    #: the parsed certificate when the store parsed it already (one parse per sha256)
-    parsed: x509.Certificate | None = field(default=None, repr=False, compare=False)
-
-    def certificate(self) -> x509.Certificate:
-        """The parsed certificate."""
-        if self.parsed is not None:
-            return self.parsed
-        return x509.load_der_x509_certificate(self.der)
-
-
-@dataclass(frozen=True)
 class StoredCsr:
     """One certificate signing request (its key is fetched with ``Store.get_csr_key``)."""
 
@@ -85,96 +71,6 @@ class StoredCsr:
     created_at: datetime
     #: the sha256 of the certificate its key was linked to (issue 11); ``None``: pending
     fulfilled_by: str | None = None
-
-
-#: a chain, nearest first, and the problems that keep it from a root (build_chain's answer)
-_Chain = tuple[tuple[x509.Certificate, ...], tuple[str, ...]]
-
-
-@dataclass(frozen=True, eq=False)
-class CertRows:
-    """The certificate rows of a :class:`StoreView` and what is derived from them alone;
-    views whose rows did not change (a meta change) share one."""
-
-    rows: tuple[tuple[Any, ...], ...]
-    load: Callable[[Sequence[Any]], StoredCert]
-    #: chains by sha256, with the issuer names followed to build them; carried over to the
-    #: next rows unless a certificate with one of those names as subject came or went
-    #: (node.store.Store._current), so a change rebuilds only the chains it can affect
-    chain_memo: dict[str, tuple[frozenset[x509.Name], _Chain]] = field(default_factory=dict)
-
-    @functools.cached_property
-    def _row_of(self) -> dict[str, tuple[Any, ...]]:
-        return {str(r[0]): r for r in self.rows}
-
-    @functools.cached_property
-    def _loaded(self) -> dict[str, StoredCert]:
-        return {}
-
-    @functools.cached_property
-    def _chains(self) -> dict[str, _Chain]:
-        return {}
-
-    @functools.cached_property
-    def certs(self) -> tuple[StoredCert, ...]:
-        """Every row as a :class:`StoredCert` (``is_default`` False), in row order."""
-        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
-
-    @functools.cached_property
-    def _sha_of(self) -> dict[int, str]:
-        """sha256 by ``id`` of the parsed certificates the chain index holds."""
-        return {id(c.certificate()): c.sha256 for c in self.certs}
-
-    def get(self, sha256: str) -> StoredCert | None:
-        found = self._loaded.get(sha256)
-        if found is None:
-            row = self._row_of.get(sha256)
-            if row is None:
-                return None
-            found = self._loaded[sha256] = self.load(row)
-        return found
-
-    @functools.cached_property
-    def keyed(self) -> frozenset[str]:
-        return frozenset(str(r[0]) for r in self.rows if r[-1])
-
-    @functools.cached_property
-    def chain_index(self) -> ChainIndex:
-        return ChainIndex([c.certificate() for c in self.certs])
-
-    def chain(self, sha256: str) -> _Chain:
-        found = self._chains.get(sha256)
-        if found is None:
-            memo = self.chain_memo.get(sha256)
-            if memo is not None:
-                found = memo[1]
-            else:
-                stored = self.get(sha256)
-                if stored is None:
-                    raise no_cert(sha256)
-                cert = stored.certificate()
-                candidates, names = self.chain_index.reach(cert)
-                found = build_chain(cert, candidates)
-                self.chain_memo[sha256] = (names, found)
-            self._chains[sha256] = found
-        return found
-
-    def chains_to_build(self) -> int:
-        """How many chains of certificates with keys :attr:`members` would build (not carried
-        over from the last rows)."""
-        return sum(1 for r in self.rows if r[-1] and str(r[0]) not in self.chain_memo
-                   and str(r[0]) not in self._chains)
-
-    @functools.cached_property
-    def members(self) -> tuple[tuple[str, bool], ...]:
-        """:func:`replicated_members` of these rows."""
-        known = self._sha_of  # the pool's certificates by id: no DER hashing per change
-
-        def sha_of(cert: x509.Certificate) -> str:
-            return known.get(id(cert)) or cert_sha256(cert)
-
-        return tuple(replicated_members(
-            self.certs, lambda ident, _pool: self.chain(sha_of(ident)), sha_of))
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,10 +112,14 @@ class StoreView:
             raise no_cert(sha256)
         return found
 
-    @functools.cached_property
+    @cached
     def certs(self) -> tuple[StoredCert, ...]:
-        """Every certificate, oldest first."""
-        return tuple(c for r in self.rows if (c := self.get(str(r[0]))) is not None)
+        """Every certificate, oldest first (the rows' own, with the default marked)."""
+        certs = self.cert_rows.certs
+        at = self.cert_rows.position(self.default_sha256)
+        if at is None:
+            return certs
+        return (*certs[:at], dataclasses.replace(certs[at], is_default=True), *certs[at + 1:])
 
     @property
     def keyed(self) -> frozenset[str]:
@@ -240,11 +140,11 @@ class StoreView:
         (nearest first, and the problems found); :class:`NotFound` when it is not stored."""
         return self.cert_rows.chain(sha256)
 
-    @functools.cached_property
+    @property
     def digest(self) -> str:
         """:func:`set_digest` of the replicated set (every certificate with a key and its
-        chain, and the default)."""
-        return set_digest(self.cert_rows.members, self.default_sha256)
+        chain, and the default); once per rows and default, so a meta change keeps it."""
+        return self.cert_rows.digest(self.default_sha256)
 
 
 @dataclass(frozen=True)
@@ -273,31 +173,6 @@ def role_of(cert: x509.Certificate, has_key: bool) -> Role:
     """``identity`` for any certificate we hold the key of (it is served), else the
     toolkit's :func:`node.chain.classify`."""
     return "identity" if has_key else classify(cert)
-
-
-def sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return (), ()
-    except ValueError:  # a malformed SAN extension covers nothing (DESIGN.md)
-        return (), ()
-    return (
-        tuple(san.get_values_for_type(x509.DNSName)),
-        tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
-    )
-
-
-def set_digest(members: Iterable[tuple[str, bool]], default: str | None) -> str:
-    """sha256 digest of a replicated set: its members' ``(sha256, has_key)`` and the default.
-
-    Independent of order and duplicates; replication compares these between nodes.
-    """
-    h = hashlib.sha256(b"certsync-set-v1\n")
-    for sha, has_key in sorted(set(members)):
-        h.update(f"{sha}:{int(has_key)}\n".encode("ascii"))
-    h.update(f"default:{default or '-'}\n".encode("ascii"))
-    return h.hexdigest()
 
 
 #: (identity, pool) -> (chain nearest-first, problems) -- the shape of node.chain.build_chain
@@ -338,12 +213,6 @@ def redact(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     raise TypeError(f"audit detail value of type {type(value).__name__} is not plain JSON data")
-
-
-def no_cert(sha256: str) -> NotFound:
-    return NotFound(
-        f"no certificate {sha256!r} in this store; run 'certsync cert list' to see the sha256s"
-    )
 
 
 def no_csr(csr_id: str) -> NotFound:
@@ -410,44 +279,6 @@ def prepare(
     return list(out.values())
 
 
-#: what a row holds besides its DER: name, role, not_after, added_at, has_key
-RowFields = tuple[Any, ...]
-
-
-def row_to_cert(
-    row: Sequence[Any], last: tuple[RowFields, StoredCert] | None
-) -> tuple[RowFields, StoredCert]:
-    """A certificate row (sha256, der, name, role, not_after, added_at, has_key) as a
-    :class:`StoredCert` (``is_default`` False: the view sets it), with its fields.
-
-    ``last`` is what this returned for the same sha256 before: the same row gives the same
-    object; other fields over the same DER reuse its parse; new DER is checked against its
-    sha256 (:class:`IntegrityError`) and parsed.
-    """
-    sha, der, name, role, not_after, added_at, has_key = row
-    der = bytes(der)
-    fields = (name, role, not_after, added_at, bool(has_key))
-    if last is not None and last[1].der == der:
-        if last[0] == fields:
-            return last
-        stored = dataclasses.replace(
-            last[1], name=name, role=role, has_key=bool(has_key),
-            not_after=parse_stored_time(not_after), added_at=parse_stored_time(added_at))
-    else:
-        if hashlib.sha256(der).hexdigest() != sha:
-            raise IntegrityError(
-                f"the stored certificate {sha!r} does not match its sha256 (the row was "
-                "altered); delete it and import it again"
-            )
-        cert = x509.load_der_x509_certificate(der)
-        dns, ips = sans(cert)
-        stored = StoredCert(sha256=sha, name=name, der=der, role=role,
-                            has_key=bool(has_key), is_default=False, dns_names=dns,
-                            ip_addresses=ips, not_after=parse_stored_time(not_after),
-                            added_at=parse_stored_time(added_at), parsed=cert)
-    return fields, stored
-
-
 def changes_nothing(
     view: StoreView, prepared: Sequence[PreparedCert], make_default: str | None
 ) -> bool:
@@ -458,12 +289,12 @@ def changes_nothing(
         return False
     if default is None and any(p.sealed is not None for p in prepared):
         return False  # the first entry with a key would become the default
-    stored = {str(r[0]): (str(r[2]), str(r[3]), bool(r[-1])) for r in view.rows}
+    stored = view.cert_rows.row_of
     for p in prepared:
         row = stored.get(p.sha256)
         if row is None:
             return False
-        name, role, has_key = row
+        name, role, has_key = str(row[2]), str(row[3]), bool(row[-1])
         if ((p.name and p.name != name) or (p.role == "identity" and role != "identity")
                 or (p.sealed is not None and not has_key)):
             return False

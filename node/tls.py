@@ -27,6 +27,7 @@ directory, loaded, and removed at once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import html
 import os
 import secrets
@@ -49,7 +50,7 @@ from node.errors import BadInput, NotFound
 from node.logging import get_logger
 from node.model import PrivateKey
 from node.names import sans_of
-from node.selection import Selection, SniEntry, SniIndex
+from node.selection import Selection, SniBuilder, SniEntry, SniIndex
 from node.tls_conn import OUTCOMES, ChoiceSlot, ConnLimits, ConnServer
 
 __all__ = ["DEFAULT_LOOPS", "TRUST_BUNDLE_PATH", "ServedCert", "TlsEndpoint"]
@@ -62,6 +63,8 @@ _LISTEN_BACKLOG: Final = 1024
 #: then waits for the GIL the other loop holds, which cost 12-18 % more CPU per handshake
 #: in benchmarks/bench_idle.py; ``tls_loops`` in node.toml raises it for throughput.
 DEFAULT_LOOPS: Final = 1
+#: from this many new contexts in one update, they are loaded on two threads
+_PARALLEL_LOADS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,9 @@ class TlsEndpoint:
         #: contexts of the set served now, by (sha256, chain sha256s, public key); see update()
         self._built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
         self._entries: dict[str, SniEntry] = {}  # by sha256, for the SNI index
+        self._sni = SniBuilder()
+        #: the last update's certificates with their context's identity, by sha256
+        self._served: dict[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]] = {}
         # by id of the object, holding it so the id stays its own; pruned on each update
         self._publics: dict[int, tuple[PrivateKey, bytes]] = {}
         self._fingerprints: dict[int, tuple[x509.Certificate, str]] = {}
@@ -341,21 +347,28 @@ class TlsEndpoint:
             )
         with self._update_lock:
             # a context is reused while its certificate, chain and key stay the same, so an
-            # update costs O(changed), not O(all)
-            previous = self._built
+            # update costs O(changed), not O(all); the very ServedCert of the last update
+            # keeps its context without a look at its chain and key
+            previous, last = self._built, self._served
             built: dict[tuple[str, tuple[str, ...], bytes], ssl.SSLContext] = {}
             contexts: dict[str, ssl.SSLContext] = {}
+            served_now: dict[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]] = {}
             directory: Path | None = None
+            fresh = self._load_many(by_sha, last, previous)
             try:
                 for i, served in enumerate(by_sha.values()):
-                    ident = (
-                        served.sha256,
-                        tuple(self._fingerprint(c) for c in served.chain),
-                        self._public(served.key),
-                    )
+                    seen = last.get(served.sha256)
+                    if seen is not None and seen[0] is served:
+                        ident = seen[1]
+                    else:
+                        ident = (
+                            served.sha256,
+                            tuple(self._fingerprint(c) for c in served.chain),
+                            self._public(served.key),
+                        )
                     ctx = previous.get(ident)
                     if ctx is None and self._in_memory:
-                        ctx = _load_in_memory(served)
+                        ctx = fresh.get(served.sha256) or _load_in_memory(served)
                     elif ctx is None:
                         if directory is None:
                             directory = Path(
@@ -365,24 +378,46 @@ class TlsEndpoint:
                         ctx = _load_context(directory, f"c{i}", served)
                     built[ident] = ctx
                     contexts[served.sha256] = ctx
+                    served_now[served.sha256] = (served, ident)
             finally:
                 if directory is not None:
                     shutil.rmtree(directory, ignore_errors=True)
-            self._built = built
-            keep_keys = {id(c.key) for c in by_sha.values()}
-            keep_certs = {id(x) for c in by_sha.values() for x in c.chain}
-            self._publics = {i: v for i, v in self._publics.items() if i in keep_keys}
-            self._fingerprints = {i: v for i, v in self._fingerprints.items() if i in keep_certs}
-            # names are parsed once per certificate (IDNA normalisation is not cheap)
+            self._built, self._served = built, served_now
+            if len(self._publics) > 2 * len(by_sha) + 64:  # forget keys no longer served
+                keep_keys = {id(c.key) for c in by_sha.values()}
+                self._publics = {i: v for i, v in self._publics.items() if i in keep_keys}
+            if len(self._fingerprints) > 4 * len(by_sha) + 64:
+                keep_certs = {id(x) for c in by_sha.values() for x in c.chain}
+                self._fingerprints = {i: v for i, v in self._fingerprints.items()
+                                      if i in keep_certs}
+            # names are parsed once per certificate (IDNA normalisation is not cheap), and
+            # the index redoes only the names of certificates that came or went
             known = self._entries
             self._entries = {
                 sha: known.get(sha) or SniEntry(key=sha, sans=sans_of(c.cert),
                                                 not_after=c.cert.not_valid_after_utc)
                 for sha, c in by_sha.items()
             }
-            entries = list(self._entries.values())
-            self._snapshot = _Snapshot(SniIndex.build(entries, default), contexts, {})
+            self._sni.update(self._entries)
+            self._snapshot = _Snapshot(self._sni.index(default), contexts, {})
         self._log.info("tls.updated", certificates=len(contexts), default_sha256=default)
+
+    def _load_many(
+        self, by_sha: Mapping[str, ServedCert],
+        last: Mapping[str, tuple[ServedCert, tuple[str, tuple[str, ...], bytes]]],
+        previous: Mapping[tuple[str, tuple[str, ...], bytes], ssl.SSLContext],
+    ) -> dict[str, ssl.SSLContext]:
+        """Contexts for the certificates of a big update that have none yet (a start with a
+        full store), loaded on two threads: OpenSSL loads the chain and key without the GIL,
+        so the second core shares the work. Small updates load theirs one by one."""
+        todo = [c for sha, c in by_sha.items() if (sha not in last or last[sha][0] is not c)
+                and (c.sha256, tuple(self._fingerprint(x) for x in c.chain),
+                     self._public(c.key)) not in previous]
+        if not self._in_memory or len(todo) < _PARALLEL_LOADS:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tls-load") as pool:
+            return dict(zip((c.sha256 for c in todo), pool.map(_load_in_memory, todo),
+                            strict=True))
 
     def set_trust_bundle(self, pem: bytes | None) -> None:
         """Serve ``pem`` (certificates only) at the trust-bundle path; ``None``: 404."""

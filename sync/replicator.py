@@ -55,7 +55,6 @@ from node.formats import cert_sha256
 from node.guard import FORCED_DEFAULT_KEY, NO_DEFAULT
 from node.model import PrivateKey
 from node.selection import Selection
-from node.store_view import StoreView
 from node.text import rfc3339
 from sync import rollout as rollout_core
 from sync.client import NodeClient, NodeTarget
@@ -133,7 +132,8 @@ class Replicator:
         self._served_ok: dict[str, tuple[int, int, str]] = {}  # last state seen served
         self._held: dict[str, frozenset[str]] = {}  # what each node holds with its key
         self._snapshot: Snapshot | None = None
-        self._snapshot_of: tuple[StoreView, int] | None = None
+        self._snapshot_of: tuple[object, ...] | None = None
+        self._items: dict[str, SetItem] = {}  # the last snapshot's, by sha256
         self._snapshot_lock = asyncio.Lock()
         self._blocked_logged: str | None = None
         self._wake = asyncio.Event()
@@ -221,25 +221,39 @@ class Replicator:
     # -- the set -----------------------------------------------------------------------
 
     async def snapshot(self) -> Snapshot:
-        """The replicated set now (the same object while epoch and store stay the same)."""
+        """The replicated set now (the same object while epoch and store stay the same; a
+        meta change that moves neither the revision nor the default keeps it too). Items of
+        certificates whose row, chain and default flag stayed are the last snapshot's."""
         store = self.replica.store
         async with self._snapshot_lock:
             view = await store.view()
-            cached = self._snapshot
-            if cached is not None and self._snapshot_of == (view, self.replica.epoch):
-                return cached
-            keys = await store.keys(view.keyed)
             default_sha = view.meta.get("default_sha256")
-            items = tuple(
-                SetItem(name=c.name, cert=c.certificate(), key=keys[c.sha256],
-                        chain=view.chain(c.sha256)[0], is_default=c.sha256 == default_sha)
-                for c in view.certs if c.sha256 in keys
-            )
-            snap = Snapshot(epoch=self.replica.epoch, revision=int(view.meta.get("revision") or 0),
-                            digest=view.digest, items=items,
+            revision = int(view.meta.get("revision") or 0)
+            of = (view.cert_rows.serial, default_sha, revision, self.replica.epoch,
+                  self.replica.promotion)
+            cached = self._snapshot
+            if cached is not None and self._snapshot_of == of:
+                return cached
+            keys = await store.keys(view.keyed, view=view)
+            last = self._items
+            items = []
+            for c in view.certs:
+                key = keys.get(c.sha256)
+                if key is None:
+                    continue
+                chain = view.chain(c.sha256)[0]
+                item = last.get(c.sha256)
+                if (item is None or item.key is not key or item.chain is not chain
+                        or item.name != c.name or item.is_default != (c.sha256 == default_sha)):
+                    item = SetItem(name=c.name, cert=c.certificate(), key=key, chain=chain,
+                                   is_default=c.sha256 == default_sha)
+                items.append(item)
+            self._items = {i.sha256: i for i in items}
+            snap = Snapshot(epoch=self.replica.epoch, revision=revision,
+                            digest=view.digest, items=tuple(items),
                             default=next((i for i in items if i.is_default), None),
                             promotion=self.replica.promotion)
-            self._snapshot, self._snapshot_of = snap, (view, snap.epoch)
+            self._snapshot, self._snapshot_of = snap, of
             return snap
 
     def _wrap(self, snap: Snapshot, peer: Peer,

@@ -29,8 +29,7 @@ import structlog
 
 from node.api import certsync_pb2
 from node.errors import CertsyncError, CheckFailed, NodeUnreachable, NotFound, StaleEpoch
-from node.names import sans_of
-from node.selection import Selection, SniEntry, SniIndex
+from node.selection import Selection, SniBuilder, SniIndex
 from node.store_history import HistoryItem, HistoryRecord
 from sync import rollout as core
 from sync.snapshot import SetItem, Snapshot
@@ -43,6 +42,7 @@ __all__ = ["RolloutRunner", "progress", "proposed", "record_from", "rollout_msg"
 
 _log = structlog.get_logger("sync.rollout")
 _INDEXES: dict[tuple[int, str], SniIndex] = {}
+_BUILDER = SniBuilder()  # the index of the last snapshot asked about, kept up to date
 
 
 def progress(name: str, state: str, message: str, *, in_sync: bool = False,
@@ -68,9 +68,8 @@ def selection_of(snap: Snapshot, server_name: str | None) -> Selection:
     if index is None:
         if len(_INDEXES) > 8:
             _INDEXES.clear()
-        index = _INDEXES[key] = SniIndex.build(
-            [SniEntry(key=i.sha256, sans=sans_of(i.cert), not_after=i.cert.not_valid_after_utc)
-             for i in snap.items], snap.default.sha256 if snap.default else None)
+        _BUILDER.update({i.sha256: i.sni_entry for i in snap.items})  # redoes what changed
+        index = _INDEXES[key] = _BUILDER.index(snap.default.sha256 if snap.default else None)
     return index.lookup(server_name)
 
 
@@ -176,6 +175,8 @@ class RolloutRunner:
         """The last step: record ``snap`` as current and serve it on our own endpoint."""
         rep = self._rep
         await rep.replica.store.record_set(record_from(snap), now=rep.replica.now)
+        # the newest record is this set: current() need not decode it from the history
+        self._current = ((snap.revision, snap.digest, snap.epoch), snap)
         self.switching = True
         try:
             await rep.replica.serve_store()

@@ -8,7 +8,6 @@ per round; coverage of the default is judged here, on plain values.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +16,8 @@ from cryptography import x509
 from node.formats import cert_sha256
 from node.model import PrivateKey
 from node.names import CoverageReport, check_all, sans_of
+from node.selection import SniEntry
+from node.store_rows import cached
 from sync.promotion import Promotion
 
 __all__ = ["SetItem", "Snapshot"]
@@ -30,9 +31,16 @@ class SetItem:
     chain: tuple[x509.Certificate, ...]
     is_default: bool
 
-    @functools.cached_property
+    @cached
     def sha256(self) -> str:
         return cert_sha256(self.cert)
+
+    @cached
+    def sni_entry(self) -> SniEntry:
+        """The item as the SNI index sees it (once per item: a snapshot reuses the items
+        of certificates that did not change)."""
+        return SniEntry(key=self.sha256, sans=sans_of(self.cert),
+                        not_after=self.cert.not_valid_after_utc)
 
 
 @dataclass(frozen=True)

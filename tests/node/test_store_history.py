@@ -3,18 +3,24 @@ rest, bound to their row, the newest KEEP kept, and the missing revision named."
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from node.errors import IntegrityError, NotFound
+from node.sealing import key_der
 from node.store import Store
 from node.store_history import KEEP, HistoryItem, HistoryRecord
-from tests.pki import make_chain
+from tests.pki import make_chain, make_key, make_leaf
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 STORE_KEY = bytes(range(32))
@@ -97,3 +103,27 @@ async def test_a_revision_not_kept_is_named_with_the_kept_ones(store: Store) -> 
     assert (await store.history_set()).revision == 7  # no revision: the newest
     with pytest.raises(NotFound, match=r"revision 8 .*kept: 7"):
         await store.history_set(8)
+
+
+def test_encoding_with_the_memo_is_json_dumps_of_the_items() -> None:
+    """The record's bytes do not depend on what the last record kept: the same as a fresh
+    encoding, for items kept, changed (name, default) and new."""
+    from node.store_history import _encode  # the private encoder under test
+
+    def dumps(items: list[HistoryItem]) -> bytes:  # the format as first written
+        def der(c: x509.Certificate) -> str:
+            return base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+        return json.dumps([
+            {"name": i.name, "cert": der(i.cert), "default": i.is_default,
+             "key": base64.b64encode(key_der(i.key)).decode() if i.key is not None else None,
+             "chain": [der(c) for c in i.chain]} for i in items]).encode()
+
+    pki = make_chain()
+    other = make_leaf(pki.intermediate, ["other.example.com"], key=make_key(slot=12))
+    one = HistoryItem(name="a", cert=pki.leaf.cert, key=pki.leaf.key,
+                      chain=(pki.intermediate.cert,), is_default=True)
+    two = HistoryItem(name="b", cert=other.cert, key=other.key)
+    memo: dict[str, Any] = {}
+    for items in ([one], [one, two], [dataclasses.replace(one, name="c"), two],
+                  [dataclasses.replace(one, is_default=False), two], [two]):
+        assert _encode(items, memo) == dumps(items) == _encode(items)

@@ -42,7 +42,8 @@ PACKAGES = ("node", "sync")
 CORE = frozenset({
     "node.chain", "node.create", "node.errors", "node.formats", "node.identity",
     "node.importing", "node.lifecycle", "node.model", "node.names", "node.renewal_plan",
-    "node.sealing", "node.selection", "node.store_chain", "node.store_view", "node.text",
+    "node.sealing", "node.selection", "node.store_chain", "node.store_rows", "node.store_view",
+    "node.text",
     "node.der", "node.limits", "node.pkcs12_limits", "node.certkeys", "node.exports",
     "node.coverage_gate",
     "node.linking",

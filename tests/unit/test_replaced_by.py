@@ -6,14 +6,16 @@ against the rule applied to every pair (O(N^2)), which is the definition.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.linking import IssuerId, takes_over
-from node.renewal_plan import replaced_by
+from node.renewal_plan import Replacements, replaced_by
 from node.store_view import StoredCert
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -81,3 +83,34 @@ def test_a_later_certificate_from_another_issuing_ca_replaces_nothing() -> None:
     assert replaced_by([old, other_key], _issuer) == {}
     # the twin: the same issuer name when one side does not say its key is the same CA
     assert replaced_by([old, unknown_key], _issuer) == {old.sha256: unknown_key.sha256}
+
+
+_CHANGE = st.tuples(st.integers(min_value=0, max_value=7),  # which certificate
+                    st.one_of(st.none(),  # gone
+                              st.tuples(st.sampled_from(NAME_SETS), st.integers(0, 40),
+                                        st.booleans(), st.integers(0, 3))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_CHANGE, min_size=1, max_size=4), min_size=1, max_size=8))
+def test_replacements_carried_over_equal_replaced_by(steps: list[list[Any]]) -> None:
+    """After every change, the answer updated from the last one is replaced_by's answer over
+    the certificates now stored (in the store's order: added_at, then sha256)."""
+    stored: dict[str, StoredCert] = {}
+    kept = Replacements.of([], _issuer)
+    for step in steps:
+        changed = set()
+        for i, spec in step:
+            sha = f"{i:064x}"
+            changed.add(sha)
+            if spec is None:
+                stored.pop(sha, None)
+                continue
+            names, days, has_key, at = spec
+            stored[sha] = dataclasses.replace(
+                _cert(i, names, days, has_key, prefix="x" if i % 2 else "c"),
+                added_at=T0 + timedelta(hours=at))
+        kept = kept.updated(changed, stored.get)
+        ordered = sorted(stored.values(), key=lambda c: (c.added_at, c.sha256))
+        assert kept.replaced == replaced_by(ordered, _issuer)
+        assert Replacements.of(ordered, _issuer).replaced == kept.replaced
