@@ -58,7 +58,7 @@ from node.store_history import HistoryRecord
 from node.store_view import StoreView
 from node.text import rfc3339
 from sync.csr_replication import receive_requests
-from sync.history import RevertGuard, SetKey, record_of
+from sync.history import Pending, RevertGuard, SetKey, record_of, revert_meta
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -343,11 +343,14 @@ class Replica:
             except TransferRejected as err:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
-            meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
+            key = (epoch, revision, digest)
+            previous = self.guard.previous_for_next(await record_of(self.store))
+            # the pending revert is kept with the set it may undo, in the same transaction
+            meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch),
+                    **revert_meta(Pending(key, previous) if confirm_within > 0 else None,
+                                   now, confirm_within)}
             if staged.forced:  # a later primary keeps pushing this default forced
                 meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
-            previous = self.guard.previous_for_next(await record_of(
-                self.store, epoch=int(await self.store.get_meta("revision_epoch") or 0)))
             # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
@@ -360,10 +363,9 @@ class Replica:
             await self._refresh()
             await self.store.record_set(await record_of(self.store, epoch=epoch), now=now)
             if confirm_within > 0:
-                self.guard.arm((epoch, revision, digest), previous, confirm_within)
+                self.guard.arm(key, previous, confirm_within)
             else:
                 self.guard.cancel()
-            await self.guard.persist(now, confirm_within)
         _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest,
                   confirm_within=confirm_within)
 
@@ -398,9 +400,10 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
+            meta = {"last_sync": rfc3339(self.now)}
             if self.guard.confirmed((epoch, revision, digest)):
-                await self.guard.persist(self.now, 0)
-            await self.store.set_meta({"last_sync": rfc3339(self.now)}, durable=False)
+                meta.update(revert_meta(None, self.now, 0))  # no revert pending now
+            await self.store.set_meta(meta, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:
         """Adopt a delivered promotion when it is higher than ours."""
