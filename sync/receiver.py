@@ -526,10 +526,15 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     @_unary
     async def Activate(self, request: certsync_pb2.ActivateRequest,
                        identity: Identity) -> certsync_pb2.NodeState:
-        await self._replica.activate(request.epoch, request.revision, request.set_digest,
-                                     identity,
-                                     confirm_within=request.confirm_within_ms / 1000.0)
-        return await self._state(lifecycle=False)  # the primary reads the replication fields
+        replica = self._replica
+        await replica.activate(request.epoch, request.revision, request.set_digest, identity,
+                               confirm_within=request.confirm_within_ms / 1000.0)
+        # the primary reads the replication fields only: the set it activated, known here
+        # without reading the store again
+        return certsync_pb2.NodeState(
+            name=replica.name, role=replica.role, epoch=replica.epoch,
+            revision=request.revision, set_digest=request.set_digest,
+            primary=replica.primary, cluster_id=replica.topology.cluster_id)
 
     @_unary
     async def Confirm(self, request: certsync_pb2.ConfirmRequest,
