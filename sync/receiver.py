@@ -345,10 +345,9 @@ class Replica:
                 await self._refuse(identity, "Activate", err)
             key = (epoch, revision, digest)
             previous = self.guard.previous_for_next(await record_of(self.store))
-            # the pending revert is kept with the set it may undo, in the same transaction
             meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch),
                     **revert_meta(Pending(key, previous) if confirm_within > 0 else None,
-                                   now, confirm_within)}
+                                   now, confirm_within)}  # in the same transaction as the set
             if staged.forced:  # a later primary keeps pushing this default forced
                 meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
             # not fsynced: a set lost to a power cut is pushed again by the primary
@@ -400,10 +399,9 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
-            meta = {"last_sync": rfc3339(self.now)}
-            if self.guard.confirmed((epoch, revision, digest)):
-                meta.update(revert_meta(None, self.now, 0))  # no revert pending now
-            await self.store.set_meta(meta, durable=False)
+            confirmed = self.guard.confirmed((epoch, revision, digest))  # none pending now
+            await self.store.set_meta({"last_sync": rfc3339(self.now), **(
+                revert_meta(None, self.now, 0) if confirmed else {})}, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:
         """Adopt a delivered promotion when it is higher than ours."""
@@ -461,10 +459,9 @@ class ReplicateHandler(Protocol):
 
 
 class NodeStateFn(Protocol):
-    """The node's state as GetState answers it (``node.service.CertStoreService.node_state``);
-    ``lifecycle=False`` leaves out the certificates' renewal states."""
+    """The node's state as GetState answers it (``node.service.CertStoreService.node_state``)."""
 
-    def __call__(self, *, lifecycle: bool = True) -> Awaitable[certsync_pb2.NodeState]: ...
+    def __call__(self) -> Awaitable[certsync_pb2.NodeState]: ...
 
 
 _Req = TypeVar("_Req")
@@ -526,15 +523,13 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     @_unary
     async def Activate(self, request: certsync_pb2.ActivateRequest,
                        identity: Identity) -> certsync_pb2.NodeState:
-        replica = self._replica
-        await replica.activate(request.epoch, request.revision, request.set_digest, identity,
-                               confirm_within=request.confirm_within_ms / 1000.0)
-        # the primary reads the replication fields only: the set it activated, known here
-        # without reading the store again
-        return certsync_pb2.NodeState(
-            name=replica.name, role=replica.role, epoch=replica.epoch,
-            revision=request.revision, set_digest=request.set_digest,
-            primary=replica.primary, cluster_id=replica.topology.cluster_id)
+        r = self._replica
+        await r.activate(request.epoch, request.revision, request.set_digest, identity,
+                         confirm_within=request.confirm_within_ms / 1000.0)
+        # the replication fields the primary reads: the set just activated (no store read)
+        return certsync_pb2.NodeState(name=r.name, role=r.role, epoch=r.epoch, primary=r.primary,
+                                      revision=request.revision, set_digest=request.set_digest,
+                                      cluster_id=r.topology.cluster_id)
 
     @_unary
     async def Confirm(self, request: certsync_pb2.ConfirmRequest,
