@@ -178,12 +178,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_nginx(cert_dir: Path, prefix: Path, *, access_log: bool = False) -> Server:
-    """nginx serving cert_dir's SITES by SNI; ``access_log``: one line per request to a file
-    (as our endpoint logs each request)."""
+def start_nginx(cert_dir: Path, prefix: Path, *, access_log: bool = False,
+                sites: int = SITES) -> Server:
+    """nginx serving cert_dir's ``sites`` (NN.crt, NN.key) by SNI, the first as default;
+    ``access_log``: one line per request to a file (as our endpoint logs each request)."""
     port = _free_port()
     blocks = []
-    for i in range(SITES):
+    for i in range(sites):
         blocks.append(
             f"""
     server {{

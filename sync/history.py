@@ -30,7 +30,7 @@ from node.store import Store
 from node.store_history import HistoryItem, HistoryRecord
 from node.text import parse_stored_time, stored_time
 
-__all__ = ["Pending", "RevertGuard", "record_of"]
+__all__ = ["Pending", "RevertGuard", "record_of", "revert_meta"]
 
 _log = structlog.get_logger("sync.history")
 
@@ -38,10 +38,12 @@ _log = structlog.get_logger("sync.history")
 SetKey = tuple[int, int, str]
 
 
-async def record_of(store: Store, *, epoch: int) -> HistoryRecord:
+async def record_of(store: Store, *, epoch: int | None = None) -> HistoryRecord:
     """The store's set now as a record (its revision from meta ``revision``; ``epoch`` is the
-    one the set was activated at, meta ``revision_epoch`` when the caller has no better)."""
+    one the set was activated at, by default meta ``revision_epoch``)."""
     view = await store.view()
+    if epoch is None:
+        epoch = int(view.meta.get("revision_epoch") or 0)
     keys = await store.keys(view.keyed, view=view)
     default = view.meta.get("default_sha256")
     items = tuple(
@@ -52,6 +54,15 @@ async def record_of(store: Store, *, epoch: int) -> HistoryRecord:
     return HistoryRecord(epoch=epoch, revision=int(view.meta.get("revision") or 0),
                          digest=view.digest, default_sha256=default if default in keys else None,
                          activated_at="", items=items)
+
+
+def revert_meta(pending: Pending | None, now: dt.datetime, within: float) -> dict[str, str]:
+    """The store meta that keeps ``pending`` (None: no revert pending) for a restart, its
+    deadline ``within`` seconds after ``now``; written with the change it may undo."""
+    text = "" if pending is None else "|".join(str(v) for v in (
+        *pending.key, pending.previous.epoch, pending.previous.revision,
+        pending.previous.digest, stored_time(now + dt.timedelta(seconds=within))))
+    return {"revert_pending": text}
 
 
 @dataclass
@@ -77,11 +88,7 @@ class RevertGuard:
         """Keep the pending revert (or that there is none) in store meta."""
         if self._store is None:
             return
-        p = self._pending
-        text = "" if p is None else "|".join(str(v) for v in (
-            *p.key, p.previous.epoch, p.previous.revision, p.previous.digest,
-            stored_time(now + dt.timedelta(seconds=within))))
-        await self._store.set_meta({"revert_pending": text}, durable=False)
+        await self._store.set_meta(revert_meta(self._pending, now, within), durable=False)
 
     async def resume(self, now: dt.datetime) -> None:
         """After a restart: arm the revert that was pending, for the time left of it."""

@@ -58,7 +58,7 @@ from node.store_history import HistoryRecord
 from node.store_view import StoreView
 from node.text import rfc3339
 from sync.csr_replication import receive_requests
-from sync.history import RevertGuard, SetKey, record_of
+from sync.history import Pending, RevertGuard, SetKey, record_of, revert_meta
 from sync.promotion import (
     Promotion,
     decode_promotion,
@@ -343,11 +343,13 @@ class Replica:
             except TransferRejected as err:
                 del self._staged[(epoch, revision, digest)]
                 await self._refuse(identity, "Activate", err)
-            meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch)}
+            key = (epoch, revision, digest)
+            previous = self.guard.previous_for_next(await record_of(self.store))
+            meta = {**self._meta(), "revision": str(revision), "revision_epoch": str(epoch),
+                    **revert_meta(Pending(key, previous) if confirm_within > 0 else None,
+                                   now, confirm_within)}  # in the same transaction as the set
             if staged.forced:  # a later primary keeps pushing this default forced
                 meta[FORCED_DEFAULT_KEY] = staged.default_sha256 or NO_DEFAULT
-            previous = self.guard.previous_for_next(await record_of(
-                self.store, epoch=int(await self.store.get_meta("revision_epoch") or 0)))
             # not fsynced: a set lost to a power cut is pushed again by the primary
             await self.store.replace_all(
                 staged.entries, default=staged.default_sha256, meta=meta,
@@ -360,10 +362,9 @@ class Replica:
             await self._refresh()
             await self.store.record_set(await record_of(self.store, epoch=epoch), now=now)
             if confirm_within > 0:
-                self.guard.arm((epoch, revision, digest), previous, confirm_within)
+                self.guard.arm(key, previous, confirm_within)
             else:
                 self.guard.cancel()
-            await self.guard.persist(now, confirm_within)
         _log.info("replication.activated", epoch=epoch, revision=revision, digest=digest,
                   confirm_within=confirm_within)
 
@@ -398,9 +399,9 @@ class Replica:
                 raise TransferRejected(
                     f"this node does not hold epoch {epoch} revision {revision} digest "
                     f"{digest!r}; push again")
-            if self.guard.confirmed((epoch, revision, digest)):
-                await self.guard.persist(self.now, 0)
-            await self.store.set_meta({"last_sync": rfc3339(self.now)}, durable=False)
+            confirmed = self.guard.confirmed((epoch, revision, digest))  # none pending now
+            await self.store.set_meta({"last_sync": rfc3339(self.now), **(
+                revert_meta(None, self.now, 0) if confirmed else {})}, durable=False)
 
     async def announce(self, promotion: Promotion, identity: Identity) -> bool:
         """Adopt a delivered promotion when it is higher than ours."""
@@ -458,10 +459,9 @@ class ReplicateHandler(Protocol):
 
 
 class NodeStateFn(Protocol):
-    """The node's state as GetState answers it (``node.service.CertStoreService.node_state``);
-    ``lifecycle=False`` leaves out the certificates' renewal states."""
+    """The node's state as GetState answers it (``node.service.CertStoreService.node_state``)."""
 
-    def __call__(self, *, lifecycle: bool = True) -> Awaitable[certsync_pb2.NodeState]: ...
+    def __call__(self) -> Awaitable[certsync_pb2.NodeState]: ...
 
 
 _Req = TypeVar("_Req")
@@ -523,10 +523,13 @@ class ReplicationService(certsync_pb2_grpc.ReplicationServicer):
     @_unary
     async def Activate(self, request: certsync_pb2.ActivateRequest,
                        identity: Identity) -> certsync_pb2.NodeState:
-        await self._replica.activate(request.epoch, request.revision, request.set_digest,
-                                     identity,
-                                     confirm_within=request.confirm_within_ms / 1000.0)
-        return await self._state(lifecycle=False)  # the primary reads the replication fields
+        r = self._replica
+        await r.activate(request.epoch, request.revision, request.set_digest, identity,
+                         confirm_within=request.confirm_within_ms / 1000.0)
+        # the replication fields the primary reads: the set just activated (no store read)
+        return certsync_pb2.NodeState(name=r.name, role=r.role, epoch=r.epoch, primary=r.primary,
+                                      revision=request.revision, set_digest=request.set_digest,
+                                      cluster_id=r.topology.cluster_id)
 
     @_unary
     async def Confirm(self, request: certsync_pb2.ConfirmRequest,

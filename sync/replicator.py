@@ -466,6 +466,14 @@ class Replicator:
         self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
         self.synced[name] = self.replica.now
 
+    def held_if_serving(self, name: str, snap: Snapshot) -> frozenset[str] | None:
+        """What ``name`` holds when it was last seen serving an earlier revision of
+        ``snap``'s epoch (so a push needs not ask its state first); else None."""
+        known = self._served_ok.get(name)
+        if known is None or known[0] != snap.epoch or known[1] >= snap.revision:
+            return None
+        return self._held.get(name, frozenset())
+
     def forget(self, name: str) -> None:
         self._served_ok.pop(name, None)
         self._held.pop(name, None)
@@ -565,16 +573,24 @@ class Replicator:
             summary.rollout.CopyFrom(rollout_msg(self.rollout))
             yield summary
 
-    async def round(self) -> list[certsync_pb2.ReplicateProgress]:
+    async def round(self, *, woken: bool = False) -> list[certsync_pb2.ReplicateProgress]:
         """One automatic round: roll out a new proposal, else bring every other node that
-        is not in sync to the current set (anti-entropy pushes only the current revision)."""
+        is not in sync to the current set (anti-entropy pushes only the current revision).
+        ``woken``: by a change rather than the period -- then nodes this primary confirmed
+        serving the current set are not asked again (the period asks everyone)."""
         if not self.replica.is_primary:
             await self.follow()
             return []
         async with self._rollout_lock:
-            return await self._round_locked()
+            return await self._round_locked(woken=woken)
 
-    async def _round_locked(self) -> list[certsync_pb2.ReplicateProgress]:
+    def _all_confirmed(self, snap: Snapshot) -> bool:
+        """Was every other node confirmed serving ``snap`` (and nothing failed since)?"""
+        key = (snap.epoch, snap.revision, snap.digest)
+        return bool(self.targets) and all(self._served_ok.get(n) == key for n in self.targets)
+
+    async def _round_locked(self, *, woken: bool = False
+                            ) -> list[certsync_pb2.ReplicateProgress]:
         changes = self._changes
         snap = await self.snapshot()
         current = await self._runner.current()
@@ -600,10 +616,17 @@ class Replicator:
             fenced = await asyncio.gather(*(self._probe_only(n, snap) for n in self.targets))
             await self._push_requests()  # CSRs are not gated: they serve nothing
             return [r for r in fenced if r is not None]
-        forced = bool(current.uncovered(self.required_names))  # forced when it was proposed
-        results = list(await asyncio.gather(*(self.push(n, latest=current, force=forced,
-                                                        current=True)
-                                               for n in self.targets)))
+        if woken and self._all_confirmed(current):
+            # woken by our own switch to the set a rollout just confirmed everywhere (or a
+            # change that left the replicated set as it is): asking each node's state again
+            # would cost N calls for nothing; the period's round asks everyone
+            results = [progress(n, "in_sync", f"confirmed serving revision {current.revision}",
+                                in_sync=True, snap=current) for n in self.targets]
+        else:
+            forced = bool(current.uncovered(self.required_names))  # as it was proposed
+            results = list(await asyncio.gather(*(self.push(n, latest=current, force=forced,
+                                                            current=True)
+                                                   for n in self.targets)))
         await self._push_requests()
         if results and all(r.in_sync for r in results):
             await self.replica.store.set_meta({"last_sync": rfc3339(self.replica.now)},
@@ -647,11 +670,12 @@ class Replicator:
         try:
             await self._runner.serve_current_at_start(self._serve_set)
             retry = _RETRY_FIRST
+            woken = False  # the first round after a start asks everyone, as the period does
             while not self._stopping:
                 self._wake.clear()
                 results: list[certsync_pb2.ReplicateProgress] = []
                 try:
-                    results = await self.round()
+                    results = await self.round(woken=woken)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -662,8 +686,10 @@ class Replicator:
                     pause, retry = min(retry, self.interval), min(retry * 2, self.interval)
                 else:
                     pause, retry = self.interval, _RETRY_FIRST
+                woken = False
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await self._wake.wait()
+                        woken = True
         finally:
             await self.close()

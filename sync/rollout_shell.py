@@ -188,23 +188,16 @@ class RolloutRunner:
         self._began[name] = time.monotonic()
         async with rep.lock_for(name):
             try:
-                # a node whose state we cannot read soon (down, cut off, not of our CA) is
-                # not a reachable receiver: it does not hold up the others
+                # a node seen serving our previous revision of this epoch lacks only the new
+                # one: no need to ask its state first (Stage refuses anything stale)
+                held = rep.held_if_serving(name, snap)
+                if held is None:
+                    held = await self._reach(name, snap)
                 try:
-                    async with asyncio.timeout(rep.reach_timeout):
-                        state = await rep.client_for(name).get_state()
-                except TimeoutError as err:
-                    raise NodeUnreachable(f"node {name!r} did not answer within "
-                                          f"{rep.reach_timeout:g} s", node=name) from err
-                except CertsyncError as err:
-                    raise NodeUnreachable(str(err), node=name) from err
-                if state.epoch > snap.epoch:
-                    await rep.fenced_by(name, state)
-                    raise StaleEpoch(f"node {name!r} is at epoch {state.epoch}, above ours",
-                                     epoch=snap.epoch, current=state.epoch)
-                held = (frozenset(state.held_sha256) if state.epoch == snap.epoch
-                        else frozenset())
-                await rep.stage_only(name, snap, force=force, held=held)
+                    await rep.stage_only(name, snap, force=force, held=held)
+                except StaleEpoch:
+                    await self._reach(name, snap)  # a higher epoch: verify, adopt, step down
+                    raise
             except NodeUnreachable as err:
                 rep.forget(name)
                 return core.Outcome(name, "unreachable", str(err))
@@ -212,6 +205,25 @@ class RolloutRunner:
                 rep.forget(name)
                 return core.Outcome(name, "refused", str(err))
         return core.Outcome(name, "staged")
+
+    async def _reach(self, name: str, snap: Snapshot) -> frozenset[str]:
+        """What ``name`` holds of our epoch, from its state; a node whose state we cannot
+        read soon (down, cut off, not of our CA) is not a reachable receiver (it does not
+        hold up the others); one at a higher epoch fences us (:class:`StaleEpoch`)."""
+        rep = self._rep
+        try:
+            async with asyncio.timeout(rep.reach_timeout):
+                state = await rep.client_for(name).get_state()
+        except TimeoutError as err:
+            raise NodeUnreachable(f"node {name!r} did not answer within "
+                                  f"{rep.reach_timeout:g} s", node=name) from err
+        except CertsyncError as err:
+            raise NodeUnreachable(str(err), node=name) from err
+        if state.epoch > snap.epoch:
+            await rep.fenced_by(name, state)
+            raise StaleEpoch(f"node {name!r} is at epoch {state.epoch}, above ours",
+                             epoch=snap.epoch, current=state.epoch)
+        return frozenset(state.held_sha256) if state.epoch == snap.epoch else frozenset()
 
     async def _activate(self, name: str, snap: Snapshot) -> certsync_pb2.ReplicateProgress:
         rep = self._rep

@@ -439,9 +439,13 @@ async def test_expired_between_stage_and_activate_is_never_activated(cluster: Cl
     assert served == {n: selection_of(snap, n).key for n in (*REQUIRED, None)}
     assert served != before
     assert served[None] == cert_sha256(short.leaf.cert)
-    # activating again is a no-op (idempotent)
-    await cluster.call("b1", lambda cl: cl.activate(
+    # activating again is a no-op (idempotent); the answer names the set activated
+    again = await cluster.call("b1", lambda cl: cl.activate(
         epoch=snap.epoch, revision=snap.revision, set_digest=snap.digest), who="p1")
+    assert (again.name, again.epoch, again.revision, again.set_digest, again.primary) == (
+        "b1", snap.epoch, snap.revision, snap.digest, "p1")
+    stored = await _state(cluster, "b1")
+    assert (stored.revision, stored.set_digest) == (again.revision, again.set_digest)
 
 
 def _admin_promotion(c: Cluster, *, epoch: int, primary: str) -> certsync_pb2.Promotion:

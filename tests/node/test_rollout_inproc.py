@@ -16,6 +16,7 @@ import pytest
 
 from node.api import certsync_pb2
 from node.errors import ConfigError, NotFound
+from sync.client import NodeClient
 from sync.config import load_node_config
 from tests import pki
 from tests.node.test_replication_inproc import (
@@ -220,3 +221,39 @@ def test_a_rollout_canary_that_is_not_a_node_is_refused(cluster_dir: Path) -> No
     path.write_text('rollout_canary = "x9"\n' + (cluster_dir / "p1" / "node.toml").read_text())
     with pytest.raises(ConfigError, match="rollout_canary 'x9' is not a node"):
         load_node_config(path)
+
+
+async def test_rounds_ask_only_what_they_must(cluster: Cluster,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a rollout confirmed everywhere, a round woken by a change asks nobody's state
+    (that is N calls per change for nothing), the period's round asks everyone, and a node
+    that failed since is asked and pushed again; the next rollout stages the nodes it saw
+    serving without asking first."""
+    asked: list[str] = []
+    get_state = NodeClient.get_state
+
+    async def counted(self: NodeClient) -> certsync_pb2.NodeState:
+        asked.append(self.target.name)
+        return await get_state(self)
+
+    monkeypatch.setattr(NodeClient, "get_state", counted)
+    await _rolled_out(cluster)
+    sha = await _import(cluster, _newer())
+    asked.clear()
+    assert _summary(await _steps(cluster)).rollout.state == "idle"
+    assert "t1" not in asked, asked  # (b1 is asked for the CSR pair's digest)
+    p1 = cluster.nodes["p1"].repl.replicator
+    asked.clear()
+    woken = await p1.round(woken=True)
+    assert sorted(p.node for p in woken if p.in_sync) == ["b1", "t1"]
+    assert "t1" not in asked
+    # the period's round asks every node
+    asked.clear()
+    assert all(p.in_sync for p in await p1.round())
+    assert {"b1", "t1"} <= set(asked)
+    # t1 failed since (or was restored): a woken round asks it, and it still serves
+    p1.forget("t1")
+    asked.clear()
+    assert all(p.in_sync for p in await p1.round(woken=True))
+    assert "t1" in asked
+    await _everyone_serves(cluster, sha)
