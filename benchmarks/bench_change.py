@@ -40,11 +40,10 @@ from bench_converge import (  # after the sys.path lines above
     SITE,
     _import,
     _probe,
-    _process_cpu,
     admin_pkcs12,
     make_material,
 )
-from bench_import import _cert  # after the sys.path lines above
+from bench_import import _cert, process_cpu  # after the sys.path lines above
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.store import Store  # after the sys.path lines above
@@ -125,12 +124,12 @@ def bench_stored(stored: int, nodes: int, imports: int, scratch: Path,
             pid = cluster.pid("p1")
             assert pid is not None
             done = _completed(cluster)
-            before = _process_cpu(pid)
+            before = process_cpu(pid)
             asyncio.run(_import(cluster, blob))
             wait_converged(cluster, m.sha256, done)
             time.sleep(0.3)  # the rollout's last bookkeeping after its completion line
             if n:  # the first one warms the channels up
-                cpus.append(_process_cpu(pid) - before)
+                cpus.append(process_cpu(pid) - before)
         return cpus
 
 

@@ -71,6 +71,12 @@ CERTSYNC = str(Path(sys.executable).parent / "certsync")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads) so far, in seconds (10 ms ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat(5)
+
+
 @dataclass(frozen=True)
 class Timing:
     """Median wall and CPU seconds per import over ``count`` imports."""
@@ -235,8 +241,7 @@ class RunningNode:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the node (all its threads) so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK  # fields 14 and 15 of stat(5)
+        return process_cpu(self.process.pid)
 
     def status(self, field_name: str) -> int:
         """A ``kB`` figure of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``) in bytes."""
