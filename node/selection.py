@@ -89,20 +89,10 @@ class SniIndex:
         exact: dict[str, list[SniEntry]] = {}
         wild: dict[str, list[SniEntry]] = {}
         ip: dict[str, list[SniEntry]] = {}
+        tables = {"exact": exact, "wild": wild, "ip": ip}
         for entry in entries:
-            for san in entry.sans.dns_names:
-                rule = san_rule(san)
-                if rule.kind == "exact":
-                    exact.setdefault(rule.key, []).append(entry)
-                elif rule.kind == "wildcard":
-                    wild.setdefault(rule.key, []).append(entry)
-            for text in entry.sans.ip_addresses:
-                try:
-                    host = parse_hostname(text)
-                except HostnameError:
-                    continue
-                if host.kind == "ip":
-                    ip.setdefault(host.value, []).append(entry)
+            for table, name in _names_of(entry):
+                tables[table].setdefault(name, []).append(entry)
         shared: dict[Selection, Selection] = {}  # one object per answer: a smaller working set
 
         def answers(found: dict[str, list[SniEntry]], reason: _Reason) -> dict[str, Selection]:
