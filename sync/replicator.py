@@ -466,14 +466,6 @@ class Replicator:
         self._served_ok[name] = (snap.epoch, snap.revision, snap.digest)
         self.synced[name] = self.replica.now
 
-    def held_if_serving(self, name: str, snap: Snapshot) -> frozenset[str] | None:
-        """What ``name`` holds when it was last seen serving an earlier revision of
-        ``snap``'s epoch (so a push needs not ask its state first); else None."""
-        known = self._served_ok.get(name)
-        if known is None or known[0] != snap.epoch or known[1] >= snap.revision:
-            return None
-        return self._held.get(name, frozenset())
-
     def forget(self, name: str) -> None:
         self._served_ok.pop(name, None)
         self._held.pop(name, None)

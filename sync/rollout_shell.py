@@ -188,11 +188,10 @@ class RolloutRunner:
         self._began[name] = time.monotonic()
         async with rep.lock_for(name):
             try:
-                # a node seen serving our previous revision of this epoch lacks only the new
-                # one: no need to ask its state first (Stage refuses anything stale)
-                held = rep.held_if_serving(name, snap)
-                if held is None:
-                    held = await self._reach(name, snap)
+                # its state first, within reach_timeout, even when it served our previous
+                # revision: a node that died since (a cut-off host sends no reset) would
+                # otherwise hold the Stage, and the whole rollout, for the RPC timeout
+                held = await self._reach(name, snap)
                 try:
                     await rep.stage_only(name, snap, force=force, held=held)
                 except StaleEpoch:

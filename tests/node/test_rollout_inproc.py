@@ -227,8 +227,9 @@ async def test_rounds_ask_only_what_they_must(cluster: Cluster,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """After a rollout confirmed everywhere, a round woken by a change asks nobody's state
     (that is N calls per change for nothing), the period's round asks everyone, and a node
-    that failed since is asked and pushed again; the next rollout stages the nodes it saw
-    serving without asking first."""
+    that failed since is asked and pushed again. A rollout's staging asks each node's state
+    once, also a node it saw serving (one that died since must fail fast, see
+    test_a_receiver_that_stops_answering_does_not_hold_the_rollout)."""
     asked: list[str] = []
     get_state = NodeClient.get_state
 
@@ -241,7 +242,7 @@ async def test_rounds_ask_only_what_they_must(cluster: Cluster,
     sha = await _import(cluster, _newer())
     asked.clear()
     assert _summary(await _steps(cluster)).rollout.state == "idle"
-    assert "t1" not in asked, asked  # (b1 is asked for the CSR pair's digest)
+    assert asked.count("t1") == 1, asked  # staging's; (b1 is also asked for the CSR pair)
     p1 = cluster.nodes["p1"].repl.replicator
     asked.clear()
     woken = await p1.round(woken=True)
@@ -256,4 +257,41 @@ async def test_rounds_ask_only_what_they_must(cluster: Cluster,
     asked.clear()
     assert all(p.in_sync for p in await p1.round(woken=True))
     assert "t1" in asked
+    await _everyone_serves(cluster, sha)
+
+
+async def test_a_receiver_that_stops_answering_does_not_hold_the_rollout(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """t1 served the last rollout, then stops answering (a killed host sends no reset, so
+    calls hang rather than fail): the next rollout gives up on it within the reach timeout
+    and goes on with the others. The twin: the same rollout with t1 answering reaches it."""
+    await _rolled_out(cluster)
+    p1 = cluster.nodes["p1"].repl.replicator
+    p1.reach_timeout = 0.5
+    hung = asyncio.Event()  # never set
+
+    def hanging(method_name: str) -> object:
+        real = getattr(NodeClient, method_name)
+
+        async def call(self: NodeClient, *args: object, **kwargs: object) -> object:
+            if self.target.name == "t1":
+                await hung.wait()
+            return await real(self, *args, **kwargs)
+
+        return call
+
+    for method in ("get_state", "stage", "activate", "confirm"):
+        monkeypatch.setattr(NodeClient, method, hanging(method))
+    sha = await _import(cluster, _newer())
+    async with asyncio.timeout(20):  # the RPC timeout is 30 s: waiting on t1 fails here
+        steps = await _steps(cluster)
+    t1 = [s for s in steps if s.node == "t1"]
+    assert t1 and not t1[-1].in_sync and t1[-1].state == "unreachable", t1
+    await _everyone_serves(cluster, sha, ("p1", "b1"))
+    # the twin: t1 answers again, and the next rollout reaches it
+    monkeypatch.undo()
+    sha = await _import(cluster, _newer())
+    steps = await _steps(cluster)
+    assert [s.in_sync for s in steps if s.node == "t1"][-1:] == [True], steps
     await _everyone_serves(cluster, sha)
