@@ -33,6 +33,7 @@ __all__ = [
     "der_with_bad_version",
     "key_pem",
     "make_chain",
+    "make_cross_signed_pool",
     "make_dsa_key",
     "make_intermediate",
     "make_key",
@@ -225,6 +226,27 @@ def make_leaf(
         not_after=not_after,
     )
     return Issued(cert, key)
+
+
+def make_cross_signed_pool(label: str, domain: str) -> list[Issued]:
+    """Certificates for chain-index and store tests: two roots, an intermediate under root A
+    also cross-signed by root B (same subject and key: two candidate issuers), a deeper
+    intermediate, and leaves under each of them, a self-signed one and one naming an issuer
+    that is not in the pool. ``label`` and ``domain`` keep the names apart between suites."""
+    root_a = make_root(f"{label} Root A", slot=1)
+    root_b = make_root(f"{label} Root B", slot=3)
+    inter = make_intermediate(root_a, f"{label} Intermediate", slot=2)
+    cross = Issued(make_intermediate(root_b, f"{label} Intermediate", slot=2).cert, inter.key)
+    deep = make_intermediate(inter, f"{label} Deep", slot=4)
+    absent = make_root(f"{label} Absent Root", slot=9)
+    return [
+        root_a, root_b, inter, cross, deep,
+        make_leaf(inter, [f"a.{domain}"], key=make_key(slot=5)),
+        make_leaf(deep, [f"b.{domain}"], key=make_key(slot=6)),
+        make_leaf(cross, [f"c.{domain}"], key=make_key(slot=7)),
+        make_leaf(None, [f"self.{domain}"], key=make_key(slot=8)),
+        make_leaf(absent, [f"d.{domain}"], key=make_key(slot=10)),
+    ]
 
 
 def make_chain(

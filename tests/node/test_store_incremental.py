@@ -24,31 +24,13 @@ from node.store import Store
 from node.store_rows import CertRows, merge_rows, row_to_cert
 from node.store_view import SetEntry, StoreView, replicated_members, set_digest
 from node.tls import ServedCert, TlsEndpoint
-from tests.pki import Issued, make_intermediate, make_key, make_leaf, make_root
+from tests.pki import make_cross_signed_pool
 
 KEY = bytes(range(32))
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 
 
-def _material() -> list[Issued]:
-    root_a = make_root("Inc Root A", slot=1)
-    root_b = make_root("Inc Root B", slot=3)
-    inter = make_intermediate(root_a, "Inc Intermediate", slot=2)
-    # the same intermediate (subject and key) cross-signed by root B
-    cross = Issued(make_intermediate(root_b, "Inc Intermediate", slot=2).cert, inter.key)
-    deep = make_intermediate(inter, "Inc Deep", slot=4)
-    absent = make_root("Inc Absent Root", slot=9)
-    return [
-        root_a, root_b, inter, cross, deep,
-        make_leaf(inter, ["a.inc.example"], key=make_key(slot=5)),
-        make_leaf(deep, ["b.inc.example"], key=make_key(slot=6)),
-        make_leaf(cross, ["c.inc.example"], key=make_key(slot=7)),
-        make_leaf(None, ["self.inc.example"], key=make_key(slot=8)),
-        make_leaf(absent, ["d.inc.example"], key=make_key(slot=10)),
-    ]
-
-
-MATERIAL = _material()
+MATERIAL = make_cross_signed_pool("Inc", "inc.example")
 SHAS = [cert_sha256(m.cert) for m in MATERIAL]
 _I = st.integers(min_value=0, max_value=len(MATERIAL) - 1)
 OPS = st.one_of(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.chain import ChainIndex, build_chain
-from tests.pki import Issued, make_intermediate, make_key, make_leaf, make_root
+from tests.pki import make_cross_signed_pool
 
 #: a walk that loops forever fails within seconds instead of hanging (a mutation run would
 #: count a run into its CPU limit as a survivor); "thread": Hypothesis catches and retries
@@ -16,26 +16,7 @@ from tests.pki import Issued, make_intermediate, make_key, make_leaf, make_root
 pytestmark = pytest.mark.timeout(20, method="thread")
 
 
-def _material() -> list[x509.Certificate]:
-    root_a = make_root("Index Root A", slot=1)
-    root_b = make_root("Index Root B", slot=3)
-    inter = make_intermediate(root_a, "Index Intermediate", slot=2)
-    # the same intermediate (subject and key) cross-signed by root B: two candidate issuers
-    cross = Issued(make_intermediate(root_b, "Index Intermediate", slot=2).cert, inter.key)
-    deep = make_intermediate(inter, "Index Deep", slot=4)
-    absent = make_root("Index Absent Root", slot=9)
-    leaves = [
-        make_leaf(inter, ["a.index.example"], key=make_key(slot=5)),
-        make_leaf(deep, ["b.index.example"], key=make_key(slot=6)),
-        make_leaf(cross, ["c.index.example"], key=make_key(slot=7)),
-        make_leaf(None, ["self.index.example"], key=make_key(slot=8)),
-        # names an issuer that is not in any pool
-        make_leaf(absent, ["d.index.example"], key=make_key(slot=10)),
-    ]
-    return [root_a.cert, root_b.cert, inter.cert, cross.cert, deep.cert, *(x.cert for x in leaves)]
-
-
-MATERIAL = _material()
+MATERIAL = [m.cert for m in make_cross_signed_pool("Index", "index.example")]
 
 
 @settings(max_examples=60, deadline=None)
